@@ -1,0 +1,276 @@
+"""The interface every action plugin implements, and what it may use.
+
+An action is a small class: a `type` name, a one-line `description`, a pydantic
+`Params` model (extra fields forbidden) that rule files are validated against
+when they load, and `async run(params, ctx)`. It reaches nothing global: the
+HTTP client, the clock, databases and defaults from configuration come in
+through `ActionContext`.
+
+A failed run raises `ActionFailed`; `transient` says whether trying again later
+may help (connection errors, timeouts, 408, 429, 5xx), and `retry_after`
+carries the server's Retry-After in seconds when it sent one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import email.utils
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+DEFAULT_TIMEOUT_SECONDS = 10.0
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # no line breaks, controls or non-ASCII
+
+
+class ActionParams(BaseModel):
+    """Base of every params model: unknown params are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutgoingURL:
+    """Marks a param as a URL the engine sends to: its host must not come from payload data.
+
+    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it.
+    """
+
+    def __repr__(self) -> str:
+        return "OutgoingURL()"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDefaults:
+    """Defaults from configuration that actions fall back on."""
+
+    slack_webhook_url: str | None = None
+    purchase_order_url: str | None = None
+    purchase_order_token: str | None = None
+    sync_database_url: str | None = None
+
+
+class DatabaseEngines:
+    """One SQLAlchemy async engine per database URL, created on first use, disposed together."""
+
+    def __init__(self, factory: Callable[[str], AsyncEngine]) -> None:
+        self._factory = factory
+        self._engines: dict[str, AsyncEngine] = {}
+
+    def get(self, url: str) -> AsyncEngine:
+        engine = self._engines.get(url)
+        if engine is None:
+            engine = self._engines[url] = self._factory(url)
+        return engine
+
+    async def dispose(self) -> None:
+        for engine in self._engines.values():
+            await engine.dispose()
+        self._engines.clear()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class ActionContext:
+    """Everything an action may use for one execution."""
+
+    http: httpx.AsyncClient
+    databases: DatabaseEngines
+    defaults: ActionDefaults
+    delivery_id: str
+    rule_id: str
+    action_index: int
+    clock: Callable[[], datetime] = _utc_now
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.delivery_id, self.rule_id, self.action_index)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What a successful run reports for the delivery log."""
+
+    status: int | None = None
+    detail: str | None = None
+
+
+class ActionFailed(Exception):
+    """A run failed; `transient` failures may succeed if tried again later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+        self.retry_after = retry_after
+
+
+P = TypeVar("P", bound=ActionParams)
+
+
+class Action(ABC, Generic[P]):
+    """An action type. Subclasses set the class attributes and implement `run`."""
+
+    type: ClassVar[str]
+    description: ClassVar[str]
+    # `builtins.type`: the `type` class attribute above shadows the builtin in this body.
+    Params: builtins.type[P]
+    # Params whose interpolated values are escaped with this function (Slack's `text`).
+    escaped_params: ClassVar[Mapping[str, Callable[[str], str]]] = {}
+
+    @abstractmethod
+    async def run(self, params: P, ctx: ActionContext) -> ActionResult:
+        """Perform the action once; raise `ActionFailed` on failure."""
+
+
+def idempotency_key(delivery_id: str, rule_id: str, action_index: int) -> str:
+    """Stable across retries of the same action for the same delivery."""
+    raw = f"{delivery_id}\x1f{rule_id}\x1f{action_index}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+async def send_request(
+    ctx: ActionContext,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    content: str | bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - httpx's own per-request timeout
+    expect_status: Callable[[int], bool] | None = None,
+) -> ActionResult:
+    """Send one request with the Idempotency-Key; classify every failure."""
+    all_headers = httpx.Headers(_checked_headers(method, url, headers or {}))
+    # Set, not setdefault: downstream dedupes on this key, so a rule cannot replace it.
+    all_headers["Idempotency-Key"] = ctx.idempotency_key
+    try:
+        response = await ctx.http.request(
+            method, url, headers=all_headers, json=json, content=content, timeout=timeout
+        )
+    except httpx.TimeoutException as exc:
+        raise ActionFailed(
+            f"{method} {_redact(url)} timed out after {timeout:g}s ({type(exc).__name__})",
+            transient=True,
+        ) from exc
+    # The request itself is malformed in the next two cases: sending it again cannot help.
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise ActionFailed(
+            f"{method} {_redact(url)} is not a usable URL: {exc}; "
+            "use an absolute http:// or https:// URL",
+            transient=False,
+        ) from exc
+    except httpx.LocalProtocolError as exc:
+        # Not `{exc}`: h11 quotes the offending header value, which may be a token.
+        raise ActionFailed(
+            f"{method} {_redact(url)} could not be sent ({type(exc).__name__}); "
+            "check the header names and values",
+            transient=False,
+        ) from exc
+    except httpx.TransportError as exc:
+        raise ActionFailed(
+            f"{method} {_redact(url)} could not connect: {type(exc).__name__}", transient=True
+        ) from exc
+    return _classify(ctx, method, url, response, expect_status)
+
+
+def _checked_headers(method: str, url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Refuse what HTTP cannot carry before sending, naming the header but never its value."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise ActionFailed(
+                f"{method} {_redact(url)}: header {name[:40]!r} has a name or value HTTP cannot "
+                "carry (value not shown); use printable ASCII without line breaks",
+                transient=False,
+            )
+    return headers
+
+
+def _classify(
+    ctx: ActionContext,
+    method: str,
+    url: str,
+    response: httpx.Response,
+    expect_status: Callable[[int], bool] | None,
+) -> ActionResult:
+    accepted = expect_status(response.status_code) if expect_status else response.is_success
+    if accepted:
+        return ActionResult(status=response.status_code, detail=_excerpt(response))
+    transient = response.status_code in TRANSIENT_STATUSES
+    raise ActionFailed(
+        f"{method} {_redact(url)} answered {response.status_code}: {_excerpt(response)}",
+        transient=transient,
+        status=response.status_code,
+        retry_after=parse_retry_after(response.headers.get("Retry-After"), ctx.clock())
+        if transient
+        else None,
+    )
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _excerpt(response: httpx.Response, limit: int = 200) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _redact(url: str) -> str:
+    """Scheme, host and port only: credentials, paths and queries of webhook URLs are tokens."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<invalid URL>"
+    if not parsed.scheme or not parsed.host:
+        return "<URL without scheme or host>"
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    port = f":{parsed.port}" if parsed.port else ""
+    hidden = parsed.path not in ("", "/") or parsed.query or parsed.fragment
+    return f"{parsed.scheme}://{host}{port}/{'…' if hidden else ''}"
+
+
+__all__ = [
+    "Action",
+    "ActionContext",
+    "ActionDefaults",
+    "ActionFailed",
+    "ActionParams",
+    "ActionResult",
+    "DatabaseEngines",
+    "OutgoingURL",
+    "idempotency_key",
+    "parse_retry_after",
+    "send_request",
+]

@@ -1,0 +1,53 @@
+"""The `slack` action: POST a message to a Slack incoming webhook.
+
+Values interpolated into `text` are escaped for Slack's mrkdwn (`&`, `<`, `>`), so
+payload data cannot turn into mentions or links; the literal text of the rule is
+left alone, so authors may still write `<!here>` or `<https://…|a link>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar
+
+from actions.base import (
+    Action,
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    ActionResult,
+    OutgoingURL,
+    send_request,
+)
+
+
+def slack_escape(value: str) -> str:
+    """Escape the three characters Slack treats as control characters in message text."""
+    # `&` first, or the `&` of `&lt;` would be escaped again.
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class SlackParams(ActionParams):
+    text: str
+    blocks: list[dict[str, Any]] | None = None
+    webhook_url: Annotated[str | None, OutgoingURL()] = None
+
+
+class SlackAction(Action[SlackParams]):
+    type = "slack"
+    description = "Post a message to a Slack incoming webhook."
+    Params = SlackParams
+    escaped_params: ClassVar[Mapping[str, Callable[[str], str]]] = {"text": slack_escape}
+
+    async def run(self, params: SlackParams, ctx: ActionContext) -> ActionResult:
+        url = params.webhook_url or ctx.defaults.slack_webhook_url
+        if not url:
+            raise ActionFailed(
+                "slack: no webhook URL to post to; "
+                "set SLACK_WEBHOOK_URL in the environment or webhook_url in the action",
+                transient=False,
+            )
+        body: dict[str, Any] = {"text": params.text}
+        if params.blocks is not None:
+            body["blocks"] = params.blocks
+        return await send_request(ctx, "POST", url, json=body)

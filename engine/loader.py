@@ -1,0 +1,139 @@
+"""Load a rules folder into a `RuleSet`, or report every problem in it at once.
+
+Each problem is located in the source text:
+`rules/stock.yaml:5:15: reorder-low-stock: unknown action type 'slak' (did you mean 'slack'?)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from actions.registry import ActionRegistry
+from engine import conditions
+from engine.errors import SourceErrors, SourceProblem
+from engine.params import bind_action
+from engine.rules import Rule, RuleSet, RuleSpec, Throttle, parse_duration
+from engine.sources import JsonPath, SourceDocument, iter_source_files, read_document
+from engine.templates import compile_value
+from engine.validation import FieldProblem, describe, describe_value
+
+_EXPECTATIONS: dict[JsonPath, str] = {
+    ("id",): "an id of letters, digits, '.', '_' and '-' (starting with a letter or digit)",
+    ("throttle", "per"): "a duration such as '30m', '6h' or '1d'",
+}
+
+
+def load_rules(rules_dir: Path, registry: ActionRegistry) -> RuleSet:
+    """Every rule under `rules_dir`; raises `SourceErrors` listing every problem found."""
+    if not rules_dir.exists():
+        raise SourceErrors(
+            [SourceProblem(str(rules_dir), 1, 1, "rules folder not found; create it or set RULES_DIR")]
+        )
+    problems: list[SourceProblem] = []
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    files = []
+    for path in iter_source_files(rules_dir):
+        files.append(str(path))
+        document = read_document(path)
+        if isinstance(document, SourceProblem):
+            problems.append(document)
+            continue
+        for loc, item in _rule_items(document, problems):
+            rule = _load_rule(document, loc, item, registry, problems)
+            if rule is None:
+                continue
+            if rule.id in seen:
+                problems.append(
+                    document.problem(
+                        (*loc, "id"),
+                        f"duplicate rule id: also defined at {seen[rule.id]}; give each rule its own id",
+                        rule_id=rule.id,
+                    )
+                )
+                continue
+            seen[rule.id] = rule.source
+            rules.append(rule)
+    if problems:
+        raise SourceErrors(problems)
+    return RuleSet(tuple(rules), tuple(files))
+
+
+def _rule_items(document: SourceDocument, problems: list[SourceProblem]) -> list[tuple[JsonPath, Any]]:
+    value = document.value
+    items: list[tuple[JsonPath, Any]] = (
+        [((i,), item) for i, item in enumerate(value)] if isinstance(value, list) else [((), value)]
+    )
+    good = []
+    for loc, item in items:
+        if isinstance(item, dict):
+            good.append((loc, item))
+        else:
+            problems.append(
+                document.problem(
+                    loc,
+                    f"expected a rule (an object with id, on and actions), found {describe_value(item)}",
+                )
+            )
+    return good
+
+
+def _load_rule(
+    document: SourceDocument,
+    loc: JsonPath,
+    item: dict[str, Any],
+    registry: ActionRegistry,
+    problems: list[SourceProblem],
+) -> Rule | None:
+    rule_id = item.get("id") if isinstance(item.get("id"), str) else None
+    found: list[tuple[FieldProblem, int]] = []
+    spec: RuleSpec | None = None
+    try:
+        spec = RuleSpec.model_validate(item)
+    except ValidationError as exc:
+        found += [(p, 0) for p in describe(exc, RuleSpec.model_fields, _EXPECTATIONS)]
+
+    condition = None
+    if "when" in item and item["when"] is not None:
+        checked = conditions.check(item["when"])
+        found += [(FieldProblem(("when", *p.loc), p.message), 0) for p in checked]
+        if not checked:
+            condition = conditions.Condition(item["when"])
+
+    actions = []
+    for index, action in enumerate(item.get("actions") or []):
+        if isinstance(action, dict) and isinstance(action.get("type"), str):
+            bound, action_problems = bind_action(action, index, registry)
+            found += action_problems
+            if bound is not None:
+                actions.append(bound)
+
+    throttle = None
+    if spec is not None and spec.throttle is not None:
+        key, key_problems = compile_value(spec.throttle.key, ("throttle", "key"))
+        found += [(FieldProblem(p.loc, p.message), p.line - 1) for p in key_problems]
+        throttle = Throttle(key, parse_duration(spec.throttle.per), spec.throttle.per)
+
+    for problem, line_offset in found:
+        located = document.problem((*loc, *problem.loc), problem.message, rule_id=rule_id, key=problem.at_key)
+        if line_offset:
+            located = SourceProblem(
+                located.path, located.line + line_offset, located.column, located.message, rule_id
+            )
+        problems.append(located)
+    if found or spec is None:
+        return None
+    where = document.position(loc)
+    return Rule(
+        id=spec.id,
+        description=spec.description,
+        events=tuple(spec.on),
+        condition=condition,
+        actions=tuple(actions),
+        enabled=spec.enabled,
+        throttle=throttle,
+        source=f"{document.path}:{where.line}",
+    )

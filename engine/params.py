@@ -1,0 +1,172 @@
+"""Action params: checked when rules load, rendered and validated per delivery.
+
+At load time every param is checked against the action's params model as far
+as it can be before a delivery exists: unknown params (with "did you mean"),
+missing required ones, the type of every param written literally, template
+syntax, and outgoing URLs whose host would come from payload data. A templated
+param is validated after rendering, with the same model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import httpx
+import jinja2.meta
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+
+from actions.base import Action, ActionParams, OutgoingURL
+from actions.registry import ActionRegistry
+from engine.rules import RuleAction
+from engine.sources import JsonPath
+from engine.templates import compile_value, environment, has_template_syntax
+from engine.validation import FieldProblem, describe, unknown_key_message
+
+# Names a URL template may read and still take its host from configuration.
+CONFIGURATION_NAMES = frozenset({"secrets"})
+
+
+class ParamsInvalid(Exception):
+    """Rendered params do not fit the action's params model."""
+
+
+def bind_action(
+    spec: dict[str, Any], index: int, registry: ActionRegistry
+) -> tuple[RuleAction | None, list[tuple[FieldProblem, int]]]:
+    """Check one action of a rule; problems come with their template line offset."""
+    loc: JsonPath = ("actions", index)
+    name = spec.get("type")
+    plugin = registry.get(name) if isinstance(name, str) else None
+    if plugin is None:
+        suggestion = registry.suggest(name) if isinstance(name, str) else None
+        hint = f"did you mean '{suggestion}'?" if suggestion else f"known: {', '.join(registry.names())}"
+        return None, [(FieldProblem((*loc, "type"), f"unknown action type {name!r} ({hint})"), 0)]
+    params = {key: value for key, value in spec.items() if key != "type"}
+    problems = [(p, 0) for p in _check_literal_params(plugin, params, loc)]
+    templates = {}
+    for key, value in params.items():
+        escape = plugin.escaped_params.get(key)
+        template, template_problems = compile_value(value, (*loc, key), escape)
+        templates[key] = template
+        problems += [(FieldProblem(p.loc, p.message), p.line - 1) for p in template_problems]
+    problems += [(p, 0) for p in _check_outgoing_urls(plugin.Params, params, loc)]
+    return RuleAction(index, plugin.type, plugin, templates, dict(plugin.escaped_params)), problems
+
+
+def validate_rendered(plugin: Action[Any], rendered: dict[str, Any]) -> ActionParams:
+    """The action's params model from rendered values; `ParamsInvalid` says what is off."""
+    try:
+        params: ActionParams = plugin.Params.model_validate(rendered)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, p.loc)) or 'params'}: {p.message}" for p in describe(exc))
+        raise ParamsInvalid(f"rendered params are not valid: {details}") from None
+    for name, field in type(params).model_fields.items():
+        value = getattr(params, name)
+        if _is_outgoing_url(field) and isinstance(value, str):
+            _require_http_url(value)
+    return params
+
+
+def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: JsonPath) -> list[FieldProblem]:
+    model = plugin.Params
+    fields = model.model_fields
+    problems = [
+        FieldProblem((*loc, key), unknown_key_message(key, fields, "param"), at_key=True)
+        for key in params
+        if key not in fields
+    ]
+    problems += [
+        FieldProblem(loc, f"missing required param '{name}' for action type '{plugin.type}'")
+        for name, field in fields.items()
+        if field.is_required() and name not in params
+    ]
+    literal = {k: v for k, v in params.items() if k in fields and not _templated(v)}
+    for key, value in literal.items():
+        try:
+            _adapter(model, key).validate_python(value)
+        except ValidationError as exc:
+            problems += [FieldProblem((*loc, key, *p.loc), p.message, p.at_key) for p in describe(exc)]
+            continue
+        if _is_outgoing_url(fields[key]) and isinstance(value, str):
+            try:
+                _require_http_url(value)
+            except ParamsInvalid as error:
+                problems.append(FieldProblem((*loc, key), str(error)))
+    if not problems and len(literal) == len(params):
+        try:  # whole-model checks (params that exclude each other)
+            model.model_validate(params)
+        except ValidationError as exc:
+            problems += [FieldProblem((*loc, *p.loc), p.message) for p in describe(exc)]
+    return problems
+
+
+def _check_outgoing_urls(model: type[BaseModel], params: dict[str, Any], loc: JsonPath) -> list[FieldProblem]:
+    problems = []
+    for name, field in model.model_fields.items():
+        value = params.get(name)
+        if not (_is_outgoing_url(field) and isinstance(value, str) and _templated(value)):
+            continue
+        if _host_is_written(value) or _reads_only_configuration(value):
+            continue
+        problems.append(
+            FieldProblem(
+                (*loc, name),
+                "expected the URL's host written in the rule (or taken from secrets), found a "
+                "host built from a template; write it out, e.g. "
+                "'https://crm.example.com/items/{{ data.id }}'",
+            )
+        )
+    return problems
+
+
+def _host_is_written(template: str) -> bool:
+    """True when scheme and host precede the first template tag and end with '/'."""
+    first_tag = min(i for i in (template.find("{{"), template.find("{%"), template.find("{#")) if i >= 0)
+    literal = template[:first_tag]
+    scheme, sep, rest = literal.partition("://")
+    return bool(sep) and scheme in ("http", "https") and "/" in rest and rest.index("/") > 0
+
+
+def _reads_only_configuration(template: str) -> bool:
+    try:
+        names = jinja2.meta.find_undeclared_variables(environment().parse(template))
+    except jinja2.TemplateSyntaxError:
+        return True  # reported as a syntax error already
+    return names <= CONFIGURATION_NAMES
+
+
+def _require_http_url(value: str) -> None:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        raise ParamsInvalid(f"expected an http(s) URL, found {value[:60]!r}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ParamsInvalid("expected an http:// or https:// URL with a host, found one that is not")
+
+
+def _templated(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_template_syntax(value)
+    if isinstance(value, dict):
+        return any(_templated(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_templated(item) for item in value)
+    return False
+
+
+def _is_outgoing_url(field: FieldInfo) -> bool:
+    return any(isinstance(item, OutgoingURL) for item in field.metadata)
+
+
+_adapters: dict[tuple[type[BaseModel], str], TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """Validates one field on its own, with the field's constraints (cached)."""
+    adapter = _adapters.get((model, name))
+    if adapter is None:
+        field = model.model_fields[name]
+        annotated: Any = Annotated[field.annotation, field]
+        adapter = _adapters[(model, name)] = TypeAdapter(annotated)
+    return adapter

@@ -1,0 +1,102 @@
+"""What `check`, `test` and `replay` print: readable by people who do not program.
+
+Colour comes from click.style and is dropped by click.echo when the output is
+not a terminal. Every value shown passes through the `Masker` first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from engine.errors import SourceProblem
+from engine.harness import FixtureResult
+from engine.matching import PlannedAction, RuleOutcome, RuleStatus
+from engine.secrets import Masker
+
+
+def _green(text: str) -> str:
+    return click.style(text, fg="green", bold=True)
+
+
+def _red(text: str) -> str:
+    return click.style(text, fg="red", bold=True)
+
+
+def _dim(text: str) -> str:
+    return click.style(text, dim=True)
+
+
+def problems_text(problems: list[SourceProblem]) -> str:
+    return "\n".join(f"{_red('error')} {problem}" for problem in problems)
+
+
+def test_report(results: list[FixtureResult], masker: Masker, *, verbose: bool) -> Iterator[str]:
+    """One block per fixture: PASS/FAIL, each failure expected against actual, each rule's reason."""
+    for result in results:
+        fixture = result.fixture
+        mark = _green("PASS") if result.passed else _red("FAIL")
+        yield f"{mark}  {fixture.name}  {_dim(f'({fixture.file}, event {fixture.delivery.event})')}"
+        for failure in result.failures:
+            yield f"      {_red('✗')} {masker.mask(failure.message)}"
+            if failure.expected is not None:
+                yield f"          expected: {masker.mask(failure.expected)}"
+            if failure.actual is not None:
+                yield f"          actual:   {masker.mask(failure.actual)}"
+        yield from _rules(result.outcomes, masker, verbose=verbose or not result.passed, indent="      ")
+
+
+def replay_report(results: list[FixtureResult], masker: Masker) -> Iterator[str]:
+    """Every rule's verdict for every fixture, with the rendered actions."""
+    for result in results:
+        fixture = result.fixture
+        where = f"({fixture.file}, event {fixture.delivery.event}, delivery {fixture.delivery.delivery_id})"
+        yield f"{click.style(fixture.name, bold=True)}  {_dim(where)}"
+        yield from _rules(result.outcomes, masker, verbose=True, indent="  ")
+        yield ""
+
+
+def _rules(outcomes: list[RuleOutcome], masker: Masker, *, verbose: bool, indent: str) -> Iterator[str]:
+    width = max((len(o.rule.id) for o in outcomes), default=0)
+    hidden = 0
+    for outcome in outcomes:
+        if outcome.status is RuleStatus.EVENT_NOT_MATCHED and not verbose:
+            hidden += 1
+            continue
+        if not verbose and not outcome.fired:
+            yield f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {_dim(masker.mask(outcome.reason))}"
+            continue
+        if outcome.fired:
+            head = f"{indent}{_green('✓')} {outcome.rule.id.ljust(width)}  fired: "
+        else:
+            status = outcome.status.value.replace("_", " ")
+            head = f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {status}: "
+        yield head + masker.mask(outcome.reason)
+        for action in outcome.actions:
+            yield f"{indent}      {_action_line(action, masker)}"
+    if hidden:
+        yield f"{indent}{_dim(f'· {hidden} other rule(s) are not for this event')}"
+
+
+def _action_line(action: PlannedAction, masker: Masker) -> str:
+    if action.error:
+        return f"{_red('✗')} {action.type}: {masker.mask(action.error)}"
+    params = masker.mask(action.params or {})
+    shown = ", ".join(f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in params.items())
+    return f"→ {action.type}  {shown}"
+
+
+def summary(results: list[FixtureResult], bad_files: int) -> str:
+    passed = sum(1 for r in results if r.passed)
+    failed = len(results) - passed
+    text = f"{passed} passed, {failed} failed"
+    if bad_files:
+        text += f", {bad_files} fixture problem(s)"
+    return _red(text) if failed or bad_files else _green(text)
+
+
+def replay_json(results: list[dict[str, Any]]) -> str:
+    return json.dumps({"results": results}, indent=2, ensure_ascii=False)

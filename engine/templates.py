@@ -1,0 +1,314 @@
+"""Jinja2 templates in action params: parsed when rules load, rendered per delivery.
+
+Every string param is a template, rendered in a sandbox with strict undefined:
+
+- a param that is exactly one `{{ expression }}` keeps the expression's native
+  type (`"{{ data.minimum_quantity * 2 - data.quantity }}"` renders the number 7);
+- any other string renders to a string; payload values are only ever data;
+- `data.items` always means the payload's field, even where a dict method has
+  that name;
+- a missing field is an error naming the field and what the object holds;
+- runaway templates (`range(10**9)`, huge repetition, padding) fail fast.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, NoReturn
+
+import jinja2
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.errors import TemplateRenderError
+from engine.secrets import Secrets
+from engine.sources import JsonPath
+
+MAX_RANGE_ITEMS = 10_000  # across all `range()` calls of one render
+MAX_TEXT_CHARS = 1_000_000
+MAX_EXPONENT = 256
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "format", "format_map"})
+_range_budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("range_budget")
+
+Escape = Callable[[str], str]
+
+
+class MissingField(jinja2.UndefinedError):
+    """A template read a name or field that is not there."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        super().__init__(name)
+        self.owner = owner
+        self.name = name
+
+
+class _StrictField(jinja2.StrictUndefined):
+    """Strict undefined that remembers which object lacked which field."""
+
+    __slots__ = ()
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:
+        if self._undefined_hint:  # the sandbox refused an unsafe attribute
+            raise SecurityError(self._undefined_hint)
+        raise MissingField(self._undefined_obj, str(self._undefined_name))
+
+    __str__ = __iter__ = __len__ = __bool__ = __eq__ = __ne__ = __hash__ = _fail_with_undefined_error
+
+
+def _budgeted_range(*args: int) -> range:
+    values = range(*args)
+    budget = _range_budget.get(None)
+    if budget is not None:
+        budget[0] -= len(values)
+        if budget[0] < 0:
+            raise SecurityError(
+                f"range() asked for more than {MAX_RANGE_ITEMS:,} items in one template; "
+                "loop over the payload's own lists instead"
+            )
+    elif len(values) > MAX_RANGE_ITEMS:
+        raise SecurityError(f"range() of {len(values):,} items is over the {MAX_RANGE_ITEMS:,} limit")
+    return values
+
+
+_WIDTH_IN_FORMAT = re.compile(r"%[-+ #0]*(\d+)")
+
+
+def _width_checked(filter_function: Callable[..., Any]) -> Callable[..., Any]:
+    """A padding filter that refuses widths that would build huge strings."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for arg in (*args[1:], *kwargs.values()):
+            widths = [int(w) for w in _WIDTH_IN_FORMAT.findall(arg)] if isinstance(arg, str) else [arg]
+            if any(isinstance(w, int) and w > MAX_TEXT_CHARS for w in widths):
+                raise SecurityError(f"a width of {max(widths):,} is over the {MAX_TEXT_CHARS:,} limit")
+        if isinstance(args[0], str):
+            for width in _WIDTH_IN_FORMAT.findall(args[0]):
+                if int(width) > MAX_TEXT_CHARS:
+                    raise SecurityError(f"a width of {int(width):,} is over the {MAX_TEXT_CHARS:,} limit")
+        return filter_function(*args, **kwargs)
+
+    checked.__name__ = getattr(filter_function, "__name__", "filter")
+    return checked
+
+
+class FieldEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox: payload fields before attributes, and no runaway arithmetic."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, finalize: Escape | None = None) -> None:
+        super().__init__(
+            undefined=_StrictField,
+            autoescape=False,
+            finalize=(lambda value: finalize(str(value))) if finalize else None,
+        )
+        self.globals = {"range": _budgeted_range, "dict": dict}
+        for name in ("center", "indent", "format", "wordwrap", "truncate"):
+            self.filters[name] = _width_checked(self.filters[name])
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        if super().wrap_str_format(value) is None:
+            return None
+
+        def refused(*args: Any, **kwargs: Any) -> str:
+            raise SecurityError("str.format() is not available in templates; join text with ~")
+
+        return refused
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            if attribute in obj:
+                return obj[attribute]
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, str) and attr in _PADDING_METHODS:
+            return False
+        return bool(super().is_safe_attribute(obj, attr, value))
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is over the limit of {MAX_EXPONENT}")
+            return left**right
+        for seq, count in ((left, right), (right, left)):
+            if (
+                isinstance(seq, str | list | tuple)
+                and isinstance(count, int)
+                and len(seq) * count > MAX_TEXT_CHARS
+            ):
+                raise SecurityError(
+                    f"repeating {len(seq):,} items {count:,} times is over the {MAX_TEXT_CHARS:,} limit"
+                )
+        return left * right
+
+
+_plain = FieldEnvironment()
+_escaping_envs: dict[Escape, FieldEnvironment] = {}
+
+
+def environment(escape: Escape | None = None) -> FieldEnvironment:
+    if escape is None:
+        return _plain
+    if escape not in _escaping_envs:
+        _escaping_envs[escape] = FieldEnvironment(finalize=escape)
+    return _escaping_envs[escape]
+
+
+def has_template_syntax(text: str) -> bool:
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateProblem:
+    """A template that does not parse, at `loc` inside the params; `line` is the template's own."""
+
+    loc: JsonPath
+    message: str
+    line: int = 1
+
+
+class ParamTemplate:
+    """A param value whose strings are templates, ready to render against a context."""
+
+    __slots__ = ("_render",)
+
+    def __init__(self, render: Callable[[dict[str, Any]], Any]) -> None:
+        self._render = render
+
+    def render(self, context: dict[str, Any]) -> Any:
+        return self._render(context)
+
+
+def compile_value(
+    value: Any, loc: JsonPath = (), escape: Escape | None = None
+) -> tuple[ParamTemplate, list[TemplateProblem]]:
+    """Compile every string inside `value`; problems are collected, not raised."""
+    problems: list[TemplateProblem] = []
+    template = _compile(value, loc, escape, problems)
+    return template, problems
+
+
+def _compile(
+    value: Any, loc: JsonPath, escape: Escape | None, problems: list[TemplateProblem]
+) -> ParamTemplate:
+    if isinstance(value, dict):
+        items = {key: _compile(item, (*loc, key), escape, problems) for key, item in value.items()}
+        return ParamTemplate(lambda ctx: {key: t.render(ctx) for key, t in items.items()})
+    if isinstance(value, list):
+        elements = [_compile(item, (*loc, i), escape, problems) for i, item in enumerate(value)]
+        return ParamTemplate(lambda ctx: [t.render(ctx) for t in elements])
+    if not (isinstance(value, str) and has_template_syntax(value)):
+        return ParamTemplate(lambda ctx: value)
+    env = environment(escape)
+    try:
+        expression = None if escape else _single_expression(env, value)
+        if expression is not None:
+            compiled_expression = env.compile_expression(expression, undefined_to_none=False)
+            return ParamTemplate(lambda ctx: _native(compiled_expression(**ctx)))
+        text_template = env.from_string(value)
+    except jinja2.TemplateSyntaxError as exc:
+        problems.append(TemplateProblem(loc, f"template syntax error: {exc.message}", exc.lineno))
+        return ParamTemplate(lambda ctx: value)
+    return ParamTemplate(lambda ctx: _checked_text(text_template.render(ctx)))
+
+
+def _single_expression(env: FieldEnvironment, source: str) -> str | None:
+    """The expression's source when `source` is exactly one `{{ ... }}`, else None."""
+    body = env.parse(source).body
+    if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
+        return None
+    if isinstance(body[0].nodes[0], nodes.TemplateData):
+        return None
+    stripped = source.strip()
+    if not (stripped.startswith("{{") and stripped.endswith("}}")):
+        return None
+    return stripped[2:-2].strip("-+").strip()
+
+
+def _native(value: Any) -> Any:
+    """Make an expression's value JSON-shaped (dates as ISO text); undefined fails here."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Mapping) and not isinstance(value, Secrets):
+        return {str(key): _native(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_native(item) for item in value]
+    raise TemplateRenderError(
+        f"the expression gave a {type(value).__name__}, which is not a JSON value; "
+        "give a text, number, true/false, list or object"
+    )
+
+
+def _checked_text(text: str) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        raise TemplateRenderError(
+            f"the rendered text is {len(text):,} characters, over the {MAX_TEXT_CHARS:,} limit"
+        )
+    return text
+
+
+def render(template: ParamTemplate, context: dict[str, Any]) -> Any:
+    """Render with a fresh runaway budget; every failure becomes a `TemplateRenderError`."""
+    token = _range_budget.set([MAX_RANGE_ITEMS])
+    try:
+        return template.render(context)
+    except MissingField as exc:
+        raise TemplateRenderError(_describe_missing(exc, context)) from None
+    except TemplateRenderError:
+        raise
+    except SecurityError as exc:
+        raise TemplateRenderError(f"template stopped: {exc}") from None
+    except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+        raise TemplateRenderError(f"template failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        _range_budget.reset(token)
+
+
+def _describe_missing(exc: MissingField, context: dict[str, Any]) -> str:
+    if isinstance(exc.owner, Secrets):
+        return f"secrets.{exc.name} is not set; set the environment variable SECRET_{exc.name}"
+    if exc.owner is jinja2.utils.missing:
+        known = sorted(context)
+        hint = _did_you_mean(exc.name, known)
+        return f"{exc.name} is not defined{hint}; templates see: {', '.join(known)}"
+    owner_path = _path_of(exc.owner, context) if isinstance(exc.owner, dict | list) else None
+    if owner_path is None:
+        return f"{exc.name} is not a field of a {type(exc.owner).__name__} value"
+    path = f"{owner_path}.{exc.name}"
+    if isinstance(exc.owner, Mapping):
+        keys = sorted(str(key) for key in exc.owner)
+        hint = _did_you_mean(exc.name, keys, prefix=f"{owner_path}.")
+        holds = f" ({owner_path} has: {', '.join(keys[:20])})" if keys else f" ({owner_path} is empty)"
+        return f"{path} is not in the delivery{hint}{holds}"
+    return f"{path} is not in the delivery ({owner_path} is a {type(exc.owner).__name__})"
+
+
+def _did_you_mean(name: str, candidates: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _path_of(target: Any, context: dict[str, Any]) -> str | None:
+    """Where `target` sits inside the context, by identity (only used on errors)."""
+    stack: list[tuple[Any, str]] = [(value, key) for key, value in context.items()]
+    while stack:
+        value, path = stack.pop()
+        if value is target:
+            return path
+        if isinstance(value, dict):
+            stack.extend((item, f"{path}.{key}") for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+    return None
