@@ -49,6 +49,16 @@ class OutgoingURL:
         return "OutgoingURL()"
 
 
+class NotTemplated:
+    """Marks a param that must be written out in the rule, never rendered from a delivery.
+
+    Use as `table: Annotated[str, NotTemplated()]`; the rule loader refuses a template there.
+    """
+
+    def __repr__(self) -> str:
+        return "NotTemplated()"
+
+
 @dataclass(frozen=True, slots=True)
 class ActionDefaults:
     """Defaults from configuration that actions fall back on."""
@@ -175,8 +185,7 @@ async def send_request(
     # The request itself is malformed in the next two cases: sending it again cannot help.
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         raise ActionFailed(
-            f"{method} {_redact(url)} is not a usable URL: {exc}; "
-            "use an absolute http:// or https:// URL",
+            f"{method} {_redact(url)} is not a usable URL: {exc}; use an absolute http:// or https:// URL",
             transient=False,
         ) from exc
     except httpx.LocalProtocolError as exc:
@@ -269,6 +278,7 @@ __all__ = [
     "ActionParams",
     "ActionResult",
     "DatabaseEngines",
+    "NotTemplated",
     "OutgoingURL",
     "idempotency_key",
     "parse_retry_after",

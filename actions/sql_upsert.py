@@ -22,7 +22,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.expression import TableClause
 
-from actions.base import Action, ActionContext, ActionFailed, ActionParams, ActionResult
+from actions.base import (
+    Action,
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    ActionResult,
+    NotTemplated,
+)
 
 # Letters, digits and `_`, at most 63 long: PostgreSQL silently truncates longer names.
 _NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
@@ -68,7 +75,7 @@ Columns = Annotated[dict[str, Any], AfterValidator(_column_names)]
 
 class SqlUpsertParams(ActionParams):
     database_url: str | None = None
-    table: Annotated[str, AfterValidator(_table_name)]
+    table: Annotated[str, AfterValidator(_table_name), NotTemplated()]
     key: Annotated[Columns, Field(min_length=1)]
     values: Columns = Field(default_factory=dict)
 
@@ -104,18 +111,14 @@ class SqlUpsertAction(Action[SqlUpsertParams]):
                 rows = await _upsert(ctx, raw_url, url, params, where)
         except (OSError, SQLAlchemyError, ImportError) as exc:
             raise _failure(exc, where, url) from exc
-        return ActionResult(
-            detail=f"upserted {rows} row{'' if rows == 1 else 's'} into {params.table}"
-        )
+        return ActionResult(detail=f"upserted {rows} row{'' if rows == 1 else 's'} into {params.table}")
 
 
-async def _upsert(
-    ctx: ActionContext, raw_url: str, url: URL, params: SqlUpsertParams, where: str
-) -> int:
+async def _upsert(ctx: ActionContext, raw_url: str, url: URL, params: SqlUpsertParams, where: str) -> int:
     try:
         engine = ctx.databases.get(raw_url)
     except (SQLAlchemyError, ImportError) as exc:  # an unknown or synchronous driver
-        message = f"sql_upsert: cannot open {where}: {type(exc).__name__}: {exc}; "
+        message = f"sql_upsert: cannot open {where}: {type(exc).__name__}: {str(exc).rstrip('.')}; "
         raise ActionFailed(
             _scrub(message, url) + "use a sqlite+aiosqlite:// or postgresql+asyncpg:// URL",
             transient=False,
@@ -176,11 +179,17 @@ def _failure(exc: BaseException, where: str, url: URL) -> ActionFailed:
     hint = (
         "check that the database is up and reachable; trying again later may succeed"
         if transient
-        else "check that the table exists with a primary key or unique constraint on exactly "
-        "the key columns, and that the values fit the column types"
+        else "check that the table and its columns exist, that the key columns are exactly its "
+        "primary key or a unique constraint, and that the values fit the column types"
     )
+    # Drivers quote the offending value; one value, but it may be long.
+    reason = _shorten(reason.rstrip("."), 300)
     message = f"sql_upsert: upsert into {where} failed: {reason}; {hint}"
     return ActionFailed(_scrub(message, url), transient=transient)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _scrub(message: str, url: URL) -> str:

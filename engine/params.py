@@ -16,7 +16,7 @@ import jinja2.meta
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from actions.base import Action, ActionParams, OutgoingURL
+from actions.base import Action, ActionParams, NotTemplated, OutgoingURL
 from actions.registry import ActionRegistry
 from engine.rules import RuleAction
 from engine.sources import JsonPath
@@ -80,6 +80,14 @@ def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: Json
         FieldProblem(loc, f"missing required param '{name}' for action type '{plugin.type}'")
         for name, field in fields.items()
         if field.is_required() and name not in params
+    ]
+    problems += [
+        FieldProblem(
+            (*loc, key),
+            f"expected '{key}' written out in the rule, found a template; it may not depend on the delivery",
+        )
+        for key, value in params.items()
+        if key in fields and _templated(value) and _has_marker(fields[key], NotTemplated)
     ]
     literal = {k: v for k, v in params.items() if k in fields and not _templated(v)}
     for key, value in literal.items():
@@ -156,7 +164,11 @@ def _templated(value: Any) -> bool:
 
 
 def _is_outgoing_url(field: FieldInfo) -> bool:
-    return any(isinstance(item, OutgoingURL) for item in field.metadata)
+    return _has_marker(field, OutgoingURL)
+
+
+def _has_marker(field: FieldInfo, marker: type) -> bool:
+    return any(isinstance(item, marker) for item in field.metadata)
 
 
 _adapters: dict[tuple[type[BaseModel], str], TypeAdapter[Any]] = {}

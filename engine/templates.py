@@ -122,6 +122,8 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
         return refused
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, jinja2.Undefined):  # report the first missing piece of a path
+            obj._fail_with_undefined_error()
         if isinstance(obj, Mapping):
             if attribute in obj:
                 return obj[attribute]

@@ -195,18 +195,14 @@ async def test_http_passes_its_timeout_to_the_request(
 
     await HttpAction().run(params, make_ctx())
 
-    assert sent(route).extensions["timeout"] == dict.fromkeys(
-        ("connect", "read", "write", "pool"), 2.5
-    )
+    assert sent(route).extensions["timeout"] == dict.fromkeys(("connect", "read", "write", "pool"), 2.5)
 
 
 async def test_http_rule_headers_cannot_replace_the_idempotency_key(
     respx_mock: respx.MockRouter, make_ctx: MakeContext
 ) -> None:
     route = respx_mock.post("https://erp.example.com/hook").respond(200)
-    params = HttpParams(
-        url="https://erp.example.com/hook", headers={"idempotency-key": "from-the-rule"}
-    )
+    params = HttpParams(url="https://erp.example.com/hook", headers={"idempotency-key": "from-the-rule"})
 
     await HttpAction().run(params, make_ctx())
 

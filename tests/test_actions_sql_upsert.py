@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,7 +47,7 @@ async def ctx() -> AsyncIterator[ActionContext]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Any) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}"
 
 
@@ -165,9 +166,7 @@ async def test_upsert_into_missing_table_fails_permanently_naming_the_table(
     ctx: ActionContext, database_url: str
 ) -> None:
     with pytest.raises(ActionFailed) as caught:
-        await upsert(
-            ctx, database_url=database_url, table="no_such_items", key={"sku": "A"}, values={}
-        )
+        await upsert(ctx, database_url=database_url, table="no_such_items", key={"sku": "A"}, values={})
 
     assert caught.value.transient is False
     assert "no_such_items" in str(caught.value)
@@ -179,7 +178,9 @@ async def test_upsert_without_unique_constraint_on_the_key_fails_permanently(
 ) -> None:
     table = await make_table(database_url, "sku TEXT, qty INTEGER")
 
-    with pytest.raises(ActionFailed, match="unique constraint on exactly the key") as caught:
+    with pytest.raises(
+        ActionFailed, match="key columns are exactly its primary key or a unique constraint"
+    ) as caught:
         await upsert(ctx, database_url=database_url, table=table, key={"sku": "A"}, values={"qty": 1})
 
     assert caught.value.transient is False
@@ -192,18 +193,14 @@ async def test_upsert_with_value_the_column_cannot_take_fails_permanently(
     table = await make_table(database_url, "sku TEXT PRIMARY KEY, qty INTEGER")
 
     with pytest.raises(ActionFailed) as caught:
-        await upsert(
-            ctx, database_url=database_url, table=table, key={"sku": "A"}, values={"qty": {"n": 1}}
-        )
+        await upsert(ctx, database_url=database_url, table=table, key={"sku": "A"}, values={"qty": {"n": 1}})
 
     assert caught.value.transient is False
     assert await rows(ctx, database_url, table) == []
 
 
 @pytest.mark.postgres
-async def test_upsert_error_never_shows_the_database_password(
-    ctx: ActionContext, postgres_url: str
-) -> None:
+async def test_upsert_error_never_shows_the_database_password(ctx: ActionContext, postgres_url: str) -> None:
     # The server trusts local connections, so any password connects; the action must hide it.
     url = make_url(postgres_url).set(password=PASSWORD).render_as_string(hide_password=False)
 
@@ -290,7 +287,7 @@ async def test_postgres_upsert_waiting_on_a_held_lock_times_out_transiently(
 
     async with ctx.databases.get(postgres_url).connect() as holder:
         await holder.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
-        with pytest.raises(ActionFailed, match="timed out after 0.5s") as caught:
+        with pytest.raises(ActionFailed, match=r"timed out after 0\.5s") as caught:
             await upsert(ctx, database_url=postgres_url, table=table, key={"sku": "A"})
         await holder.rollback()
 
