@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.fixtures import ExpectedAction, Fixture, FixtureFile
-from engine.matching import Matcher, PlannedAction, RuleOutcome
+from engine.matching import Matcher, PlannedAction, RuleOutcome, RuleStatus
 from engine.rules import RuleSet
 from engine.secrets import Masker, Secrets
 from engine.throttle import InMemoryThrottleState
@@ -80,6 +80,12 @@ def check_expectations(fixture: Fixture, outcomes: list[RuleOutcome], rules: Rul
         if action.error
     ]
     expect = fixture.expect
+    excused = set(expect.not_fired) if expect else set()
+    failures += [
+        Failure(f"{outcome.rule.id}: {outcome.reason}")
+        for outcome in outcomes
+        if outcome.status is RuleStatus.ERROR and outcome.rule.id not in excused
+    ]
     if expect is None:
         return failures
     for rule_id in [*expect.fired, *expect.not_fired, *(a.rule for a in expect.actions)]:

@@ -70,7 +70,7 @@ def validate_rendered(plugin: Action[Any], rendered: dict[str, Any]) -> ActionPa
 
 def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: JsonPath) -> list[FieldProblem]:
     model = plugin.Params
-    fields = model.model_fields
+    fields = rule_params(model)
     problems = [
         FieldProblem((*loc, key), unknown_key_message(key, fields, "param"), at_key=True)
         for key in params
@@ -111,7 +111,7 @@ def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: Json
 
 def _check_outgoing_urls(model: type[BaseModel], params: dict[str, Any], loc: JsonPath) -> list[FieldProblem]:
     problems = []
-    for name, field in model.model_fields.items():
+    for name, field in rule_params(model).items():
         value = params.get(name)
         if not (_is_outgoing_url(field) and isinstance(value, str) and _templated(value)):
             continue
@@ -163,6 +163,11 @@ def _templated(value: Any) -> bool:
     return False
 
 
+def rule_params(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """The params model's fields by the name rule files use (the alias, when a field has one)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 def _is_outgoing_url(field: FieldInfo) -> bool:
     return _has_marker(field, OutgoingURL)
 
@@ -178,7 +183,7 @@ def _adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     """Validates one field on its own, with the field's constraints (cached)."""
     adapter = _adapters.get((model, name))
     if adapter is None:
-        field = model.model_fields[name]
+        field = rule_params(model)[name]
         annotated: Any = Annotated[field.annotation, field]
         adapter = _adapters[(model, name)] = TypeAdapter(annotated)
     return adapter

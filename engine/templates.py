@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -304,13 +305,13 @@ def _did_you_mean(name: str, candidates: list[str], prefix: str = "") -> str:
 
 def _path_of(target: Any, context: dict[str, Any]) -> str | None:
     """Where `target` sits inside the context, by identity (only used on errors)."""
-    stack: list[tuple[Any, str]] = [(value, key) for key, value in context.items()]
-    while stack:
-        value, path = stack.pop()
+    queue = deque((value, key) for key, value in context.items())  # shallowest path wins
+    while queue:
+        value, path = queue.popleft()
         if value is target:
             return path
         if isinstance(value, dict):
-            stack.extend((item, f"{path}.{key}") for key, item in value.items())
+            queue.extend((item, f"{path}.{key}") for key, item in value.items())
         elif isinstance(value, list):
-            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+            queue.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
     return None
