@@ -40,13 +40,17 @@ class ActionParams(BaseModel):
 
 
 class OutgoingURL:
-    """Marks a param as a URL the engine sends to: its host must not come from payload data.
+    """Marks a param as a URL the engine connects to: its host must not come from payload data.
 
-    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it.
+    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it. `http=False`
+    for a URL that is not an HTTP one (a database URL): its host is checked, not its scheme.
     """
 
+    def __init__(self, *, http: bool = True) -> None:
+        self.http = http
+
     def __repr__(self) -> str:
-        return "OutgoingURL()"
+        return f"OutgoingURL(http={self.http})"
 
 
 class NotTemplated:

@@ -37,7 +37,10 @@ class SlackAction(Action[SlackParams]):
     type = "slack"
     description = "Post a message to a Slack incoming webhook."
     Params = SlackParams
-    escaped_params: ClassVar[Mapping[str, Callable[[str], str]]] = {"text": slack_escape}
+    escaped_params: ClassVar[Mapping[str, Callable[[str], str]]] = {
+        "text": slack_escape,
+        "blocks": slack_escape,
+    }
 
     async def run(self, params: SlackParams, ctx: ActionContext) -> ActionResult:
         url = params.webhook_url or ctx.defaults.slack_webhook_url

@@ -29,6 +29,7 @@ from actions.base import (
     ActionParams,
     ActionResult,
     NotTemplated,
+    OutgoingURL,
 )
 
 # Letters, digits and `_`, at most 63 long: PostgreSQL silently truncates longer names.
@@ -74,7 +75,7 @@ Columns = Annotated[dict[str, Any], AfterValidator(_column_names)]
 
 
 class SqlUpsertParams(ActionParams):
-    database_url: str | None = None
+    database_url: Annotated[str | None, OutgoingURL(http=False)] = None
     table: Annotated[str, AfterValidator(_table_name), NotTemplated()]
     key: Annotated[Columns, Field(min_length=1)]
     values: Columns = Field(default_factory=dict)

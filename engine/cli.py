@@ -81,12 +81,16 @@ def check(rules_dir: Path | None) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write JUnit XML here.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Show every rule's reason for passing fixtures too.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also list the rules that are not for each fixture's event."
+)
 def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | None, verbose: bool) -> None:
     """Replay fixtures (default ./fixtures) dry and check their expectations."""
     settings = _settings()
     masker = _masker(settings)
     rules = _rules_or_exit(rules_dir, settings)
+    if not rules.rules:
+        click.echo(f"warning: no rules loaded from {rules_dir or settings.rules_dir}", err=True)
     files, problems = load_fixtures(paths or (DEFAULT_FIXTURES_DIR,))
     results = asyncio.run(harness.replay(rules, files, secret_variables()))
     for line in report.test_report(results, masker, verbose=verbose):
@@ -94,7 +98,14 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
     if problems:
         click.echo(report.problems_text(problems), err=True)
     if junit_path is not None:
-        write_junit(junit_path, results, problems, masker)
+        try:
+            write_junit(junit_path, results, problems, masker)
+        except OSError as exc:
+            click.echo(
+                f"cannot write the JUnit report to {junit_path}: {exc.strerror}; give another --junit path",
+                err=True,
+            )
+            sys.exit(EXIT_BAD_INPUT)
     click.echo(report.summary(results, len(problems)))
     if problems or not (results or problems):
         if not results and not problems:

@@ -87,8 +87,11 @@ class DeliveryData:
 
     def __init__(self, value: dict[str, Any]) -> None:
         self.value = value
-        self.handle = dl.DataHandle(value)
         self._json: str | None = None
+        try:
+            self.handle = dl.DataHandle(value)
+        except dl.ParseError:  # an integer beyond 64 bits: the JSON reader takes it as a float
+            self.handle = dl.DataHandle(self.json)
 
     @property
     def json(self) -> str:
@@ -202,8 +205,11 @@ def _missing_name(exc: dl.EvaluateError) -> str:
 
 
 def _runtime_error(exc: dl.DataLogicError) -> str:
-    where = f" in `{exc.operator}`" if exc.operator else ""
-    return f"evaluation failed{where}: {str(exc).split(' (in operator')[0]}"
+    where = f" in '{exc.operator}'" if exc.operator else ""
+    detail = str(exc).split(" (in operator")[0]
+    if '"NaN"' in detail:
+        detail = "a value is not a number (text or a missing value where a number is needed)"
+    return f"could not be evaluated{where}: {detail}"
 
 
 def _describe(diagnostic: dl.Diagnostic) -> str:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from engine.delivery import Delivery
 from engine.errors import SourceProblem
-from engine.sources import JsonPath, SourceDocument, iter_source_files, read_document
+from engine.sources import JsonPath, SourceDocument, find_source_files, read_document
 from engine.validation import describe, describe_value
 
 DEFAULT_FIXTURES_DIR = Path("fixtures")
@@ -77,7 +77,9 @@ def load_fixtures(paths: Iterable[Path]) -> tuple[list[FixtureFile], list[Source
         if not root.exists():
             problems.append(SourceProblem(str(root), 1, 1, "no such file or folder"))
             continue
-        for path in iter_source_files(root):
+        paths, unreadable = find_source_files(root)
+        problems += unreadable
+        for path in paths:
             document = read_document(path)
             if isinstance(document, SourceProblem):
                 problems.append(document)
@@ -115,7 +117,7 @@ def _fixture(
     try:
         spec = FixtureSpec.model_validate(item)
     except ValidationError as exc:
-        for p in describe(exc, FixtureSpec.model_fields):
+        for p in describe(exc, FixtureSpec):
             problems.append(document.problem((*loc, *p.loc), p.message, rule_id=label, key=p.at_key))
         return None
     event = spec.event or spec.payload.get("event")

@@ -88,7 +88,7 @@ def check_expectations(fixture: Fixture, outcomes: list[RuleOutcome], rules: Rul
     ]
     if expect is None:
         return failures
-    for rule_id in [*expect.fired, *expect.not_fired, *(a.rule for a in expect.actions)]:
+    for rule_id in dict.fromkeys([*expect.fired, *expect.not_fired, *(a.rule for a in expect.actions)]):
         if rule_id not in by_id:
             failures.append(Failure(f"no rule has the id '{rule_id}' ({suggest(rule_id, rules.ids())})"))
     for rule_id in expect.fired:
@@ -137,10 +137,11 @@ def contains(actual: Any, expected: Any) -> bool:
 
 
 def _json_type(value: Any) -> str:
+    """JSON's types: 7 and 7.0 are the same number; true is not 1; "7" is not 7."""
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int):
-        return "int"
+    if isinstance(value, int | float):
+        return "number"
     return type(value).__name__
 
 

@@ -16,12 +16,13 @@ from engine import conditions
 from engine.errors import SourceErrors, SourceProblem
 from engine.params import bind_action
 from engine.rules import Rule, RuleSet, RuleSpec, Throttle, parse_duration
-from engine.sources import JsonPath, SourceDocument, iter_source_files, read_document
+from engine.sources import JsonPath, SourceDocument, find_source_files, read_document
 from engine.templates import compile_value
 from engine.validation import FieldProblem, describe, describe_value
 
 _EXPECTATIONS: dict[JsonPath, str] = {
     ("id",): "an id of letters, digits, '.', '_' and '-' (starting with a letter or digit)",
+    ("on",): "an event name such as 'rent.created', or a list of them",
     ("throttle", "per"): "a duration such as '30m', '6h' or '1d'",
 }
 
@@ -32,11 +33,11 @@ def load_rules(rules_dir: Path, registry: ActionRegistry) -> RuleSet:
         raise SourceErrors(
             [SourceProblem(str(rules_dir), 1, 1, "rules folder not found; create it or set RULES_DIR")]
         )
-    problems: list[SourceProblem] = []
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     files = []
-    for path in iter_source_files(rules_dir):
+    paths, problems = find_source_files(rules_dir)
+    for path in paths:
         files.append(str(path))
         document = read_document(path)
         if isinstance(document, SourceProblem):
@@ -89,17 +90,17 @@ def _load_rule(
     problems: list[SourceProblem],
 ) -> Rule | None:
     rule_id = item.get("id") if isinstance(item.get("id"), str) else None
-    found: list[tuple[FieldProblem, int]] = []
+    found: list[FieldProblem] = []
     spec: RuleSpec | None = None
     try:
         spec = RuleSpec.model_validate(item)
     except ValidationError as exc:
-        found += [(p, 0) for p in describe(exc, RuleSpec.model_fields, _EXPECTATIONS)]
+        found += describe(exc, RuleSpec, _EXPECTATIONS)
 
     condition = None
     if "when" in item and item["when"] is not None:
         checked = conditions.check(item["when"])
-        found += [(FieldProblem(("when", *p.loc), p.message), 0) for p in checked]
+        found += [FieldProblem(("when", *p.loc), p.message) for p in checked]
         if not checked:
             condition = conditions.Condition(item["when"])
 
@@ -114,16 +115,19 @@ def _load_rule(
     throttle = None
     if spec is not None and spec.throttle is not None:
         key, key_problems = compile_value(spec.throttle.key, ("throttle", "key"))
-        found += [(FieldProblem(p.loc, p.message), p.line - 1) for p in key_problems]
+        found += [FieldProblem(p.loc, p.message, template_line=p.line) for p in key_problems]
         throttle = Throttle(key, parse_duration(spec.throttle.per), spec.throttle.per)
 
-    for problem, line_offset in found:
-        located = document.problem((*loc, *problem.loc), problem.message, rule_id=rule_id, key=problem.at_key)
-        if line_offset:
-            located = SourceProblem(
-                located.path, located.line + line_offset, located.column, located.message, rule_id
+    for problem in found:
+        problems.append(
+            document.problem(
+                (*loc, *problem.loc),
+                problem.message,
+                rule_id=rule_id,
+                key=problem.at_key,
+                template_line=problem.template_line,
             )
-        problems.append(located)
+        )
     if found or spec is None:
         return None
     where = document.position(loc)

@@ -67,6 +67,17 @@ class RuleOutcome:
         return self._reason
 
 
+class IsoDatetime(datetime):
+    """`{{ now }}` reads the same in text as on its own: ISO 8601."""
+
+    @classmethod
+    def of(cls, moment: datetime) -> IsoDatetime:
+        return cls.fromisoformat(moment.isoformat())
+
+    def __str__(self) -> str:
+        return self.isoformat()
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -101,7 +112,7 @@ class Matcher:
                     render_context = {
                         **context,
                         "secrets": self._secrets,
-                        "now": now or self._clock(),
+                        "now": IsoDatetime.of(now or self._clock()),
                     }
                 outcome = await self._fire(rule, render_context, data)
             outcomes.append(outcome)
@@ -119,7 +130,7 @@ class Matcher:
                 _reason=f"event {delivery.event} does not match on: {on}",
             )
         if not rule.enabled:
-            return RuleOutcome(rule, RuleStatus.DISABLED, _reason="disabled (enabled: false)")
+            return RuleOutcome(rule, RuleStatus.DISABLED, _reason="disabled: the rule has enabled: false")
         if rule.condition is None:
             return None
         verdict = rule.condition.test(data, session)
@@ -155,7 +166,8 @@ class Matcher:
                     _reason=f"throttled: key {key!r} already fired at {last.isoformat()} "
                     f"(at most once per {rule.throttle.per_text})",
                 )
-        actions = [render_action(rule, action, context) for action in rule.actions]
+        dry_run = self._secrets.placeholders
+        actions = [render_action(rule, action, context, dry_run=dry_run) for action in rule.actions]
         return RuleOutcome(rule, RuleStatus.FIRED, actions, _reason=explanation)
 
     def _session(self) -> Any:
@@ -165,7 +177,9 @@ class Matcher:
         return session
 
 
-def render_action(rule: Rule, action: RuleAction, context: dict[str, Any]) -> PlannedAction:
+def render_action(
+    rule: Rule, action: RuleAction, context: dict[str, Any], *, dry_run: bool = False
+) -> PlannedAction:
     """Render and validate one action's params; failures are recorded, not raised."""
     planned = PlannedAction(action.index, action.type)
     rendered = {}
@@ -177,7 +191,10 @@ def render_action(rule: Rule, action: RuleAction, context: dict[str, Any]) -> Pl
             return planned
     planned.params = rendered
     try:
-        planned.validated = validate_rendered(action.plugin, rendered)
+        planned.validated = validate_rendered(action.plugin, rendered, dry_run=dry_run)
     except ParamsInvalid as exc:
         planned.error = f"actions[{action.index}] ({action.type}): {exc}"
+        return planned
+    # Show what will be sent: `quantity: "7"` written as text is sent as the number 7.
+    planned.params = planned.validated.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return planned

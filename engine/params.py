@@ -9,6 +9,7 @@ param is validated after rendering, with the same model.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import httpx
@@ -19,6 +20,7 @@ from pydantic.fields import FieldInfo
 from actions.base import Action, ActionParams, NotTemplated, OutgoingURL
 from actions.registry import ActionRegistry
 from engine.rules import RuleAction
+from engine.secrets import MASK
 from engine.sources import JsonPath
 from engine.templates import compile_value, environment, has_template_syntax
 from engine.validation import FieldProblem, describe, unknown_key_message
@@ -33,37 +35,44 @@ class ParamsInvalid(Exception):
 
 def bind_action(
     spec: dict[str, Any], index: int, registry: ActionRegistry
-) -> tuple[RuleAction | None, list[tuple[FieldProblem, int]]]:
-    """Check one action of a rule; problems come with their template line offset."""
+) -> tuple[RuleAction | None, list[FieldProblem]]:
+    """Check one action of a rule: the bound action, or None, and every problem found."""
     loc: JsonPath = ("actions", index)
     name = spec.get("type")
     plugin = registry.get(name) if isinstance(name, str) else None
     if plugin is None:
         suggestion = registry.suggest(name) if isinstance(name, str) else None
         hint = f"did you mean '{suggestion}'?" if suggestion else f"known: {', '.join(registry.names())}"
-        return None, [(FieldProblem((*loc, "type"), f"unknown action type {name!r} ({hint})"), 0)]
+        return None, [FieldProblem((*loc, "type"), f"unknown action type {name!r} ({hint})")]
     params = {key: value for key, value in spec.items() if key != "type"}
-    problems = [(p, 0) for p in _check_literal_params(plugin, params, loc)]
+    problems = _check_literal_params(plugin, params, loc)
     templates = {}
     for key, value in params.items():
         escape = plugin.escaped_params.get(key)
         template, template_problems = compile_value(value, (*loc, key), escape)
         templates[key] = template
-        problems += [(FieldProblem(p.loc, p.message), p.line - 1) for p in template_problems]
-    problems += [(p, 0) for p in _check_outgoing_urls(plugin.Params, params, loc)]
+        problems += [FieldProblem(p.loc, p.message, template_line=p.line) for p in template_problems]
+    problems += _check_outgoing_urls(plugin.Params, params, loc)
     return RuleAction(index, plugin.type, plugin, templates, dict(plugin.escaped_params)), problems
 
 
-def validate_rendered(plugin: Action[Any], rendered: dict[str, Any]) -> ActionParams:
-    """The action's params model from rendered values; `ParamsInvalid` says what is off."""
+def validate_rendered(
+    plugin: Action[Any], rendered: dict[str, Any], *, dry_run: bool = False
+) -> ActionParams:
+    """The action's params model from rendered values; `ParamsInvalid` says what is off.
+
+    In a dry run a URL holding the placeholder of an unset secret (`***`) is let through.
+    """
     try:
         params: ActionParams = plugin.Params.model_validate(rendered)
     except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(map(str, p.loc)) or 'params'}: {p.message}" for p in describe(exc))
+        details = "; ".join(
+            f"{'.'.join(map(str, p.loc)) or 'params'}: {p.message}" for p in describe(exc, plugin.Params)
+        )
         raise ParamsInvalid(f"rendered params are not valid: {details}") from None
     for name, field in type(params).model_fields.items():
         value = getattr(params, name)
-        if _is_outgoing_url(field) and isinstance(value, str):
+        if _needs_http_url(field) and isinstance(value, str) and not (dry_run and MASK in value):
             _require_http_url(value)
     return params
 
@@ -96,7 +105,7 @@ def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: Json
         except ValidationError as exc:
             problems += [FieldProblem((*loc, key, *p.loc), p.message, p.at_key) for p in describe(exc)]
             continue
-        if _is_outgoing_url(fields[key]) and isinstance(value, str):
+        if _needs_http_url(fields[key]) and isinstance(value, str):
             try:
                 _require_http_url(value)
             except ParamsInvalid as error:
@@ -105,7 +114,7 @@ def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: Json
         try:  # whole-model checks (params that exclude each other)
             model.model_validate(params)
         except ValidationError as exc:
-            problems += [FieldProblem((*loc, *p.loc), p.message) for p in describe(exc)]
+            problems += [FieldProblem((*loc, *p.loc), p.message) for p in describe(exc, model)]
     return problems
 
 
@@ -115,7 +124,7 @@ def _check_outgoing_urls(model: type[BaseModel], params: dict[str, Any], loc: Js
         value = params.get(name)
         if not (_is_outgoing_url(field) and isinstance(value, str) and _templated(value)):
             continue
-        if _host_is_written(value) or _reads_only_configuration(value):
+        if _host_from_configuration(value):
             continue
         problems.append(
             FieldProblem(
@@ -128,17 +137,23 @@ def _check_outgoing_urls(model: type[BaseModel], params: dict[str, Any], loc: Js
     return problems
 
 
-def _host_is_written(template: str) -> bool:
-    """True when scheme and host precede the first template tag and end with '/'."""
-    first_tag = min(i for i in (template.find("{{"), template.find("{%"), template.find("{#")) if i >= 0)
-    literal = template[:first_tag]
-    scheme, sep, rest = literal.partition("://")
-    return bool(sep) and scheme in ("http", "https") and "/" in rest and rest.index("/") > 0
+_HOST_END = re.compile(r"[/?#]")
+_TEMPLATE_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
-def _reads_only_configuration(template: str) -> bool:
+def _host_from_configuration(template: str) -> bool:
+    """True when the URL up to the end of its host reads nothing but configuration.
+
+    The host part ends at the first `/`, `?` or `#` after `scheme://` (or, with no
+    scheme written, the first one) outside any template tag: `https://crm.example.com/{{ data.id }}`
+    and `{{ secrets.CRM_URL }}/items/{{ data.id }}` pass, `https://{{ data.host }}/x` does not.
+    """
+    masked = _TEMPLATE_TAG.sub(lambda match: "\0" * len(match.group()), template)
+    scheme_end = masked.find("://")
+    host_end = _HOST_END.search(masked, scheme_end + 3 if scheme_end >= 0 else 0)
+    host_part = template[: host_end.start()] if host_end else template
     try:
-        names = jinja2.meta.find_undeclared_variables(environment().parse(template))
+        names = jinja2.meta.find_undeclared_variables(environment().parse(host_part))
     except jinja2.TemplateSyntaxError:
         return True  # reported as a syntax error already
     return names <= CONFIGURATION_NAMES
@@ -150,7 +165,8 @@ def _require_http_url(value: str) -> None:
     except httpx.InvalidURL:
         raise ParamsInvalid(f"expected an http(s) URL, found {value[:60]!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ParamsInvalid("expected an http:// or https:// URL with a host, found one that is not")
+        found = f"the scheme {url.scheme}:" if url.scheme not in ("http", "https") else "no host"
+        raise ParamsInvalid(f"expected an http:// or https:// URL with a host, found {found}")
 
 
 def _templated(value: Any) -> bool:
@@ -172,6 +188,10 @@ def _is_outgoing_url(field: FieldInfo) -> bool:
     return _has_marker(field, OutgoingURL)
 
 
+def _needs_http_url(field: FieldInfo) -> bool:
+    return any(isinstance(item, OutgoingURL) and item.http for item in field.metadata)
+
+
 def _has_marker(field: FieldInfo, marker: type) -> bool:
     return any(isinstance(item, marker) for item in field.metadata)
 
@@ -184,6 +204,9 @@ def _adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     adapter = _adapters.get((model, name))
     if adapter is None:
         field = rule_params(model)[name]
-        annotated: Any = Annotated[field.annotation, field]
+        # The field's constraints and validators live in its metadata; the alias stays out.
+        annotated: Any = (
+            Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        )
         adapter = _adapters[(model, name)] = TypeAdapter(annotated)
     return adapter

@@ -31,7 +31,12 @@ def _dim(text: str) -> str:
 
 
 def problems_text(problems: list[SourceProblem]) -> str:
-    return "\n".join(f"{_red('error')} {problem}" for problem in problems)
+    """One `file:line:col: rule-id: message` line per problem, the location in red."""
+    lines = []
+    for problem in problems:
+        where = f"{problem.path}:{problem.line}:{problem.column}:"
+        lines.append(f"{_red(where)}{str(problem).removeprefix(where)}")
+    return "\n".join(lines)
 
 
 def test_report(results: list[FixtureResult], masker: Masker, *, verbose: bool) -> Iterator[str]:
@@ -66,15 +71,11 @@ def _rules(outcomes: list[RuleOutcome], masker: Masker, *, verbose: bool, indent
         if outcome.status is RuleStatus.EVENT_NOT_MATCHED and not verbose:
             hidden += 1
             continue
-        if not verbose and not outcome.fired:
-            yield f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {_dim(masker.mask(outcome.reason))}"
+        reason = masker.mask(outcome.reason)
+        if not outcome.fired:  # each reason says why by itself: "throttled: …", "… -> false"
+            yield f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {reason}"
             continue
-        if outcome.fired:
-            head = f"{indent}{_green('✓')} {outcome.rule.id.ljust(width)}  fired: "
-        else:
-            status = outcome.status.value.replace("_", " ")
-            head = f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {status}: "
-        yield head + masker.mask(outcome.reason)
+        yield f"{indent}{_green('✓')} {outcome.rule.id.ljust(width)}  fired: {reason}"
         for action in outcome.actions:
             yield f"{indent}      {_action_line(action, masker)}"
     if hidden:

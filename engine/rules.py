@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
 from actions.base import Action
 from engine.conditions import Condition
@@ -27,17 +27,18 @@ _EVENT_CACHE_SIZE = 1024
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _event_patterns(value: Any) -> list[str]:
-    patterns = [value] if isinstance(value, str) else value
-    if not isinstance(patterns, list) or not patterns:
-        raise ValueError(f"expected an event name or a list of them, found {describe_value(value)}")
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern or pattern.strip() != pattern or "*" in pattern[:-1]:
-            raise ValueError(
-                "expected an event name such as 'rent.created', a prefix such as 'rent.*', "
-                f"or '*', found {describe_value(pattern)}"
-            )
-    return patterns
+def _one_or_many(value: Any) -> Any:
+    """`on: rent.created` is short for `on: [rent.created]`."""
+    return [value] if isinstance(value, str) else value
+
+
+def _event_pattern(value: str) -> str:
+    if not value or value.strip() != value or "*" in value[:-1]:
+        raise ValueError(
+            "expected an event name such as 'rent.created', a prefix such as 'rent.*', "
+            f"or '*', found {describe_value(value)}"
+        )
+    return value
 
 
 class ThrottleSpec(BaseModel):
@@ -68,8 +69,9 @@ class RuleSpec(BaseModel):
     id: str = Field(pattern=RULE_ID_PATTERN, max_length=120, description="Unique across all files.")
     description: str | None = Field(default=None, description="For people.")
     on: Annotated[
-        list[str],
-        BeforeValidator(_event_patterns),
+        list[Annotated[str, AfterValidator(_event_pattern)]],
+        BeforeValidator(_one_or_many),
+        Field(min_length=1),
         WithJsonSchema(
             {
                 "anyOf": [

@@ -35,6 +35,11 @@ class Secrets(Mapping[str, str]):
             return MASK
         raise KeyError(name)
 
+    @property
+    def placeholders(self) -> bool:
+        """True in dry runs, where unset secrets read as `***`."""
+        return self._placeholders
+
     def __contains__(self, name: object) -> bool:
         return self._placeholders or name in self._values
 

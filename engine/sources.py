@@ -12,8 +12,9 @@ it is built only when an error needs it, so a large fixture costs one
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,25 +83,50 @@ class SourceDocument:
         return Position(1, 1)
 
     def problem(
-        self, loc: JsonPath, message: str, *, rule_id: str | None = None, key: bool = False
+        self,
+        loc: JsonPath,
+        message: str,
+        *,
+        rule_id: str | None = None,
+        key: bool = False,
+        template_line: int = 1,
     ) -> SourceProblem:
+        """A problem at `loc`; `template_line` > 1 points inside a YAML block scalar (`|`, `>`)."""
         where = self.position(loc, key=key)
-        return SourceProblem(self.path, where.line, where.column, message, rule_id)
+        line, column = where.line, where.column
+        lines = self.text.splitlines()
+        if template_line > 1 and lines[line - 1][column - 1 : column] in ("|", ">"):
+            # A block scalar's text starts on the line after its indicator.
+            target = line + template_line
+            if target <= len(lines):
+                content = lines[target - 1]
+                line, column = target, len(content) - len(content.lstrip()) + 1
+        return SourceProblem(self.path, line, column, message, rule_id)
 
 
-def iter_source_files(root: Path) -> Iterator[Path]:
-    """Every rule or fixture file under `root` (or `root` itself), sorted, hidden ones skipped."""
-    if root.is_file():
-        yield root
-        return
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).parts
-        if (
-            path.suffix in RULE_FILE_SUFFIXES
-            and path.is_file()
-            and not any(part.startswith(".") for part in relative)
-        ):
-            yield path
+def find_source_files(root: Path) -> tuple[list[Path], list[SourceProblem]]:
+    """Every rule or fixture file under `root` (or `root` itself), sorted, hidden ones skipped.
+
+    A folder that cannot be read is a problem, not a silent gap in the rule set.
+    """
+    if not root.is_dir():
+        return [root], []
+    found: list[Path] = []
+    problems: list[SourceProblem] = []
+
+    def unreadable(error: OSError) -> None:
+        problems.append(
+            SourceProblem(str(error.filename or root), 1, 1, f"cannot read the folder: {error.strerror}")
+        )
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found += [
+            Path(folder, name)
+            for name in files
+            if not name.startswith(".") and Path(name).suffix in RULE_FILE_SUFFIXES
+        ]
+    return sorted(found), problems
 
 
 def read_document(path: Path, display: str | None = None) -> SourceDocument | SourceProblem:
@@ -118,12 +144,14 @@ def read_document(path: Path, display: str | None = None) -> SourceDocument | So
             )
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
         return SourceProblem(
             name,
-            1,
-            1,
-            f"expected UTF-8 text, found byte {exc.object[exc.start]:#04x} at offset {exc.start}; "
-            "save the file as UTF-8",
+            line,
+            column,
+            f"expected UTF-8 text, found the byte {exc.object[exc.start]:#04x}; save the file as UTF-8",
         )
     except OSError as exc:
         return SourceProblem(name, 1, 1, f"cannot read the file: {exc.strerror or exc}")
@@ -133,22 +161,62 @@ def read_document(path: Path, display: str | None = None) -> SourceDocument | So
 def parse_text(text: str, name: str, *, yaml_syntax: bool) -> SourceDocument | SourceProblem:
     """Parse `text`; JSON unless `yaml_syntax`. Never raises for bad input."""
     try:
-        value = _parse_yaml(text) if yaml_syntax else json.loads(text)
+        value = _parse_yaml(text) if yaml_syntax else json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
-        return SourceProblem(name, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}")
+        return _json_problem(exc, text, name)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = exc.problem or exc.context or "syntax error"
-        return SourceProblem(name, line, column, f"invalid YAML: {what}")
+        return _yaml_problem(exc, name)
     except yaml.YAMLError as exc:
         return SourceProblem(name, 1, 1, f"invalid YAML: {exc}")
     except RecursionError:
-        return SourceProblem(name, 1, 1, f"nested too deeply: keep files under {MAX_NESTING} levels")
-    depth_problem = _check_depth(value, name)
-    if depth_problem is not None:
-        return depth_problem
-    return SourceDocument(name, text, value)
+        return SourceProblem(name, 1, 1, TOO_DEEP)
+    except ValueError as exc:  # NaN or Infinity, refused by _not_json
+        found = _JSON_CONSTANT.search(text)
+        line, column = _line_column(text, found.start()) if found else (1, 1)
+        return SourceProblem(name, line, column, f"invalid JSON: {exc}")
+    document = SourceDocument(name, text, value)
+    return _check_shape(document) or document
+
+
+TOO_DEEP = (
+    f"expected at most {MAX_NESTING} levels of nesting, found more; "
+    "flatten the condition or split it into several rules"
+)
+_JSON_CONSTANT = re.compile(r"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _json_problem(exc: json.JSONDecodeError, text: str, name: str) -> SourceProblem:
+    closing = text[exc.pos : exc.pos + 1]
+    comma = text.rfind(",", 0, exc.pos)
+    if closing in ("]", "}") and comma >= 0 and not text[comma + 1 : exc.pos].strip():
+        line, column = _line_column(text, comma)
+        return SourceProblem(
+            name, line, column, f"invalid JSON: a comma before '{closing}'; remove the trailing comma"
+        )
+    return SourceProblem(name, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}")
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, name: str) -> SourceProblem:
+    problem = exc.problem or "syntax error"
+    mark = exc.problem_mark or exc.context_mark
+    if "end of stream" in problem and exc.context_mark is not None:
+        # An unclosed quote or bracket: point where it was opened, not at the end of the file.
+        mark = exc.context_mark
+        problem = f"{(exc.context or 'a value').removeprefix('while scanning ')} is never closed"
+    if "unhashable key" in problem or "alphabetic or numeric character" in problem:
+        problem += "; quote values that start with {, * or & (write \"{{ data.id }}\", '*')"
+    problem = TOO_DEEP if "maximum nesting depth" in problem else f"invalid YAML: {problem}"
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return SourceProblem(name, line, column, problem)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number; write a number or null")
 
 
 def _parse_yaml(text: str) -> Any:
@@ -159,31 +227,28 @@ def _parse_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def _check_depth(value: Any, name: str) -> SourceProblem | None:
-    """Refuse absurd nesting before anything recursive walks the value."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+def _check_shape(document: SourceDocument) -> SourceProblem | None:
+    """Refuse absurd nesting and values JSON cannot hold, before anything recursive walks them."""
+    stack: list[tuple[Any, JsonPath]] = [(document.value, ())]
     while stack:
-        item, depth = stack.pop()
-        if depth > MAX_NESTING:
-            return SourceProblem(
-                name,
-                1,
-                1,
-                f"expected at most {MAX_NESTING} levels of nesting, found more; "
-                "flatten the condition or split it into several rules",
-            )
+        item, loc = stack.pop()
+        if len(loc) >= MAX_NESTING:
+            return SourceProblem(document.path, 1, 1, TOO_DEEP)
         if isinstance(item, dict):
             odd_key = next((key for key in item if not isinstance(key, str)), None)
             if odd_key is not None:
-                return SourceProblem(
-                    name,
-                    1,
-                    1,
-                    f"expected text keys, found the key {odd_key!r}; quote it",
-                )
-            stack.extend((child, depth + 1) for child in item.values())
+                return document.problem(loc, f"expected text keys, found the key {odd_key!r}; quote it")
+            stack.extend((child, (*loc, key)) for key, child in item.items())
         elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend((child, (*loc, index)) for index, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return document.problem(loc, f"expected a number, found {item}; write a number or null")
+        elif not (item is None or isinstance(item, str | int | float | bool)):
+            return document.problem(
+                loc,
+                "expected text, a number, true/false, null, a list or an object, "
+                f"found a {type(item).__name__}",
+            )
     return None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import functools
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -80,28 +81,32 @@ def _budgeted_range(*args: int) -> range:
 _WIDTH_IN_FORMAT = re.compile(r"%[-+ #0]*(\d+)")
 
 
-def _width_checked(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    """A padding filter that refuses widths that would build huge strings."""
+def _check_widths(*values: Any) -> None:
+    """Refuse a width (a number, or `%N` inside a format string) that would build a huge string."""
+    for value in values:
+        widths = [int(w) for w in _WIDTH_IN_FORMAT.findall(value)] if isinstance(value, str) else [value]
+        too_wide = [
+            w for w in widths if isinstance(w, int) and not isinstance(w, bool) and w > MAX_TEXT_CHARS
+        ]
+        if too_wide:
+            raise SecurityError(f"a width of {too_wide[0]:,} is over the {MAX_TEXT_CHARS:,} limit")
 
+
+def _width_checked(filter_function: Callable[..., Any]) -> Callable[..., Any]:
+    """A padding filter that refuses huge widths (keeps Jinja's pass_environment marker)."""
+
+    @functools.wraps(filter_function)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        for arg in (*args[1:], *kwargs.values()):
-            widths = [int(w) for w in _WIDTH_IN_FORMAT.findall(arg)] if isinstance(arg, str) else [arg]
-            if any(isinstance(w, int) and w > MAX_TEXT_CHARS for w in widths):
-                raise SecurityError(f"a width of {max(widths):,} is over the {MAX_TEXT_CHARS:,} limit")
-        if isinstance(args[0], str):
-            for width in _WIDTH_IN_FORMAT.findall(args[0]):
-                if int(width) > MAX_TEXT_CHARS:
-                    raise SecurityError(f"a width of {int(width):,} is over the {MAX_TEXT_CHARS:,} limit")
+        _check_widths(*args, *kwargs.values())
         return filter_function(*args, **kwargs)
 
-    checked.__name__ = getattr(filter_function, "__name__", "filter")
     return checked
 
 
 class FieldEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox: payload fields before attributes, and no runaway arithmetic."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def __init__(self, finalize: Escape | None = None) -> None:
         super().__init__(
@@ -137,6 +142,10 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
         return bool(super().is_safe_attribute(obj, attr, value))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%":
+            if isinstance(left, str):
+                _check_widths(left)
+            return left % right
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
                 raise SecurityError(f"exponent {right} is over the limit of {MAX_EXPONENT}")
@@ -240,7 +249,9 @@ def _native(value: Any) -> Any:
     """Make an expression's value JSON-shaped (dates as ISO text); undefined fails here."""
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, str):
+        return _checked_text(value)
+    if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -273,7 +284,7 @@ def render(template: ParamTemplate, context: dict[str, Any]) -> Any:
         raise
     except SecurityError as exc:
         raise TemplateRenderError(f"template stopped: {exc}") from None
-    except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+    except (jinja2.TemplateError, ArithmeticError, AttributeError, TypeError, ValueError, LookupError) as exc:
         raise TemplateRenderError(f"template failed: {type(exc).__name__}: {exc}") from None
     finally:
         _range_budget.reset(token)

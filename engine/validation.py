@@ -10,9 +10,9 @@ import difflib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from engine.sources import JsonPath
@@ -20,25 +20,59 @@ from engine.sources import JsonPath
 
 @dataclass(frozen=True, slots=True)
 class FieldProblem:
-    """A problem at `loc`; `at_key` when the key itself is wrong (unknown key)."""
+    """A problem at `loc`; `at_key` when the key itself is wrong (unknown key).
+
+    `template_line` is the line inside a multi-line template where it was found.
+    """
 
     loc: JsonPath
     message: str
     at_key: bool = False
+    template_line: int = 1
 
 
 def describe(
     exc: ValidationError,
-    known_keys: Iterable[str] = (),
+    model: type[BaseModel] | None = None,
     expectations: Mapping[JsonPath, str] | None = None,
 ) -> list[FieldProblem]:
-    """One problem per error; `expectations` replaces pydantic's wording for some fields."""
-    keys = list(known_keys)
+    """One problem per error; `expectations` replaces pydantic's wording for some fields.
+
+    `model` is what was validated, so an unknown key is compared with the keys
+    of the object it stands in (`throttle.pre` -> did you mean 'per'?).
+    """
     problems = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
+        keys = _keys_at(model, loc[:-1]) if model is not None else []
         problems.append(_describe_one(error, loc, keys, expectations or {}))
     return problems
+
+
+def _keys_at(model: type[BaseModel], loc: JsonPath) -> list[str]:
+    """The keys of the nested model found at `loc` inside `model` (by the names files use)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return []
+        if isinstance(part, int):
+            continue
+        fields = {info.alias or name: info for name, info in current.model_fields.items()}
+        current = _model_in(fields[part].annotation) if part in fields else None
+    if current is None:
+        return []
+    return [info.alias or name for name, info in current.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `list[X]` or `X | None`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _describe_one(

@@ -10,10 +10,10 @@ from actions.registry import load_registry
 from engine.fixtures import load_fixtures
 from engine.harness import replay
 from engine.loader import load_rules
-from engine.sources import iter_source_files
+from engine.sources import find_source_files
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE_FILES = sorted(iter_source_files(REPO / "fixtures"))
+FIXTURE_FILES, _ = find_source_files(REPO / "fixtures")
 
 
 def test_there_are_fixtures_for_the_four_known_events() -> None:

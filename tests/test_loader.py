@@ -179,7 +179,7 @@ def test_non_utf8_and_unreadable_files_are_reported(tmp_path: Path) -> None:
     (tmp_path / "folder.yaml" / "inner.txt").write_text("x")
     problems = _problems(tmp_path)
     assert problems == [
-        "latin1.yaml:1:1: expected UTF-8 text, found byte 0xe9 at offset 7; save the file as UTF-8"
+        "latin1.yaml:1:8: expected UTF-8 text, found the byte 0xe9; save the file as UTF-8"
     ]
 
 
