@@ -136,8 +136,8 @@ def test_slack_escape_escapes_ampersand_then_angle_brackets(raw: str, escaped: s
     assert slack_escape(raw) == escaped
 
 
-def test_slack_declares_text_as_its_escaped_param() -> None:
-    assert dict(SlackAction.escaped_params) == {"text": slack_escape}
+def test_slack_escapes_interpolated_values_in_text_and_blocks() -> None:
+    assert dict(SlackAction.escaped_params) == {"text": slack_escape, "blocks": slack_escape}
 
 
 # --- http ---------------------------------------------------------------------------------
