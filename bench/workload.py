@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import random
 import statistics
-from collections.abc import Callable, Sequence
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,11 @@ def payload(rng: random.Random | None = None, item_id: int = 42) -> dict[str, An
             "discontinued": r.random() < 0.1,
             "tags": r.sample(TAGS, 3),
             "location": {"warehouse": r.choice(WAREHOUSES), "shelf": f"B-{r.randint(1, 40)}"},
-            "supplier": {"id": r.randint(1, 40), "name": r.choice(SUPPLIERS), "lead_time_days": r.randint(1, 21)},
+            "supplier": {
+                "id": r.randint(1, 40),
+                "name": r.choice(SUPPLIERS),
+                "lead_time_days": r.randint(1, 21),
+            },
             "items": [
                 {
                     "sku": f"SKU-{item_id % 50:04d}-{n}",
@@ -188,6 +195,17 @@ def settle() -> None:
     gc.collect()
 
 
+@contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Everything alive now (loaded rules, fixtures) moved out of the cyclic GC's reach, as
+    `gc.freeze()` after start-up would do in a worker; undone on exit. Both are O(1)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def median_p95(samples_ns: Sequence[int]) -> tuple[float, float]:
     """Median and 95th percentile, in microseconds."""
     ordered = sorted(samples_ns)
@@ -215,8 +233,35 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def machine() -> str:
-    import os
-
-    cores = os.cpu_count()
+    """Date, Python, cores and the load average (other work on the machine skews absolute figures)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{stamp}; Python {platform.python_version()}; {platform.machine()}; {cores} cores"
+    return (
+        f"{stamp}; Python {platform.python_version()}; {platform.machine()}; {os.cpu_count()} cores; "
+        f"load average {load_average()}; {revision()}"
+    )
+
+
+def load_average() -> str:
+    """1, 5 and 15 minute load averages: above ~1 on 2 cores, something else ran alongside."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def revision() -> str:
+    """The checkout's commit, and whether engine/ or actions/ have uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "engine", "actions"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {commit}{' + uncommitted engine changes' if dirty else ''}"

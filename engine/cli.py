@@ -8,6 +8,7 @@ configuration or input ends with one clear line, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 from pathlib import Path
@@ -146,11 +147,14 @@ def schema() -> None:
 
 def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
     try:
-        return _load(rules_dir, settings, load_registry())
+        rules = _load(rules_dir, settings, load_registry())
     except SourceErrors as exc:
         click.echo(report.problems_text(exc.problems), err=True)
         click.echo("fix the rule files above (stockaj-rules check lists them all)", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    # Loaded rules live as long as the process: keep the garbage collector from rescanning them.
+    gc.freeze()
+    return rules
 
 
 def main() -> None:

@@ -80,6 +80,11 @@ class Verdict:
     error: str | None = None
 
 
+# Shared verdicts for the common cases: no allocation per rule per delivery.
+_FIRED = Verdict(True)
+_NOT_FIRED = Verdict(False)
+
+
 class DeliveryData:
     """A delivery's condition context, converted once and shared by every rule."""
 
@@ -103,11 +108,15 @@ class DeliveryData:
 class Condition:
     """A rule's `when`, compiled once when rules load."""
 
-    __slots__ = ("_guarded_rule", "logic")
+    __slots__ = ("_guarded_rule", "_logic_json", "_reads", "logic")
 
     def __init__(self, logic: Any) -> None:
         self.logic = logic
+        self._logic_json = json.dumps(logic)
         self._guarded_rule = _guarded.compile(json.dumps(_default_scoped_reads(logic)))
+        facts = _standard.compile(self._logic_json).facts()
+        # The paths the condition reads: explanations trace only these, not the whole payload.
+        self._reads: list[list[str]] | None = facts["reads"] if facts["reads_complete"] else None
 
     def test(self, data: DeliveryData, session: dl.Session) -> Verdict:
         """Fire or not; never raises for a delivery's content."""
@@ -117,16 +126,49 @@ class Condition:
             if exc.error_type == "VariableNotFound":
                 return Verdict(False, missing_field=_missing_name(exc))
             return Verdict(False, error=_runtime_error(exc))
-        return Verdict(fired)
+        return _FIRED if fired else _NOT_FIRED
 
     def explain(self, data: DeliveryData) -> str:
         """The condition with the values it saw: `data.quantity (7) <= data.minimum_quantity (5) -> false`."""
-        trace = json.loads(_standard.evaluate_with_trace(json.dumps(self.logic), data.json))
+        context = data.json if self._reads is None else json.dumps(_only(data.value, self._reads))
+        trace = json.loads(_standard.evaluate_with_trace(self._logic_json, context))
         values = _TraceValues(trace)
         text = _render(self.logic, "", values, top=True)
         if trace.get("error"):
             return f"{text} -> error: {trace['error']}"
         return f"{text} -> {_literal(trace.get('result'))}"
+
+
+def _only(value: dict[str, Any], reads: list[list[str]]) -> dict[str, Any]:
+    """A copy of `value` holding just the paths in `reads` (each a list of keys).
+
+    A path through a list copies its whole top-level field; nothing of `value` is modified.
+    """
+    trimmed: dict[str, Any] = {}
+    copied: set[tuple[str, ...]] = set()
+    for path in sorted(reads, key=len):
+        if not path or any(tuple(path[:end]) in copied for end in range(1, len(path) + 1)):
+            continue
+        source: Any = value
+        for key in path:
+            if not isinstance(source, dict):
+                path, source = path[:1], value.get(path[0])
+                break
+            if key not in source:
+                source = _ABSENT
+                break
+            source = source[key]
+        if source is _ABSENT or any(tuple(path[:end]) in copied for end in range(1, len(path) + 1)):
+            continue
+        target = trimmed
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = source
+        copied.add(tuple(path))
+    return trimmed
+
+
+_ABSENT = object()
 
 
 class _TraceValues:

@@ -105,8 +105,9 @@ class Matcher:
         data = conditions.DeliveryData(context)
         render_context: dict[str, Any] | None = None
         outcomes = []
+        for_event = self.rules.ids_for_event(delivery.event)
         for rule in self.rules.rules:
-            outcome = self._check(rule, delivery, data, session)
+            outcome = self._check(rule, rule.id in for_event, delivery, data, session)
             if outcome is None:
                 if render_context is None:
                     render_context = {
@@ -119,10 +120,10 @@ class Matcher:
         return outcomes
 
     def _check(
-        self, rule: Rule, delivery: Delivery, data: conditions.DeliveryData, session: Any
+        self, rule: Rule, for_event: bool, delivery: Delivery, data: conditions.DeliveryData, session: Any
     ) -> RuleOutcome | None:
         """The outcome of a rule that does not fire, or None when its condition holds."""
-        if not rule.matches_event(delivery.event):
+        if not for_event:
             on = ", ".join(rule.events)
             return RuleOutcome(
                 rule,

@@ -139,7 +139,7 @@ class RuleSet:
         self.rules = rules
         self.files = files
         self._by_id = {rule.id: rule for rule in rules}
-        self._by_event: dict[str, tuple[Rule, ...]] = {}
+        self._by_event: dict[str, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -151,9 +151,14 @@ class RuleSet:
         return [rule.id for rule in self.rules]
 
     def for_event(self, event: str) -> tuple[Rule, ...]:
+        """The rules whose `on` matches `event`, in rule order."""
+        return tuple(rule for rule in self.rules if rule.id in self.ids_for_event(event))
+
+    def ids_for_event(self, event: str) -> frozenset[str]:
+        """The ids of the rules whose `on` matches `event` (cached per event name)."""
         found = self._by_event.get(event)
         if found is None:
             if len(self._by_event) >= _EVENT_CACHE_SIZE:  # unknown events are stored too
                 self._by_event.clear()
-            found = self._by_event[event] = tuple(r for r in self.rules if r.matches_event(event))
+            found = self._by_event[event] = frozenset(r.id for r in self.rules if r.matches_event(event))
         return found
