@@ -83,7 +83,10 @@ def check(rules_dir: Path | None) -> None:
     help="Also write JUnit XML here.",
 )
 @click.option(
-    "-v", "--verbose", is_flag=True, help="Also list the rules that are not for each fixture's event."
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show why every rule did not fire, also for passing fixtures (failing ones always show it).",
 )
 def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | None, verbose: bool) -> None:
     """Replay fixtures (default ./fixtures) dry and check their expectations."""
@@ -127,6 +130,8 @@ def replay(rules_dir: Path | None, fixtures: tuple[Path, ...], as_json: bool) ->
     settings = _settings()
     masker = _masker(settings)
     rules = _rules_or_exit(rules_dir, settings)
+    if not rules.rules:
+        click.echo(f"warning: no rules loaded from {rules_dir or settings.rules_dir}", err=True)
     files, problems = load_fixtures(fixtures)
     if problems:
         click.echo(report.problems_text(problems), err=True)

@@ -250,7 +250,10 @@ def _runtime_error(exc: dl.DataLogicError) -> str:
     where = f" in '{exc.operator}'" if exc.operator else ""
     detail = str(exc).split(" (in operator")[0]
     if '"NaN"' in detail:
-        detail = "a value is not a number (text or a missing value where a number is needed)"
+        detail = (
+            "a value is not a number (text or a missing value where a number is needed), "
+            "or a division by zero"
+        )
     return f"could not be evaluated{where}: {detail}"
 
 

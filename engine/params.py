@@ -124,16 +124,25 @@ def _check_outgoing_urls(model: type[BaseModel], params: dict[str, Any], loc: Js
         value = params.get(name)
         if not (_is_outgoing_url(field) and isinstance(value, str) and _templated(value)):
             continue
-        if _host_from_configuration(value):
-            continue
-        problems.append(
-            FieldProblem(
-                (*loc, name),
-                "expected the URL's host written in the rule (or taken from secrets), found a "
-                "host built from a template; write it out, e.g. "
-                "'https://crm.example.com/items/{{ data.id }}'",
+        if _needs_http_url(field):
+            if not _host_from_configuration(value):
+                problems.append(
+                    FieldProblem(
+                        (*loc, name),
+                        "expected the URL's host written in the rule (or taken from secrets), found a "
+                        "host built from a template; write it out, e.g. "
+                        "'https://crm.example.com/items/{{ data.id }}'",
+                    )
+                )
+        elif not _reads_only_configuration(value):
+            # A database URL names host, database and file: none of it may come from a delivery.
+            problems.append(
+                FieldProblem(
+                    (*loc, name),
+                    "expected the database URL written in the rule (or taken from secrets), found one "
+                    "built from the delivery; write it out or use {{ secrets.NAME }}",
+                )
             )
-        )
     return problems
 
 
@@ -151,9 +160,12 @@ def _host_from_configuration(template: str) -> bool:
     masked = _TEMPLATE_TAG.sub(lambda match: "\0" * len(match.group()), template)
     scheme_end = masked.find("://")
     host_end = _HOST_END.search(masked, scheme_end + 3 if scheme_end >= 0 else 0)
-    host_part = template[: host_end.start()] if host_end else template
+    return _reads_only_configuration(template[: host_end.start()] if host_end else template)
+
+
+def _reads_only_configuration(template: str) -> bool:
     try:
-        names = jinja2.meta.find_undeclared_variables(environment().parse(host_part))
+        names = jinja2.meta.find_undeclared_variables(environment().parse(template))
     except jinja2.TemplateSyntaxError:
         return True  # reported as a syntax error already
     return names <= CONFIGURATION_NAMES
@@ -165,7 +177,12 @@ def _require_http_url(value: str) -> None:
     except httpx.InvalidURL:
         raise ParamsInvalid(f"expected an http(s) URL, found {value[:60]!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
-        found = f"the scheme {url.scheme}:" if url.scheme not in ("http", "https") else "no host"
+        if not url.scheme:
+            found = "no scheme (write https:// in front)"
+        elif url.scheme not in ("http", "https"):
+            found = f"the scheme {url.scheme}:"
+        else:
+            found = "no host"
         raise ParamsInvalid(f"expected an http:// or https:// URL with a host, found {found}")
 
 

@@ -51,7 +51,13 @@ def test_report(results: list[FixtureResult], masker: Masker, *, verbose: bool) 
                 yield f"          expected: {masker.mask(failure.expected)}"
             if failure.actual is not None:
                 yield f"          actual:   {masker.mask(failure.actual)}"
-        yield from _rules(result.outcomes, masker, verbose=verbose or not result.passed, indent="      ")
+        yield from _rules(
+            result.outcomes,
+            masker,
+            why_not=verbose or not result.passed,
+            other_events=verbose,
+            indent="      ",
+        )
 
 
 def replay_report(results: list[FixtureResult], masker: Masker) -> Iterator[str]:
@@ -60,24 +66,32 @@ def replay_report(results: list[FixtureResult], masker: Masker) -> Iterator[str]
         fixture = result.fixture
         where = f"({fixture.file}, event {fixture.delivery.event}, delivery {fixture.delivery.delivery_id})"
         yield f"{click.style(fixture.name, bold=True)}  {_dim(where)}"
-        yield from _rules(result.outcomes, masker, verbose=True, indent="  ")
+        yield from _rules(result.outcomes, masker, why_not=True, other_events=True, indent="  ")
         yield ""
 
 
-def _rules(outcomes: list[RuleOutcome], masker: Masker, *, verbose: bool, indent: str) -> Iterator[str]:
+def _rules(
+    outcomes: list[RuleOutcome], masker: Masker, *, why_not: bool, other_events: bool, indent: str
+) -> Iterator[str]:
+    """Fired rules with their actions; with `why_not`, why the others did not fire."""
     width = max((len(o.rule.id) for o in outcomes), default=0)
-    hidden = 0
+    quiet, hidden = 0, 0
     for outcome in outcomes:
-        if outcome.status is RuleStatus.EVENT_NOT_MATCHED and not verbose:
+        if outcome.status is RuleStatus.EVENT_NOT_MATCHED and not other_events:
             hidden += 1
             continue
-        reason = masker.mask(outcome.reason)
-        if not outcome.fired:  # each reason says why by itself: "throttled: …", "… -> false"
-            yield f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {reason}"
+        if not outcome.fired:
+            if not why_not:
+                quiet += 1
+                continue
+            # Each reason says why by itself: "throttled: …", "… -> false".
+            yield f"{indent}{_dim('·')} {outcome.rule.id.ljust(width)}  {masker.mask(outcome.reason)}"
             continue
-        yield f"{indent}{_green('✓')} {outcome.rule.id.ljust(width)}  fired: {reason}"
+        yield f"{indent}{_green('✓')} {outcome.rule.id.ljust(width)}  fired: {masker.mask(outcome.reason)}"
         for action in outcome.actions:
             yield f"{indent}      {_action_line(action, masker)}"
+    if quiet:
+        yield f"{indent}{_dim(f'· {quiet} other rule(s) for this event did not fire (-v shows why)')}"
     if hidden:
         yield f"{indent}{_dim(f'· {hidden} other rule(s) are not for this event')}"
 

@@ -178,9 +178,7 @@ def test_non_utf8_and_unreadable_files_are_reported(tmp_path: Path) -> None:
     (tmp_path / "folder.yaml").mkdir()
     (tmp_path / "folder.yaml" / "inner.txt").write_text("x")
     problems = _problems(tmp_path)
-    assert problems == [
-        "latin1.yaml:1:8: expected UTF-8 text, found the byte 0xe9; save the file as UTF-8"
-    ]
+    assert problems == ["latin1.yaml:1:8: expected UTF-8 text, found the byte 0xe9; save the file as UTF-8"]
 
 
 def test_missing_rules_folder_says_what_to_do(tmp_path: Path) -> None:

@@ -1,0 +1,41 @@
+"""Stockaj's webhook signature: hex HMAC-SHA256 of the raw body, keyed with the secret.
+
+`sign()` is what Stockaj (and `stockaj-rules send`) computes; `verify()` is what
+the receiver checks, against every configured secret (current and previous,
+for rotation), in constant time, accepting upper- or lower-case hex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+SIGNATURE_HEADER = "X-Stockaj-Signature"
+EVENT_HEADER = "X-Stockaj-Event"
+DELIVERY_HEADER = "X-Stockaj-Delivery"
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_DIGEST_HEX_LENGTH = 64
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The lower-case hex signature Stockaj sends for `body`."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, signature: str | None, secrets: Iterable[str]) -> bool:
+    """True when `signature` is the signature of `body` under any of `secrets`.
+
+    A missing, malformed (wrong length, not hex) or wrong signature is False;
+    every secret is tried, so timing does not tell which one matched.
+    """
+    if signature is None:
+        return False
+    candidate = signature.strip()
+    if len(candidate) != _DIGEST_HEX_LENGTH or not _HEX_DIGITS.issuperset(candidate):
+        return False
+    given = candidate.lower().encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(sign(body, secret).encode(), given)
+    return matched
