@@ -22,7 +22,7 @@ from engine.errors import TemplateRenderError
 from engine.params import ParamsInvalid, validate_rendered
 from engine.rules import Rule, RuleAction, RuleSet
 from engine.secrets import Secrets
-from engine.templates import render
+from engine.templates import render, with_globals
 from engine.throttle import ThrottleState
 
 
@@ -110,11 +110,13 @@ class Matcher:
             outcome = self._check(rule, rule.id in for_event, delivery, data, session)
             if outcome is None:
                 if render_context is None:
-                    render_context = {
-                        **context,
-                        "secrets": self._secrets,
-                        "now": IsoDatetime.of(now or self._clock()),
-                    }
+                    render_context = with_globals(
+                        {
+                            **context,
+                            "secrets": self._secrets,
+                            "now": IsoDatetime.of(now or self._clock()),
+                        }
+                    )
                 outcome = await self._fire(rule, render_context, data)
             outcomes.append(outcome)
         return outcomes
