@@ -226,8 +226,10 @@ def _compile(
     try:
         expression = None if escape else _single_expression(env, value)
         if expression is not None:
-            compiled_expression = env.compile_expression(expression, undefined_to_none=False)
-            return ParamTemplate(lambda ctx: _native(compiled_expression(**ctx)))
+            # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
+            assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
+            expression_template = env.from_string(assign)
+            return ParamTemplate(lambda ctx: _native(_evaluate(expression_template, ctx)))
         text_template = env.from_string(value)
     except jinja2.TemplateSyntaxError as exc:
         problems.append(TemplateProblem(loc, f"template syntax error: {exc.message}", exc.lineno))
@@ -241,17 +243,21 @@ def _render_text(template: jinja2.Template, context: dict[str, Any]) -> str:
     return "".join(template.root_render_func(template.new_context(context, shared=True)))
 
 
-def _single_expression(env: FieldEnvironment, source: str) -> str | None:
-    """The expression's source when `source` is exactly one `{{ ... }}`, else None."""
+def _single_expression(env: FieldEnvironment, source: str) -> nodes.Expr | None:
+    """The expression when `source` is exactly one `{{ ... }}` and nothing else, else None."""
     body = env.parse(source).body
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
         return None
-    if isinstance(body[0].nodes[0], nodes.TemplateData):
-        return None
-    stripped = source.strip()
-    if not (stripped.startswith("{{") and stripped.endswith("}}")):
-        return None
-    return stripped[2:-2].strip("-+").strip()
+    expression = body[0].nodes[0]
+    return None if isinstance(expression, nodes.TemplateData) else expression
+
+
+def _evaluate(template: jinja2.Template, context: dict[str, Any]) -> Any:
+    """Run a `{% set result = ... %}` template on a shared context and return `result`."""
+    jinja_context = template.new_context(context, shared=True)
+    for _ in template.root_render_func(jinja_context):
+        pass
+    return jinja_context.vars["result"]
 
 
 def _native(value: Any) -> Any:
