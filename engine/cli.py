@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from actions.registry import ActionRegistry, load_registry
-from engine import harness, report
+from engine import cli_ops, harness, report
 from engine.config import Settings, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import DEFAULT_FIXTURES_DIR, FixtureFile, load_fixtures
@@ -170,6 +170,9 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
     # Loaded rules live as long as the process: keep the garbage collector from rescanning them.
     gc.freeze()
     return rules
+
+
+cli_ops.register(cli)
 
 
 def main() -> None:

@@ -46,6 +46,20 @@ class Settings(BaseModel):
     )
     requeue_after_seconds: float = Field(default=60, gt=0)
     max_attempts: int = Field(default=8, ge=1)
+    # Beyond the spec's table: retry pacing, retention, in-process concurrency.
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    body_retention_days: float = Field(default=30, gt=0)
+    delivery_retention_days: float = Field(default=30, gt=0)
+    worker_concurrency: int = Field(default=8, ge=1)
+
+    def require_webhook_secret(self) -> tuple[str, ...]:
+        """The secrets signatures are checked against; refuses to go on without one."""
+        if not self.stockaj_webhook_secret:
+            raise ConfigurationError(
+                "STOCKAJ_WEBHOOK_SECRET is not set: set it to the webhook secret configured in Stockaj"
+            )
+        previous = self.stockaj_webhook_secret_previous
+        return (self.stockaj_webhook_secret, *([previous] if previous else []))
 
     @property
     def action_defaults(self) -> ActionDefaults:

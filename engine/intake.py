@@ -1,0 +1,126 @@
+"""Group commit: concurrent requests share one transaction and one enqueue.
+
+Each request hands its verified delivery to `DeliveryIntake.submit()` and waits
+for its own answer: stored (new), duplicate, or `StoreUnavailable`. One loop
+writes whatever has accumulated while the previous batch was committing, so
+under load a single transaction stores dozens of deliveries, and each request
+is still answered only after its own delivery is durable.
+
+Enqueueing happens after the answer, in batches too. A queue outage loses
+nothing: the delivery is in the store with a `due_at`, and the sweeper
+enqueues it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from engine.metrics import Metrics
+from engine.queue import DeliveryQueue, QueueUnavailable
+from engine.store import NewDelivery, Store
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+
+class StoreUnavailable(Exception):
+    """The store could not be written; the receiver answers 503 so Stockaj retries."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeliveryIntake:
+    def __init__(
+        self,
+        store: Store,
+        queue: DeliveryQueue,
+        metrics: Metrics,
+        requeue_after: timedelta,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._metrics = metrics
+        self._requeue_after = requeue_after
+        self._clock = clock
+        self._pending: list[tuple[NewDelivery, asyncio.Future[bool]]] = []
+        self._to_enqueue: list[str] = []
+        self._write_wanted = asyncio.Event()
+        self._enqueue_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="intake-writer"),
+            asyncio.create_task(self._enqueue_loop(), name="intake-enqueuer"),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish what was accepted (up to `grace` seconds), then stop."""
+        for _ in range(int(grace / 0.01)):
+            if not (self._pending or self._to_enqueue):
+                break
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, delivery: NewDelivery) -> bool:
+        """True when stored now, False when this delivery id was stored before."""
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((delivery, answer))
+        self._write_wanted.set()
+        return await answer
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[NewDelivery, asyncio.Future[bool]]]) -> None:
+        try:
+            stored = await self._store.add_deliveries(
+                [d for d, _ in batch], self._clock() + self._requeue_after
+            )
+        except Exception as exc:  # any database failure: every request of the batch gets a 503
+            log.error("store unavailable: %s: %s", type(exc).__name__, exc)
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(StoreUnavailable(type(exc).__name__))
+            return
+        claimed: set[str] = set()
+        for delivery, answer in batch:
+            is_new = delivery.delivery_id in stored and delivery.delivery_id not in claimed
+            if is_new:
+                claimed.add(delivery.delivery_id)
+            if not answer.done():
+                answer.set_result(is_new)
+        if claimed:
+            self._to_enqueue.extend(claimed)
+            self._enqueue_wanted.set()
+
+    async def _enqueue_loop(self) -> None:
+        while True:
+            await self._enqueue_wanted.wait()
+            self._enqueue_wanted.clear()
+            while self._to_enqueue:
+                batch, self._to_enqueue = self._to_enqueue[:MAX_BATCH], self._to_enqueue[MAX_BATCH:]
+                try:
+                    await self._queue.enqueue(batch)
+                except QueueUnavailable as exc:
+                    self._metrics.enqueue_failures.inc(len(batch))
+                    log.warning(
+                        "queue unavailable, %d stored deliveries wait for the sweeper: %s", len(batch), exc
+                    )
+                except Exception:
+                    self._metrics.enqueue_failures.inc(len(batch))
+                    log.exception("enqueue failed; %d stored deliveries wait for the sweeper", len(batch))

@@ -1,0 +1,166 @@
+"""The queue between the store and the workers: one interface, two transports.
+
+- `ArqQueue` (`REDIS_URL` set): jobs for `stockaj-rules worker` processes, the
+  job id being the delivery id, so enqueueing a delivery twice is a no-op.
+  A batch of ids is enqueued with one Lua script call (arq's own job format),
+  instead of arq's three round trips per job.
+- `InProcessQueue` (the embedded default): asyncio tasks in the `serve`
+  process run the same `process` function.
+
+The queue carries only delivery ids; the store is the source of truth, and
+the sweeper enqueues again whatever a lost job left pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+
+PROCESS_FUNCTION = "process_delivery"
+JOB_EXPIRES_MS = 24 * 3600 * 1000
+
+# Per id: enqueue unless a job or a result exists for it (arq's rule), atomically for the batch.
+_ENQUEUE_SCRIPT = """
+local added = 0
+for i, job_id in ipairs(ARGV) do
+  if i % 2 == 1 then
+    local job = ARGV[i + 1]
+    local job_key = KEYS[1] .. job_id
+    if redis.call('exists', job_key, KEYS[2] .. job_id) == 0 then
+      redis.call('psetex', job_key, KEYS[4], job)
+      redis.call('zadd', KEYS[3], KEYS[5], job_id)
+      added = added + 1
+    end
+  end
+end
+return added
+"""
+
+log = logging.getLogger(__name__)
+
+# Seconds until the delivery should be processed again (a retry wait), or None when done.
+Processor = Callable[[str], Awaitable[float | None]]
+
+
+class QueueUnavailable(Exception):
+    """The queue could not take the jobs; the sweeper will enqueue them later."""
+
+
+class DeliveryQueue(Protocol):
+    async def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        """Enqueue these deliveries; raise `QueueUnavailable` when the queue is down."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ArqQueue:
+    """Jobs on Redis for arq workers."""
+
+    def __init__(self, redis: ArqRedis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(_ENQUEUE_SCRIPT)
+
+    @classmethod
+    async def connect(cls, redis_url: str) -> ArqQueue:
+        """A queue on `redis_url`; connects lazily, so a Redis outage does not stop the receiver."""
+        return cls(ArqRedis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5))
+
+    async def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        if not delivery_ids:
+            return
+        now_ms = int(time.time() * 1000)
+        argv: list[str | bytes] = []
+        for delivery_id in delivery_ids:
+            argv += [delivery_id, serialize_job(PROCESS_FUNCTION, (delivery_id,), {}, None, now_ms)]
+        keys = [job_key_prefix, result_key_prefix, default_queue_name, str(JOB_EXPIRES_MS), str(now_ms)]
+        try:
+            await self._script(keys=keys, args=argv)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise QueueUnavailable(f"Redis did not take {len(delivery_ids)} job(s): {exc}") from exc
+        except Exception as exc:  # redis-py's own ConnectionError/TimeoutError family
+            if type(exc).__module__.startswith("redis"):
+                raise QueueUnavailable(f"Redis did not take {len(delivery_ids)} job(s): {exc}") from exc
+            raise
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class InProcessQueue:
+    """Deliveries processed by tasks of this process (the embedded default)."""
+
+    def __init__(self, process: Processor, concurrency: int = 4) -> None:
+        self._process = process
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._waiting: set[str] = set()
+        self._busy = [False] * concurrency
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._consume(n), name=f"delivery-worker-{n}") for n in range(concurrency)
+        ]
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        self._offer(delivery_ids)
+
+    def _offer(self, delivery_ids: Sequence[str]) -> None:
+        for delivery_id in delivery_ids:
+            if delivery_id not in self._waiting:  # the sweeper may offer one that is queued already
+                self._waiting.add(delivery_id)
+                self._queue.put_nowait(delivery_id)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Let the deliveries in hand finish (up to `grace` seconds); what is queued stays pending."""
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        idle = [task for task, busy in zip(self._tasks, self._busy, strict=True) if not busy]
+        for task in idle:
+            task.cancel()
+        _, still_running = await asyncio.wait(self._tasks, timeout=grace)
+        for (
+            task
+        ) in still_running:  # left `processing`: the sweeper runs it again, the ledger skips what succeeded
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _consume(self, slot: int) -> None:
+        while not self._closing:
+            delivery_id = await self._queue.get()
+            self._waiting.discard(delivery_id)
+            self._busy[slot] = True
+            try:
+                retry_in = await self._process(delivery_id)
+            except Exception:
+                log.exception("processing delivery %s failed; the sweeper will try it again", delivery_id)
+                continue
+            finally:
+                self._busy[slot] = False
+            if retry_in is not None and not self._closing:
+                self._later(delivery_id, retry_in)
+
+    def _later(self, delivery_id: str, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            self._offer([delivery_id])
+
+        timer = loop.call_later(seconds, fire)
+        self._timers.add(timer)

@@ -1,0 +1,122 @@
+"""Long-running processes: the receiver (`serve`) and the arq worker (`worker`).
+
+The receiver runs on uvicorn with uvloop and httptools, the fastest of the
+well-kept ASGI servers measured here (see bench/README.md). SIGTERM lets
+in-flight requests and deliveries finish; anything cut off stays pending in
+the store and is processed again, the action ledger skipping what succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import prometheus_client
+import uvicorn
+import uvloop
+from arq import Retry, Worker, cron, func
+from arq.connections import RedisSettings
+
+from engine.config import Settings
+from engine.logs import configure_logging
+from engine.queue import PROCESS_FUNCTION, ArqQueue
+from engine.receiver import create_app
+from engine.service import masker_for, open_service, open_store, sweep_interval
+
+ARQ_JOB_TIMEOUT_SECONDS = 600
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    configure_logging(settings.log_level, settings.log_format, masker_for(settings))
+    uvloop.run(_serve(settings, host, port))
+
+
+async def _serve(settings: Settings, host: str, port: int) -> None:
+    service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
+    app = create_app(service.receiver_parts())
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",  # the uvloop loop we are already running on
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        server_header=False,
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await service.close()
+
+
+def work(settings: Settings, metrics_port: int | None) -> None:
+    configure_logging(settings.log_level, settings.log_format, masker_for(settings))
+    uvloop.run(_work(settings, metrics_port))
+
+
+async def _work(settings: Settings, metrics_port: int | None) -> None:
+    assert settings.redis_url
+    service = await open_service(settings, receive=False, process_in_process=False)
+    if metrics_port:
+        prometheus_client.start_http_server(metrics_port, registry=service.metrics.registry)
+
+    async def process_delivery(ctx: dict[str, object], delivery_id: str) -> None:
+        wait = await service.processor.process(delivery_id)
+        if wait is not None:
+            raise Retry(defer=wait)
+
+    async def sweep(ctx: dict[str, object]) -> None:
+        await service.sweeper.sweep()
+
+    every = max(1, int(sweep_interval(settings)))
+    arq_worker = Worker(
+        functions=[func(process_delivery, name=PROCESS_FUNCTION)],
+        cron_jobs=[cron(sweep, name="sweep", second=set(range(0, 60, every)), run_at_startup=True)],
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        max_jobs=settings.worker_concurrency,
+        job_timeout=ARQ_JOB_TIMEOUT_SECONDS,
+        max_tries=1_000_000,  # the action ledger counts attempts, per action
+        keep_result=0,
+        poll_delay=0.01,
+        handle_signals=True,
+    )
+    try:
+        await arq_worker.async_run()
+    finally:
+        await arq_worker.close()
+        await service.close()
+
+
+def redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
+    """Make a stored delivery pending again and process it; its final status, or None if unknown."""
+    return asyncio.run(_redeliver(settings, delivery_id, force))
+
+
+async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
+    store = await open_store(settings)
+    try:
+        if not await store.reopen(delivery_id, datetime.now(UTC)):
+            return None
+        if force:
+            await store.forget_action_runs(delivery_id)
+        if settings.redis_url:
+            queue = await ArqQueue.connect(settings.redis_url)
+            try:
+                await queue.enqueue([delivery_id])
+            finally:
+                await queue.close()
+            return "enqueued for the workers"
+    finally:
+        await store.engine.dispose()
+    service = await open_service(settings, receive=False, process_in_process=True)
+    try:
+        wait = await service.processor.process(delivery_id)
+        stored = await service.store.get(delivery_id)
+        status = stored.status.value if stored else "unknown"
+        return status if wait is None else f"{status}; an action will be retried in {wait:.0f}s"
+    finally:
+        await service.close()

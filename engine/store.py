@@ -1,0 +1,358 @@
+"""The store: the few queries the receiver, the worker and the CLI need.
+
+The store is the source of truth. A delivery is written before Stockaj gets
+its 2xx; the queue only carries delivery ids and can be rebuilt from here
+(`due_deliveries`). Every write is a short transaction on SQLAlchemy Core, the
+same code on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.tables import (
+    PENDING_STATUSES,
+    THROTTLE_KEY_LENGTH,
+    ActionStatus,
+    DeliveryStatus,
+    action_runs,
+    deliveries,
+    rule_outcomes,
+    throttle_slots,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A verified delivery, as the receiver hands it to the store."""
+
+    delivery_id: str
+    event: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDelivery:
+    delivery_id: str
+    event: str
+    status: DeliveryStatus
+    headers: dict[str, str]
+    body: bytes | None
+    received_at: datetime
+    updated_at: datetime
+    due_at: datetime | None
+    runs: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRun:
+    """One row of the action ledger."""
+
+    rule_id: str
+    action_index: int
+    type: str
+    status: ActionStatus
+    params: Any
+    attempts: int
+    last_error: str | None
+    response_status: int | None
+    next_attempt_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcomeRow:
+    rule_id: str
+    status: str
+    reason: str
+    recorded_at: datetime
+
+
+class Store:
+    """Queries over one database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(select(1))
+
+    async def add_deliveries(self, batch: Sequence[NewDelivery], due_at: datetime) -> set[str]:
+        """Store a batch in one transaction; returns the ids that were new (the rest are duplicates)."""
+        rows = [
+            {
+                "delivery_id": item.delivery_id,
+                "event": item.event,
+                "status": DeliveryStatus.RECEIVED.value,
+                "headers": item.headers,
+                "body": item.body,
+                "received_at": item.received_at,
+                "updated_at": item.received_at,
+                "due_at": due_at,
+                "runs": 0,
+            }
+            for item in {item.delivery_id: item for item in reversed(batch)}.values()
+        ]
+        statement = (
+            self._insert(deliveries)
+            .on_conflict_do_nothing(index_elements=["delivery_id"])
+            .returning(deliveries.c.delivery_id)
+        )
+        async with self.engine.begin() as connection:
+            result = await connection.execute(statement, rows)
+            return {row.delivery_id for row in result}
+
+    async def get(self, delivery_id: str) -> StoredDelivery | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(select(deliveries).where(deliveries.c.delivery_id == delivery_id))
+            ).first()
+        return _delivery(row) if row is not None else None
+
+    async def recent(self, status: DeliveryStatus | None = None, limit: int = 50) -> list[StoredDelivery]:
+        query = select(deliveries).order_by(deliveries.c.received_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(deliveries.c.status == status.value)
+        async with self.engine.connect() as connection:
+            return [_delivery(row) for row in await connection.execute(query)]
+
+    async def start_run(self, delivery_id: str, now: datetime, due_at: datetime) -> None:
+        """Mark a delivery `processing`; if this run dies, the sweeper takes it again after `due_at`."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(deliveries)
+                .where(deliveries.c.delivery_id == delivery_id)
+                .values(
+                    status=DeliveryStatus.PROCESSING.value,
+                    updated_at=now,
+                    due_at=due_at,
+                    runs=deliveries.c.runs + 1,
+                )
+            )
+
+    async def finish_run(
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        now: datetime,
+        due_at: datetime | None,
+        error: str | None,
+    ) -> None:
+        """Record where a run left the delivery; `due_at` is when to pick it up again (retries)."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(deliveries)
+                .where(deliveries.c.delivery_id == delivery_id)
+                .values(status=status.value, updated_at=now, due_at=due_at, error=error)
+            )
+
+    async def reopen(self, delivery_id: str, now: datetime) -> bool:
+        """Make a stored delivery pending again (`redeliver`); False when it does not exist."""
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                update(deliveries)
+                .where(deliveries.c.delivery_id == delivery_id)
+                .values(status=DeliveryStatus.RECEIVED.value, updated_at=now, due_at=now, error=None)
+            )
+        return bool(result.rowcount)
+
+    async def due_deliveries(self, now: datetime, limit: int = 500) -> list[str]:
+        """Pending deliveries whose job may be lost: enqueue them again (it is idempotent)."""
+        query = (
+            select(deliveries.c.delivery_id)
+            .where(
+                and_(
+                    deliveries.c.status.in_([status.value for status in PENDING_STATUSES]),
+                    deliveries.c.due_at <= now,
+                )
+            )
+            .order_by(deliveries.c.due_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).scalars())
+
+    async def oldest_pending_received_at(self) -> datetime | None:
+        """When the oldest delivery still waiting was received (queue lag)."""
+        query = select(func.min(deliveries.c.received_at)).where(
+            deliveries.c.status.in_([status.value for status in PENDING_STATUSES])
+        )
+        async with self.engine.connect() as connection:
+            oldest: datetime | None = (await connection.execute(query)).scalar()
+            return oldest
+
+    async def record_outcomes(
+        self, delivery_id: str, outcomes: Iterable[tuple[str, str, str]], now: datetime
+    ) -> None:
+        """Replace the rule outcomes of a delivery with (rule id, status, reason) triples."""
+        rows = [
+            {
+                "delivery_id": delivery_id,
+                "rule_id": rule_id,
+                "status": status,
+                "reason": reason,
+                "recorded_at": now,
+            }
+            for rule_id, status, reason in outcomes
+        ]
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(rule_outcomes).where(rule_outcomes.c.delivery_id == delivery_id))
+            if rows:
+                await connection.execute(rule_outcomes.insert(), rows)
+
+    async def outcomes(self, delivery_id: str) -> list[RuleOutcomeRow]:
+        query = (
+            select(rule_outcomes)
+            .where(rule_outcomes.c.delivery_id == delivery_id)
+            .order_by(rule_outcomes.c.rule_id)
+        )
+        async with self.engine.connect() as connection:
+            return [
+                RuleOutcomeRow(row.rule_id, row.status, row.reason, row.recorded_at)
+                for row in await connection.execute(query)
+            ]
+
+    async def action_runs(self, delivery_id: str) -> dict[tuple[str, int], ActionRun]:
+        """The ledger of a delivery, by (rule id, action index)."""
+        query = select(action_runs).where(action_runs.c.delivery_id == delivery_id)
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(query)
+            return {(row.rule_id, row.action_index): _action_run(row) for row in rows}
+
+    async def save_action_run(self, delivery_id: str, run: ActionRun) -> None:
+        values = {
+            "type": run.type,
+            "status": run.status.value,
+            "params": run.params,
+            "attempts": run.attempts,
+            "last_error": run.last_error,
+            "response_status": run.response_status,
+            "next_attempt_at": run.next_attempt_at,
+            "updated_at": run.updated_at,
+        }
+        statement = (
+            self._insert(action_runs)
+            .values(delivery_id=delivery_id, rule_id=run.rule_id, action_index=run.action_index, **values)
+            .on_conflict_do_update(index_elements=["delivery_id", "rule_id", "action_index"], set_=values)
+        )
+        async with self.engine.begin() as connection:
+            await connection.execute(statement)
+
+    async def forget_action_runs(self, delivery_id: str) -> None:
+        """Drop a delivery's ledger (`redeliver --force` runs every action again)."""
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(action_runs).where(action_runs.c.delivery_id == delivery_id))
+
+    async def acquire_throttle(
+        self, rule_id: str, key: str, window: timedelta, now: datetime, delivery_id: str
+    ) -> datetime | None:
+        """Take the (rule, key) slot atomically; None when taken, else when it was last taken.
+
+        The slot is free when it was last taken `window` ago or more, or by this
+        same delivery (a delivery processed again keeps its slot).
+        """
+        key = _slot_key(key)
+        values = {"delivery_id": delivery_id, "fired_at": now}
+        statement = (
+            self._insert(throttle_slots)
+            .values(rule_id=rule_id, key=key, **values)
+            .on_conflict_do_update(
+                index_elements=["rule_id", "key"],
+                set_=values,
+                where=or_(
+                    throttle_slots.c.fired_at <= now - window,
+                    throttle_slots.c.delivery_id == delivery_id,
+                ),
+            )
+            .returning(throttle_slots.c.rule_id)
+        )
+        async with self.engine.begin() as connection:
+            taken = (await connection.execute(statement)).first()
+            if taken is not None:
+                return None
+            last = await connection.execute(
+                select(throttle_slots.c.fired_at).where(
+                    and_(throttle_slots.c.rule_id == rule_id, throttle_slots.c.key == key)
+                )
+            )
+            fired_at: datetime | None = last.scalar()
+            return fired_at
+
+    async def purge(
+        self, now: datetime, body_retention: timedelta, delivery_retention: timedelta
+    ) -> tuple[int, int]:
+        """Drop bodies older than `body_retention` and deliveries older than `delivery_retention`."""
+        finished = [DeliveryStatus.DONE.value, DeliveryStatus.FAILED.value, DeliveryStatus.NO_MATCH.value]
+        async with self.engine.begin() as connection:
+            bodies = await connection.execute(
+                update(deliveries)
+                .where(
+                    and_(
+                        deliveries.c.received_at < now - body_retention,
+                        deliveries.c.body.is_not(None),
+                        deliveries.c.status.in_(finished),
+                    )
+                )
+                .values(body=None)
+            )
+            rows = await connection.execute(
+                delete(deliveries).where(
+                    and_(
+                        deliveries.c.received_at < now - delivery_retention, deliveries.c.status.in_(finished)
+                    )
+                )
+            )
+            await connection.execute(
+                delete(throttle_slots).where(throttle_slots.c.fired_at < now - delivery_retention)
+            )
+        return bodies.rowcount, rows.rowcount
+
+
+def _slot_key(key: str) -> str:
+    """Long rendered keys are stored by their hash, so any key fits the column."""
+    if len(key) <= THROTTLE_KEY_LENGTH:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _delivery(row: Any) -> StoredDelivery:
+    return StoredDelivery(
+        delivery_id=row.delivery_id,
+        event=row.event,
+        status=DeliveryStatus(row.status),
+        headers=dict(row.headers),
+        body=row.body,
+        received_at=row.received_at,
+        updated_at=row.updated_at,
+        due_at=row.due_at,
+        runs=row.runs,
+        error=row.error,
+    )
+
+
+def _action_run(row: Any) -> ActionRun:
+    return ActionRun(
+        rule_id=row.rule_id,
+        action_index=row.action_index,
+        type=row.type,
+        status=ActionStatus(row.status),
+        params=row.params,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        response_status=row.response_status,
+        next_attempt_at=row.next_attempt_at,
+        updated_at=row.updated_at,
+    )
