@@ -19,7 +19,7 @@ from engine.secrets import Masker
 
 def configure_logging(level: str, fmt: str, masker: Masker) -> None:
     def mask(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-        return {key: masker.mask(value) for key, value in event.items()}
+        return {key: masker.mask(value) for key, value in event.items() if key != "color_message"}
 
     renderer: Any = (
         structlog.processors.JSONRenderer()

@@ -146,7 +146,7 @@ class DeliveryProcessor:
             status.value,
             extra={
                 "delivery_id": delivery.delivery_id,
-                "event": delivery.event,
+                "stockaj_event": delivery.event,
                 "status": status.value,
                 "fired": [o.rule.id for o in outcomes if o.fired],
             },
