@@ -7,8 +7,11 @@ skipping what it was meant to prove.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -45,3 +48,60 @@ def postgres_url() -> str:
 def redis_url() -> str:
     """URL of the real Redis."""
     return _require("Redis", REDIS_URL, 6379)
+
+
+@pytest.fixture
+async def fresh_postgres_url(postgres_url: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin_dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def fresh_redis_url(redis_url: str) -> AsyncIterator[str]:
+    """An empty Redis database (index 1-15) leased to one test, flushed before and after.
+
+    Leases live in database 0, so test runs in parallel never share a database.
+    """
+    import redis.asyncio as aioredis
+
+    leases = aioredis.from_url(redis_url)
+    owner = uuid.uuid4().hex
+    try:
+        for _ in range(600):
+            for index in range(1, 16):
+                if await leases.set(f"stockaj-test-lease:{index}", owner, nx=True, ex=900):
+                    break
+            else:
+                await asyncio.sleep(0.1)
+                continue
+            break
+        else:
+            pytest.fail("no free Redis test database (1-15) within 60 s")
+        base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+        url = f"{base}/{index}"
+        client = aioredis.from_url(url)
+        await client.flushdb()
+        try:
+            yield url
+        finally:
+            await client.flushdb()
+            await client.aclose()
+            if await leases.get(f"stockaj-test-lease:{index}") == owner.encode():
+                await leases.delete(f"stockaj-test-lease:{index}")
+    finally:
+        await leases.aclose()
