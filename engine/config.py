@@ -11,9 +11,10 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -21,6 +22,14 @@ from actions.base import ActionDefaults
 from engine.errors import ConfigurationError
 
 SECRET_PREFIX = "SECRET_"
+
+# The store and `sql_upsert` speak to SQLite and PostgreSQL through these async drivers.
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "asyncpg"}
+_DATABASE_EXAMPLES = "postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///path/to/file.db"
+_MIN_TOKEN_PATH = 16
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Variables whose value may be shown in an error with its password hidden; other URLs hold tokens.
+_SHOWN_URLS = ("DATABASE_URL", "SYNC_DATABASE_URL", "REDIS_URL")
 
 
 class Settings(BaseModel):
@@ -52,6 +61,38 @@ class Settings(BaseModel):
     delivery_retention_days: float = Field(default=30, gt=0)
     worker_concurrency: int = Field(default=8, ge=1)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: Any) -> Any:
+        """`LOG_LEVEL=info` means INFO."""
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url", "sync_database_url")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        return database_url(value) if value else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value and (urlsplit(value).scheme not in _REDIS_SCHEMES or "://" not in value):
+            raise ValueError("not a Redis URL; write redis://host:6379/0 (or rediss:// for TLS)")
+        return value
+
+    @field_validator("slack_webhook_url", "purchase_order_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not an http(s) URL; write https://host/path")
+        return value
+
     def require_webhook_secret(self) -> tuple[str, ...]:
         """The secrets signatures are checked against; refuses to go on without one."""
         if not self.stockaj_webhook_secret:
@@ -78,8 +119,13 @@ class Settings(BaseModel):
             self.slack_webhook_url,
             self.purchase_order_token,
         ]
+        if self.slack_webhook_url:
+            # Its path is the token and may be shown without the host; a short path is no token
+            # (`/slack` on a test server), and masking it would blot out ordinary words.
+            path = urlsplit(self.slack_webhook_url).path.strip("/")
+            values.append(path if len(path) >= _MIN_TOKEN_PATH else None)
         for url in (self.database_url, self.sync_database_url, self.redis_url):
-            values.append(_password_of(url))
+            values += _passwords_of(url)
         return [value for value in values if value]
 
 
@@ -92,10 +138,32 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        message = first["msg"].removeprefix("Value error, ")
         raise ConfigurationError(
-            f"{variable}: {first['msg']} (got {_shown(variable, first.get('input'))}); "
+            f"{variable}: {message} (got {_shown(variable, first.get('input'))}); "
             f"fix {variable} in the environment"
         ) from None
+
+
+def database_url(value: str) -> str:
+    """`value` as an async SQLAlchemy URL; `postgresql://` and `sqlite://` get their async driver.
+
+    Raises ValueError naming what to write instead for anything the store cannot use.
+    """
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"not a database URL; write {_DATABASE_EXAMPLES}") from None
+    backend, _, driver = url.drivername.partition("+")
+    wanted = _ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        raise ValueError(f"unsupported database {backend!r}; write {_DATABASE_EXAMPLES}")
+    backend = "postgresql" if backend == "postgres" else backend
+    if driver and driver != wanted:
+        raise ValueError(f"driver {driver!r} is not supported; use {backend}+{wanted}:// instead")
+    if url.drivername == f"{backend}+{wanted}":
+        return value
+    return url.set(drivername=f"{backend}+{wanted}").render_as_string(hide_password=False)
 
 
 def secret_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -108,17 +176,27 @@ def secret_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]
     }
 
 
-def _password_of(url: str | None) -> str | None:
+def _passwords_of(url: str | None) -> list[str]:
+    """The password of `url` as written (maybe %-encoded) and decoded: either may be logged."""
     if not url:
-        return None
+        return []
     try:
-        password = make_url(url).password
-        return str(password) if password else None
+        decoded = make_url(url).password
     except ArgumentError:
-        return None
+        decoded = None
+    try:
+        written = urlsplit(url).password
+    except ValueError:
+        written = None
+    return sorted({str(password) for password in (decoded, written) if password})
 
 
 def _shown(variable: str, value: object) -> str:
+    if variable in _SHOWN_URLS and isinstance(value, str):
+        try:
+            return repr(make_url(value).render_as_string(hide_password=True))
+        except ArgumentError:
+            return repr(value) if "@" not in value else "a value that is not shown"
     if any(word in variable for word in ("SECRET", "TOKEN", "URL")):
         return "a value that is not shown"
     return repr(value)

@@ -8,6 +8,7 @@ upgrade`, or at start-up by the embedded mode.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -29,19 +30,48 @@ def is_sqlite(url: str) -> bool:
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for the store at `url`."""
     if not is_sqlite(url):
-        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    engine = create_async_engine(url, pool_size=1, max_overflow=0, connect_args={"timeout": 30})
+        return create_async_engine(
+            url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+        )
+    # hide_parameters: an error message must never carry a payload or a signature into a log.
+    engine = create_async_engine(
+        url, pool_size=1, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
+    )
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        _use_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+    finally:
+        cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode, which it keeps.
+
+    Connections opening a brand-new file at once race to switch it; a loser must not
+    wait for the lock (every WAL connection holds the file shared, so it would wait
+    for the full busy timeout): it looks again and finds the winner's WAL.
+    """
+    for _ in range(100):  # each try waits up to 50 ms for the lock, in SQLite's thread
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() == "wal":
+            return
+        cursor.execute("PRAGMA busy_timeout=50")
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # an in-memory database answers "memory": fine
+            return
+        except sqlite3.OperationalError:
+            continue
+        finally:
+            cursor.execute("PRAGMA busy_timeout=30000")
+    raise sqlite3.OperationalError("could not switch the SQLite database to WAL mode: it stays locked")
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -51,10 +81,66 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
+# Any constant will do: every upgrader of one PostgreSQL database takes this lock in turn.
+_UPGRADE_LOCK = 0x53544F434B414A  # "STOCKAJ"
+
+
+def _migrate(connection: Connection) -> None:
+    command.upgrade(_alembic_config(connection), "head")
+
+
 async def upgrade(engine: AsyncEngine) -> None:
-    """Apply every migration not yet applied."""
+    """Apply every migration not yet applied, in one transaction, one upgrader at a time.
+
+    Several replicas may run `db upgrade` as they start: the second waits for the
+    first, then finds nothing left to do.
+    """
+    if engine.dialect.name == "sqlite":
+        await _upgrade_sqlite(engine)
+        return
     async with engine.begin() as connection:
-        await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK})
+        await connection.run_sync(_migrate)
+
+
+async def _upgrade_sqlite(engine: AsyncEngine) -> None:
+    """SQLite needs three things Alembic leaves to the caller.
+
+    Foreign keys off while migrating: a batch migration rebuilds a table by dropping
+    the old one, and with foreign keys on, that drop cascades into every table that
+    references it (the whole delivery log). An explicit BEGIN: Python's sqlite3 runs
+    DDL outside any transaction, so a migration failing halfway would leave half of
+    it applied. IMMEDIATE: concurrent upgraders queue for the write lock up front.
+    """
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction
+        await connection.commit()
+        try:
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            await connection.run_sync(_migrate)
+            await connection.run_sync(_check_foreign_keys)
+            await connection.commit()
+        except BaseException:
+            await connection.rollback()
+            raise
+        finally:
+            try:
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()
+            except Exception:
+                await connection.invalidate()  # never give the pool back a connection without them
+                raise
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        tables = sorted({str(row[0]) for row in broken})
+        raise RuntimeError(
+            f"a migration left {len(broken)} row(s) referencing missing rows in {', '.join(tables)}; "
+            "nothing was applied: fix the migration"
+        )
 
 
 async def schema_is_current(engine: AsyncEngine) -> bool:

@@ -18,13 +18,19 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import StatementError
+
 from engine.metrics import Metrics
 from engine.queue import DeliveryQueue, QueueUnavailable
 from engine.store import NewDelivery, Store
+from engine.tables import ID_LENGTH
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+PING_TIMEOUT_SECONDS = 2.0
+
+_Waiting = tuple[NewDelivery, "asyncio.Future[bool]"]
 
 
 class StoreUnavailable(Exception):
@@ -49,30 +55,47 @@ class DeliveryIntake:
         self._metrics = metrics
         self._requeue_after = requeue_after
         self._clock = clock
-        self._pending: list[tuple[NewDelivery, asyncio.Future[bool]]] = []
+        self._pending: list[_Waiting] = []
+        self._writing: list[_Waiting] = []
+        self._stopped = False
         self._to_enqueue: list[str] = []
         self._write_wanted = asyncio.Event()
         self._enqueue_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        if self._tasks:
+            return
+        self._stopped = False
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="intake-writer"),
             asyncio.create_task(self._enqueue_loop(), name="intake-enqueuer"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Finish what was accepted (up to `grace` seconds), then stop."""
+        """Finish what was accepted (up to `grace` seconds), then stop.
+
+        A request still waiting when the grace runs out is answered 503 (Stockaj
+        retries it), never left hanging; so is one submitted after the stop.
+        """
+        self._stopped = True
         for _ in range(int(grace / 0.01)):
-            if not (self._pending or self._to_enqueue):
+            if not (self._pending or self._writing or self._to_enqueue):
                 break
             await asyncio.sleep(0.01)
+        waiting, self._pending = [*self._writing, *self._pending], []
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._fail(waiting, "the receiver is stopping")
 
     async def submit(self, delivery: NewDelivery) -> bool:
         """True when stored now, False when this delivery id was stored before."""
+        if self._stopped:
+            raise StoreUnavailable("the receiver is stopping")
+        if not self._tasks:
+            self.start()
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((delivery, answer))
         self._write_wanted.set()
@@ -84,18 +107,29 @@ class DeliveryIntake:
             self._write_wanted.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._write(batch)
+                self._writing = batch
+                try:
+                    await self._write(batch)
+                finally:
+                    self._writing = []
 
-    async def _write(self, batch: list[tuple[NewDelivery, asyncio.Future[bool]]]) -> None:
+    async def _write(self, batch: list[_Waiting]) -> None:
         try:
             stored = await self._store.add_deliveries(
                 [d for d, _ in batch], self._clock() + self._requeue_after
             )
-        except Exception as exc:  # any database failure: every request of the batch gets a 503
-            log.error("store unavailable: %s: %s", type(exc).__name__, exc)
-            for _, answer in batch:
-                if not answer.done():
-                    answer.set_exception(StoreUnavailable(type(exc).__name__))
+        except Exception as exc:  # any database failure
+            if len(batch) > 1 and await self._store_answers():
+                # The store is up, so the batch was refused for one of its rows (or lost a
+                # deadlock): store them one by one, so one bad row fails only its own request.
+                for item in batch:
+                    await self._write([item])
+                return
+            if len(batch) == 1:
+                log.error("delivery %r not stored: %s", batch[0][0].delivery_id[:ID_LENGTH], _describe(exc))
+            else:
+                log.error("store unavailable, %d deliveries refused: %s", len(batch), _describe(exc))
+            self._fail(batch, type(exc).__name__)
             return
         claimed: set[str] = set()
         for delivery, answer in batch:
@@ -107,6 +141,19 @@ class DeliveryIntake:
         if claimed:
             self._to_enqueue.extend(claimed)
             self._enqueue_wanted.set()
+
+    async def _store_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self._store.ping(), PING_TIMEOUT_SECONDS)
+        except Exception:
+            return False
+        return True
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], reason: str) -> None:
+        for _, answer in batch:
+            if not answer.done():
+                answer.set_exception(StoreUnavailable(reason))
 
     async def _enqueue_loop(self) -> None:
         while True:
@@ -124,3 +171,9 @@ class DeliveryIntake:
                 except Exception:
                     self._metrics.enqueue_failures.inc(len(batch))
                     log.exception("enqueue failed; %d stored deliveries wait for the sweeper", len(batch))
+
+
+def _describe(exc: Exception) -> str:
+    """The driver's message, without the statement's parameters (they hold whole payloads)."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {cause}"

@@ -1,30 +1,37 @@
 """Structured logs: JSON lines in the container, readable lines on a terminal.
 
 The standard `logging` calls of every module go through structlog's formatter;
-`extra={...}` fields (delivery_id, event, status) become keys of the line.
-Every string is masked on the way out, so a secret value never reaches a log.
+`extra={...}` fields (delivery_id, stockaj_event, status) become keys of the
+line. Every value is masked on the way out, after the exception is formatted
+and any object is turned into text, so a secret value never reaches a log:
+not in the message, not in an exception's text, not in an object's repr.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from engine.secrets import Masker
 
+_PLAIN = (str, int, float, bool, type(None))
 
-def configure_logging(level: str, fmt: str, masker: Masker) -> None:
+
+def configure_logging(level: str, fmt: str, masker: Masker, stream: TextIO | None = None) -> None:
+    """Send every log record to `stream` (stderr by default), as JSON lines or console lines."""
+    out = stream if stream is not None else sys.stderr
+
     def mask(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-        return {key: masker.mask(value) for key, value in event.items() if key != "color_message"}
+        return {key: masker.mask(_plain(value)) for key, value in event.items() if key != "color_message"}
 
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
@@ -40,7 +47,7 @@ def configure_logging(level: str, fmt: str, masker: Masker) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -48,3 +55,17 @@ def configure_logging(level: str, fmt: str, masker: Masker) -> None:
     # Access logs cost ~10 % of the receiver's throughput and say nothing the metrics do not.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("hypercorn.access").disabled = True
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data: an object becomes its repr here, where it can still be masked.
+
+    Left to the renderer, `extra={"error": exc}` would be repr'd after masking.
+    """
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    return repr(value)

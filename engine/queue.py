@@ -14,13 +14,14 @@ the sweeper enqueues again whatever a lost job left pending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
 PROCESS_FUNCTION = "process_delivery"
@@ -99,6 +100,34 @@ class ArqQueue:
         await self._redis.aclose()
 
 
+@contextlib.asynccontextmanager
+async def job_lease(redis: ArqRedis, job_id: str, seconds: float) -> AsyncIterator[None]:
+    """Keep a running job's in-progress mark alive for `seconds` at a time, while this worker lives.
+
+    arq marks a job in progress for its whole timeout, so the job of a worker killed
+    mid-delivery (SIGKILL, OOM) would wait that long before another worker may take it;
+    the sweeper cannot help, the job still exists. With the worker's in-progress timeout
+    set to `seconds` and renewed here every third of it, another worker takes the job
+    over at most `seconds` after its worker died.
+    """
+    key = in_progress_key_prefix + job_id
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                await redis.pexpire(key, int(seconds * 1000))
+            except Exception as exc:  # Redis away: the job may be taken over, the ledger still holds
+                log.warning("could not renew the lease of job %s: %s: %s", job_id, type(exc).__name__, exc)
+
+    renewing = asyncio.create_task(renew(), name=f"job-lease-{job_id}")
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+
+
 class InProcessQueue:
     """Deliveries processed by tasks of this process (the embedded default)."""
 
@@ -106,6 +135,8 @@ class InProcessQueue:
         self._process = process
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._waiting: set[str] = set()
+        # In hand now: a sweep that finds one of these past its due time must not start it twice.
+        self._running: set[str] = set()
         self._busy = [False] * concurrency
         self._closing = False
         self._tasks = [
@@ -118,7 +149,9 @@ class InProcessQueue:
 
     def _offer(self, delivery_ids: Sequence[str]) -> None:
         for delivery_id in delivery_ids:
-            if delivery_id not in self._waiting:  # the sweeper may offer one that is queued already
+            # The sweeper offers what is past due, which includes a delivery queued already and
+            # one whose slow action is still running here: that run finishes it or schedules it.
+            if delivery_id not in self._waiting and delivery_id not in self._running:
                 self._waiting.add(delivery_id)
                 self._queue.put_nowait(delivery_id)
 
@@ -134,9 +167,8 @@ class InProcessQueue:
         for task in idle:
             task.cancel()
         _, still_running = await asyncio.wait(self._tasks, timeout=grace)
-        for (
-            task
-        ) in still_running:  # left `processing`: the sweeper runs it again, the ledger skips what succeeded
+        # What is cut off stays `processing`: the sweeper runs it again, the ledger skips what succeeded.
+        for task in still_running:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -144,6 +176,7 @@ class InProcessQueue:
         while not self._closing:
             delivery_id = await self._queue.get()
             self._waiting.discard(delivery_id)
+            self._running.add(delivery_id)
             self._busy[slot] = True
             try:
                 retry_in = await self._process(delivery_id)
@@ -152,6 +185,7 @@ class InProcessQueue:
                 continue
             finally:
                 self._busy[slot] = False
+                self._running.discard(delivery_id)
             if retry_in is not None and not self._closing:
                 self._later(delivery_id, retry_in)
 

@@ -5,36 +5,54 @@ Checks run in the spec's order, every answer is JSON:
     413 body over MAX_BODY_BYTES (enforced while reading: a 2 GB stream is cut off)
     401 signature missing, malformed or wrong (over the raw bytes, every secret)
     400 X-Stockaj-Event or X-Stockaj-Delivery missing or empty (named)
-    400 body is not a JSON object
+    400 body is not a JSON object (or nests deeper than the worker can read)
     200 duplicate: the delivery id is stored already
     200 accepted: stored durably (group commit), enqueued afterwards
     503 the store cannot be written, so Stockaj retries
 
+A body that trickles in slower than BODY_TIMEOUT is cut off with a 408.
 Why a delivery was refused goes to the log and metrics, never to the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPResponseStartEvent,
+    Scope,
+)
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from engine.intake import DeliveryIntake, StoreUnavailable
 from engine.metrics import CONTENT_TYPE, Metrics
-from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
+from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, is_well_formed, verify
 from engine.store import NewDelivery
 from engine.tables import ID_LENGTH
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/stockaj"
-BODY_TIMEOUT_SECONDS = 15  # Stockaj waits 10 s by default: a slower body is not Stockaj
+BODY_TIMEOUT_SECONDS = 15.0  # Stockaj waits 10 s by default: a slower body is not Stockaj
+# Stockaj nests 4 levels. A body stored must be one the worker can read: its json.loads
+# fails near 1,000 levels, orjson.dumps at 255.
+MAX_JSON_DEPTH = 100
+# After an early 413, how long and how much of the rest of the body is read (and dropped).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 KEPT_HEADERS = (
     "content-type",
     "user-agent",
@@ -42,6 +60,7 @@ KEPT_HEADERS = (
     DELIVERY_HEADER.lower(),
     SIGNATURE_HEADER.lower(),
 )
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +73,7 @@ class ReceiverParts:
     metrics: Metrics
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     refresh_metrics: Callable[[], Awaitable[None]]
+    body_timeout: float = BODY_TIMEOUT_SECONDS
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -63,8 +83,11 @@ def _json(body: dict[str, Any], status: int) -> Response:
 def create_app(parts: ReceiverParts) -> Quart:
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = parts.max_body_bytes
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
+    app.config["BODY_TIMEOUT"] = parts.body_timeout
     app.config["RESPONSE_TIMEOUT"] = 30
+    app.asgi_app = _close_after_early_answer(  # type: ignore[method-assign,assignment]
+        app.asgi_app, parts.max_body_bytes + LINGER_BYTES
+    )
     received = parts.metrics.deliveries_received
 
     @app.errorhandler(HTTPException)
@@ -72,7 +95,14 @@ def create_app(parts: ReceiverParts) -> Quart:
         status = error.code or 500
         if status == 413:
             received.labels("", "too_large").inc()
+            log.warning("delivery refused: body over %d bytes", parts.max_body_bytes)
             return _json({"error": f"body larger than {parts.max_body_bytes} bytes"}, 413)
+        if status == 408:
+            received.labels("", "rejected_request").inc()
+            log.warning("delivery refused: body not received within %s s", parts.body_timeout)
+            return _json({"error": f"the body did not arrive within {parts.body_timeout:g} seconds"}, 408)
+        if status >= 500:
+            log.error("request failed: %s", error.description)
         return _json({"error": (error.description or error.name).rstrip(".")}, status)
 
     @app.post(WEBHOOK_PATH)
@@ -81,13 +111,12 @@ def create_app(parts: ReceiverParts) -> Quart:
         assert isinstance(body, bytes)
         signature = request.headers.get(SIGNATURE_HEADER)
         if not verify(body, signature, parts.secrets):
-            reason = "missing" if not signature else "mismatch"
+            reason = "missing" if not signature else "mismatch" if is_well_formed(signature) else "malformed"
             parts.metrics.signature_failures.labels(reason).inc()
             received.labels("", "rejected_signature").inc()
             log.warning("signature %s", reason, extra={"remote": request.remote_addr, "bytes": len(body)})
             return _json({"error": "invalid signature"}, 401)
-        event = request.headers.get(EVENT_HEADER, "").strip()
-        delivery_id = request.headers.get(DELIVERY_HEADER, "").strip()
+        event, delivery_id = _header(EVENT_HEADER), _header(DELIVERY_HEADER)
         problem = _header_problem(event, delivery_id)
         if problem is None:
             problem = _body_problem(body)
@@ -95,7 +124,7 @@ def create_app(parts: ReceiverParts) -> Quart:
             received.labels(event[:100], "rejected_request").inc()
             log.warning("delivery refused: %s", problem, extra={"delivery_id": delivery_id[:ID_LENGTH]})
             return _json({"error": problem}, 400)
-        headers = {name: value for name, value in request.headers.items() if name.lower() in KEPT_HEADERS}
+        headers = {name: _header(name) for name, _ in request.headers.items() if name.lower() in KEPT_HEADERS}
         delivery = NewDelivery(delivery_id, event, headers, body, datetime.now(UTC))
         try:
             is_new = await parts.intake.submit(delivery)
@@ -125,10 +154,20 @@ def create_app(parts: ReceiverParts) -> Quart:
     return app
 
 
+def _header(name: str) -> str:
+    """A header's value, stripped; UTF-8 when it is (the server hands bytes over as latin-1)."""
+    value = request.headers.get(name, "").strip()
+    with contextlib.suppress(UnicodeError):
+        return value.encode("latin-1").decode("utf-8")
+    return value
+
+
 def _header_problem(event: str, delivery_id: str) -> str | None:
     for name, value in ((EVENT_HEADER, event), (DELIVERY_HEADER, delivery_id)):
         if not value:
             return f"missing or empty {name} header"
+        if _CONTROL_CHARACTERS.search(value):
+            return f"{name} header must not contain control characters"
     if len(delivery_id) > ID_LENGTH or len(event) > ID_LENGTH:
         return f"{DELIVERY_HEADER} and {EVENT_HEADER} may be at most {ID_LENGTH} characters"
     return None
@@ -141,9 +180,79 @@ def _body_problem(body: bytes) -> str | None:
         return "body is not valid JSON"
     if not isinstance(payload, dict):
         return f"body must be a JSON object, not a JSON {_json_kind(payload)}"
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _nested_deeper(payload, MAX_JSON_DEPTH):
+        return f"body is nested deeper than {MAX_JSON_DEPTH} levels"
     return None
+
+
+def _nested_deeper(payload: dict[str, Any], limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _json_kind(value: Any) -> str:
     kinds = {list: "array", str: "string", bool: "boolean", type(None): "null"}
     return kinds.get(type(value), "number")
+
+
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Coroutine[Any, Any, None]]
+
+
+def _close_after_early_answer(app: ASGIApp, drain_limit: int) -> ASGIApp:
+    """Answers sent before the body was read (413, 408) close the connection, gently.
+
+    Left open, the server would read a 2 GB body to its end to find the next
+    request. Closed at once, the unread bytes make the kernel reset the
+    connection, which can destroy the 413 before a client that is still
+    sending reads it. So the answer goes out first, then the rest of the body
+    is read and dropped until it ends, for at most LINGER_SECONDS and until
+    `drain_limit` bytes were read, then the connection is closed.
+    """
+
+    async def middleware(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        body_ended = asyncio.Event()
+        seen = 0
+        early_status = 0
+
+        async def counting_receive() -> ASGIReceiveEvent:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request" and message.get("more_body", False):
+                seen += len(message.get("body", b""))
+                if seen > drain_limit:
+                    body_ended.set()
+            else:
+                body_ended.set()
+            return message
+
+        async def closing_send(message: ASGISendEvent) -> None:
+            nonlocal early_status
+            if message["type"] == "http.response.start" and message["status"] in (408, 413):
+                early_status = message["status"]
+                start = cast(HTTPResponseStartEvent, dict(message))
+                start["headers"] = [*message["headers"], (b"connection", b"close")]
+                message = start
+            elif (
+                early_status == 413
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and not body_ended.is_set()
+            ):
+                await send({"type": "http.response.body", "body": message["body"], "more_body": True})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(body_ended.wait(), LINGER_SECONDS)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await app(scope, counting_receive, closing_send)
+
+    return middleware

@@ -2,14 +2,17 @@
 
 The receiver runs on uvicorn with uvloop and httptools, the fastest of the
 well-kept ASGI servers measured here (see bench/README.md). SIGTERM lets
-in-flight requests and deliveries finish; anything cut off stays pending in
-the store and is processed again, the action ledger skipping what succeeded.
+in-flight requests and deliveries finish (up to GRACEFUL_SHUTDOWN_SECONDS
+each); anything cut off stays pending in the store and is processed again,
+the action ledger skipping what succeeded. A worker killed outright loses its
+jobs' leases within `job_lease_seconds`, and another worker takes them over.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import prometheus_client
 import uvicorn
@@ -19,9 +22,9 @@ from arq.connections import RedisSettings
 
 from engine.config import Settings
 from engine.logs import configure_logging
-from engine.queue import PROCESS_FUNCTION, ArqQueue
+from engine.queue import PROCESS_FUNCTION, ArqQueue, job_lease
 from engine.receiver import create_app
-from engine.service import masker_for, open_service, open_store, sweep_interval
+from engine.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -35,6 +38,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
 async def _serve(settings: Settings, host: str, port: int) -> None:
     service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
     app = create_app(service.receiver_parts())
+    # Closed at the lifespan's shutdown, after the last request: uvicorn raises the signal it
+    # stopped on again as soon as it returns, which would end the process before a `finally`
+    # here could let the in-process deliveries finish.
+    app.after_serving(service.close)
     config = uvicorn.Config(
         app,
         host=host,
@@ -64,8 +71,11 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
     if metrics_port:
         prometheus_client.start_http_server(metrics_port, registry=service.metrics.registry)
 
-    async def process_delivery(ctx: dict[str, object], delivery_id: str) -> None:
-        wait = await service.processor.process(delivery_id)
+    lease = job_lease_seconds(settings)
+
+    async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> None:
+        async with job_lease(ctx["redis"], ctx["job_id"], lease):
+            wait = await service.processor.process(delivery_id)
         if wait is not None:
             raise Retry(defer=wait)
 
@@ -83,9 +93,17 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
         keep_result=0,
         poll_delay=0.01,
         handle_signals=True,
+        job_completion_wait=GRACEFUL_SHUTDOWN_SECONDS,  # SIGTERM: take no new job, finish these
     )
+    arq_worker.in_progress_timeout_s = lease  # renewed by job_lease() while the job runs
     try:
         await arq_worker.async_run()
+    except asyncio.CancelledError:
+        # arq cancels its own main task on SIGTERM/SIGINT, once the jobs in hand are done:
+        # the normal way out. Only a cancellation of this task itself goes on up.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
     finally:
         await arq_worker.close()
         await service.close()
@@ -112,7 +130,7 @@ async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str |
             return "enqueued for the workers"
     finally:
         await store.engine.dispose()
-    service = await open_service(settings, receive=False, process_in_process=True)
+    service = await open_service(settings, receive=False, process_in_process=True, background=False)
     try:
         wait = await service.processor.process(delivery_id)
         stored = await service.store.get(delivery_id)

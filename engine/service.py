@@ -54,6 +54,7 @@ class Service:
     databases: DatabaseEngines
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     intake: DeliveryIntake | None = None
+    closed: bool = False
 
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -86,6 +87,10 @@ class Service:
         )
 
     async def close(self) -> None:
+        """Stop intake, let the deliveries in hand finish, release everything; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         if self.intake is not None:
             await self.intake.stop()
         for task in self.tasks:
@@ -95,6 +100,7 @@ class Service:
         await self.http.aclose()
         await self.databases.dispose()
         await self.store.engine.dispose()
+        log.info("stopped: the deliveries in hand are finished, anything still pending waits in the store")
 
 
 async def open_store(settings: Settings) -> Store:
@@ -116,13 +122,21 @@ async def open_store(settings: Settings) -> Store:
     return Store(engine)
 
 
-async def open_service(settings: Settings, *, receive: bool, process_in_process: bool) -> Service:
-    """Build the service; `receive` adds the intake, `process_in_process` the in-process workers."""
+async def open_service(
+    settings: Settings, *, receive: bool, process_in_process: bool, background: bool = True
+) -> Service:
+    """Build the service; `receive` adds the intake, `process_in_process` the in-process workers.
+
+    `background=False` is for one-shot commands (`redeliver`): no rules watcher and no
+    sweeper, which would otherwise take up every other due delivery in that command.
+    """
     metrics = Metrics()
     store = await open_store(settings)
     rules = LiveRules(settings.rules_dir, load_registry(), metrics)
     http = httpx.AsyncClient(follow_redirects=False)
-    databases = DatabaseEngines(lambda url: create_async_engine(url, pool_pre_ping=True))
+    databases = DatabaseEngines(
+        lambda url: create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+    )
     requeue_after = timedelta(seconds=settings.requeue_after_seconds)
     processor = DeliveryProcessor(
         store=store,
@@ -151,14 +165,23 @@ async def open_service(settings: Settings, *, receive: bool, process_in_process:
         timedelta(days=settings.delivery_retention_days),
     )
     service = Service(settings, store, rules, metrics, processor, queue, sweeper, http, databases)
-    service.tasks.append(asyncio.create_task(rules.watch(), name="rules-watcher"))
+    if background:
+        service.tasks.append(asyncio.create_task(rules.watch(), name="rules-watcher"))
     if receive:
         service.intake = DeliveryIntake(store, queue, metrics, requeue_after)
         service.intake.start()
-    if process_in_process:
+    if process_in_process and background:
         service.tasks.append(asyncio.create_task(sweeper.run(sweep_interval(settings)), name="sweeper"))
     return service
 
 
 def sweep_interval(settings: Settings) -> float:
     return max(0.5, min(15.0, settings.requeue_after_seconds / 4))
+
+
+def job_lease_seconds(settings: Settings) -> float:
+    """How long a worker's hold on a job outlives the worker: REQUEUE_AFTER_SECONDS, at least 3 s.
+
+    The floor leaves room for a busy event loop to renew the lease in time.
+    """
+    return max(3.0, settings.requeue_after_seconds)

@@ -23,19 +23,24 @@ def sign(body: bytes, secret: str) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def is_well_formed(signature: str) -> bool:
+    """True when `signature` looks like a signature: 64 hex digits, either case."""
+    candidate = signature.strip()
+    return len(candidate) == _DIGEST_HEX_LENGTH and _HEX_DIGITS.issuperset(candidate)
+
+
 def verify(body: bytes, signature: str | None, secrets: Iterable[str]) -> bool:
     """True when `signature` is the signature of `body` under any of `secrets`.
 
     A missing, malformed (wrong length, not hex) or wrong signature is False;
-    every secret is tried, so timing does not tell which one matched.
+    every secret is tried, so timing does not tell which one matched. An empty
+    secret is never used: anyone could sign with it.
     """
-    if signature is None:
+    if signature is None or not is_well_formed(signature):
         return False
-    candidate = signature.strip()
-    if len(candidate) != _DIGEST_HEX_LENGTH or not _HEX_DIGITS.issuperset(candidate):
-        return False
-    given = candidate.lower().encode()
+    given = signature.strip().lower().encode()
     matched = False
     for secret in secrets:
-        matched |= hmac.compare_digest(sign(body, secret).encode(), given)
+        if secret:
+            matched |= hmac.compare_digest(sign(body, secret).encode(), given)
     return matched

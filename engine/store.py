@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -91,7 +91,17 @@ class Store:
             await connection.execute(select(1))
 
     async def add_deliveries(self, batch: Sequence[NewDelivery], due_at: datetime) -> set[str]:
-        """Store a batch in one transaction; returns the ids that were new (the rest are duplicates)."""
+        """Store a batch in one transaction; returns the ids that were new (the rest are duplicates).
+
+        A batch holding an id twice stores its first copy. Rows go in in id order, so that
+        concurrent batches sharing ids (redeliveries landing on two receivers) take their row
+        locks in the same order and cannot deadlock on PostgreSQL.
+        """
+        unique: dict[str, NewDelivery] = {}
+        for item in batch:
+            unique.setdefault(item.delivery_id, item)
+        if not unique:
+            return set()
         rows = [
             {
                 "delivery_id": item.delivery_id,
@@ -104,7 +114,7 @@ class Store:
                 "due_at": due_at,
                 "runs": 0,
             }
-            for item in {item.delivery_id: item for item in reversed(batch)}.values()
+            for _, item in sorted(unique.items())
         ]
         statement = (
             self._insert(deliveries)
@@ -129,18 +139,50 @@ class Store:
         async with self.engine.connect() as connection:
             return [_delivery(row) for row in await connection.execute(query)]
 
-    async def start_run(self, delivery_id: str, now: datetime, due_at: datetime) -> None:
-        """Mark a delivery `processing`; if this run dies, the sweeper takes it again after `due_at`."""
+    async def start_run(self, delivery_id: str, now: datetime, due_at: datetime) -> bool:
+        """Claim a delivery for one run: True when this caller got it.
+
+        A delivery can be claimed when `received`, or `processing` past its `due_at` (its
+        last run died, or its retry wait is over). The claim is one conditional UPDATE, so
+        two workers handed the same delivery never run it at the same time. If this run
+        dies, the sweeper hands it out again after `due_at`.
+        """
         async with self.engine.begin() as connection:
-            await connection.execute(
+            result = await connection.execute(
                 update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id)
+                .where(
+                    and_(
+                        deliveries.c.delivery_id == delivery_id,
+                        or_(
+                            deliveries.c.status == DeliveryStatus.RECEIVED.value,
+                            and_(
+                                deliveries.c.status == DeliveryStatus.PROCESSING.value,
+                                deliveries.c.due_at <= now,
+                            ),
+                        ),
+                    )
+                )
                 .values(
                     status=DeliveryStatus.PROCESSING.value,
                     updated_at=now,
                     due_at=due_at,
                     runs=deliveries.c.runs + 1,
                 )
+            )
+        return bool(result.rowcount)
+
+    async def extend_run(self, delivery_id: str, now: datetime, due_at: datetime) -> None:
+        """Keep a long run's claim: push `due_at` out before each action."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(deliveries)
+                .where(
+                    and_(
+                        deliveries.c.delivery_id == delivery_id,
+                        deliveries.c.status == DeliveryStatus.PROCESSING.value,
+                    )
+                )
+                .values(updated_at=now, due_at=due_at)
             )
 
     async def finish_run(
@@ -179,7 +221,7 @@ class Store:
                     deliveries.c.due_at <= now,
                 )
             )
-            .order_by(deliveries.c.due_at)
+            .order_by(deliveries.c.due_at, deliveries.c.delivery_id)
             .limit(limit)
         )
         async with self.engine.connect() as connection:
@@ -197,7 +239,12 @@ class Store:
     async def record_outcomes(
         self, delivery_id: str, outcomes: Iterable[tuple[str, str, str]], now: datetime
     ) -> None:
-        """Replace the rule outcomes of a delivery with (rule id, status, reason) triples."""
+        """Replace the rule outcomes of a delivery with (rule id, status, reason) triples.
+
+        The delivery's row is locked first: two workers finishing the same delivery at once
+        (processing is at-least-once) then replace the outcomes one after the other instead of
+        colliding on the primary key of `rule_outcomes`.
+        """
         rows = [
             {
                 "delivery_id": delivery_id,
@@ -208,7 +255,13 @@ class Store:
             }
             for rule_id, status, reason in outcomes
         ]
+        lock = (
+            select(deliveries.c.delivery_id)
+            .where(deliveries.c.delivery_id == delivery_id)
+            .with_for_update(key_share=True)  # FOR NO KEY UPDATE: foreign-key checks still pass
+        )
         async with self.engine.begin() as connection:
+            await connection.execute(lock)
             await connection.execute(delete(rule_outcomes).where(rule_outcomes.c.delivery_id == delivery_id))
             if rows:
                 await connection.execute(rule_outcomes.insert(), rows)
@@ -262,20 +315,20 @@ class Store:
         """Take the (rule, key) slot atomically; None when taken, else when it was last taken.
 
         The slot is free when it was last taken `window` ago or more, or by this
-        same delivery (a delivery processed again keeps its slot).
+        same delivery (a delivery processed again keeps its slot). Processing a delivery
+        again within its window keeps the time it fired: the window is not extended.
         """
         key = _slot_key(key)
-        values = {"delivery_id": delivery_id, "fired_at": now}
+        fired = throttle_slots.c.fired_at
+        moment = literal(now, fired.type)
+        window_over = fired <= now - window
         statement = (
             self._insert(throttle_slots)
-            .values(rule_id=rule_id, key=key, **values)
+            .values(rule_id=rule_id, key=key, delivery_id=delivery_id, fired_at=now)
             .on_conflict_do_update(
                 index_elements=["rule_id", "key"],
-                set_=values,
-                where=or_(
-                    throttle_slots.c.fired_at <= now - window,
-                    throttle_slots.c.delivery_id == delivery_id,
-                ),
+                set_={"delivery_id": delivery_id, "fired_at": case((window_over, moment), else_=fired)},
+                where=or_(window_over, throttle_slots.c.delivery_id == delivery_id),
             )
             .returning(throttle_slots.c.rule_id)
         )
@@ -322,8 +375,8 @@ class Store:
 
 
 def _slot_key(key: str) -> str:
-    """Long rendered keys are stored by their hash, so any key fits the column."""
-    if len(key) <= THROTTLE_KEY_LENGTH:
+    """Long keys, and keys holding NUL (PostgreSQL refuses it in text), are stored by their hash."""
+    if len(key) <= THROTTLE_KEY_LENGTH and "\x00" not in key:
         return key
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 

@@ -46,22 +46,30 @@ class Sweeper:
         self._last_purge: datetime | None = None
 
     async def sweep(self) -> int:
-        """Enqueue what is due; the number of deliveries enqueued again."""
+        """Enqueue what is due, and apply retention at most once an hour; the number enqueued again.
+
+        Retention does not wait for the queue: a Redis outage must not let the store grow.
+        """
         now = self._clock()
-        due = await self._store.due_deliveries(now)
-        if due:
-            try:
-                await self._queue.enqueue(due)
-            except QueueUnavailable as exc:
-                log.warning("sweeper: queue unavailable, %d deliveries wait: %s", len(due), exc)
-                return 0
-            self._metrics.requeued.inc(len(due))
-            log.info("sweeper enqueued %d pending deliveries again", len(due))
+        enqueued = await self._requeue(now)
         if self._last_purge is None or now - self._last_purge >= RETENTION_EVERY:
-            self._last_purge = now
             bodies, rows = await self._store.purge(now, self._body_retention, self._delivery_retention)
+            self._last_purge = now  # only once it worked: a failed purge is tried at the next sweep
             if bodies or rows:
                 log.info("retention: dropped %d bodies and %d deliveries", bodies, rows)
+        return enqueued
+
+    async def _requeue(self, now: datetime) -> int:
+        due = await self._store.due_deliveries(now)
+        if not due:
+            return 0
+        try:
+            await self._queue.enqueue(due)
+        except QueueUnavailable as exc:
+            log.warning("sweeper: queue unavailable, %d deliveries wait: %s", len(due), exc)
+            return 0
+        self._metrics.requeued.inc(len(due))
+        log.info("sweeper enqueued %d pending deliveries again", len(due))
         return len(due)
 
     async def run(self, every: float) -> None:

@@ -46,6 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: the store takes aware datetimes (UTC)")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -54,6 +56,21 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         moment: datetime = value
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class LogText(TypeDecorator[str]):
+    """Text that PostgreSQL accepts from any payload.
+
+    A JSON string may hold U+0000, so a reason quoting a payload value or an error
+    quoting a response can too; PostgreSQL refuses NUL in text. It becomes U+FFFD
+    (the replacement character) on every database, so both keep the same log.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "\ufffd") if value is not None else None
 
 
 metadata = MetaData(
@@ -100,7 +117,7 @@ deliveries = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("due_at", UTCDateTime(), nullable=True),
     Column("runs", Integer, nullable=False, default=0),
-    Column("error", Text, nullable=True),
+    Column("error", LogText, nullable=True),
     Index(None, "status", "due_at"),
     Index(None, "received_at"),
 )
@@ -116,7 +133,7 @@ rule_outcomes = Table(
     ),
     Column("rule_id", String(RULE_ID_LENGTH), primary_key=True),
     Column("status", String(30), nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", LogText, nullable=False),
     Column("recorded_at", UTCDateTime(), nullable=False),
 )
 
@@ -135,7 +152,7 @@ action_runs = Table(
     Column("status", String(20), nullable=False),
     Column("params", JSON, nullable=True),  # rendered, secrets masked
     Column("attempts", Integer, nullable=False, default=0),
-    Column("last_error", Text, nullable=True),
+    Column("last_error", LogText, nullable=True),
     Column("response_status", Integer, nullable=True),
     Column("next_attempt_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),

@@ -6,6 +6,8 @@ action ledger makes actions effectively once: an action recorded `succeeded`
 for (delivery, rule, action index) is never run again for that delivery,
 whatever crashes, retries or redeliveries happen. A rule's actions run in
 order; one that fails for good stops the rule's later actions (`skipped`).
+A redelivered delivery (reopened, so `received` again) gives its failed and
+skipped actions a fresh start; only `redeliver --force` forgets the ledger.
 
 Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried
 with exponential backoff and full jitter, never sooner than the server's
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -31,38 +34,104 @@ from engine.matching import Matcher, PlannedAction, RuleOutcome
 from engine.metrics import Metrics
 from engine.rules import Rule, RuleSet
 from engine.secrets import Masker, Secrets
-from engine.store import ActionRun, Store
+from engine.store import ActionRun, Store, StoredDelivery
 from engine.tables import PENDING_STATUSES, ActionStatus, DeliveryStatus
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 3600.0
+# A server asking to be left alone for longer than this gets a failed action, not a wait.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+# 2**64 seconds is far past any ceiling; capping the exponent keeps the float finite.
+_MAX_EXPONENT = 64
+
+Ledger = dict[tuple[str, int], ActionRun]
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 8
     base_seconds: float = 1.0
+    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
+    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
 
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff, never sooner than the server asked."""
-        backoff = random.uniform(0, min(MAX_BACKOFF_SECONDS, self.base_seconds * 2 ** (attempt - 1)))
-        return min(MAX_BACKOFF_SECONDS, max(backoff, retry_after or 0.0))
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds before the next try: full-jitter exponential backoff, never sooner than Retry-After.
+
+        None when the server's Retry-After is beyond `max_retry_after_seconds`: give up.
+        """
+        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
+        backoff = random.uniform(0, min(self.max_backoff_seconds, self.base_seconds * 2.0**exponent))
+        if retry_after is None:
+            return backoff
+        if not retry_after <= self.max_retry_after_seconds:  # also catches inf and nan
+            return None
+        return max(backoff, retry_after)
 
 
 class StoreThrottle:
-    """Throttle slots in the store, so a limit holds across every worker."""
+    """Throttle slots in the store, so a limit holds across every worker.
 
-    def __init__(self, store: Store, delivery_id: str) -> None:
+    A rule that already fired for this delivery (it has rows in the ledger) keeps
+    firing when the delivery is processed again: its slot may have passed to a
+    later delivery meanwhile, but its own pending or failed actions still belong
+    to that first firing and must not be abandoned as `throttled`.
+    """
+
+    def __init__(self, store: Store, delivery_id: str, fired_before: frozenset[str]) -> None:
         self._store = store
         self._delivery_id = delivery_id
+        self._fired_before = fired_before
 
     async def acquire(self, rule_id: str, key: str, window: timedelta, now: datetime) -> datetime | None:
+        if rule_id in self._fired_before:
+            return None
         return await self._store.acquire_throttle(rule_id, key, window, now, self._delivery_id)
+
+
+@dataclass(slots=True)
+class _RunState:
+    """What one pass over a delivery's fired rules left behind."""
+
+    wait: float | None = None
+    failures: int = 0
+    first_failure: str | None = None
+
+    def waits(self, seconds: float) -> None:
+        self.wait = seconds if self.wait is None else min(self.wait, seconds)
+
+    def failed(self, rule_id: str, run: ActionRun) -> None:
+        self.failures += 1
+        if self.first_failure is None:
+            self.first_failure = f"{rule_id} actions[{run.action_index}] ({run.type}): {run.last_error}"
+
+    def error(self) -> str | None:
+        if self.first_failure is None:
+            return None
+        more = f" (and {self.failures - 1} more)" if self.failures > 1 else ""
+        return f"an action failed{more}: {self.first_failure}; see the delivery's actions"
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _payload(stored: StoredDelivery) -> dict[str, Any] | str:
+    """The delivery's JSON body, or why it cannot be processed."""
+    if stored.body is None:
+        return (
+            "the body of this delivery was purged by the retention settings, so it cannot be "
+            "processed again; ask Stockaj to send the event again instead"
+        )
+    try:
+        payload = json.loads(stored.body)
+    except ValueError as exc:
+        return f"the stored body is not JSON ({exc}); it cannot be processed"
+    except RecursionError:
+        return "the stored body is nested too deeply to read; it cannot be processed"
+    if not isinstance(payload, dict):
+        return f"the stored body is a JSON {type(payload).__name__}, not an object; it cannot be processed"
+    return payload
 
 
 class DeliveryProcessor:
@@ -93,52 +162,70 @@ class DeliveryProcessor:
         self._retry = retry
         self._requeue_after = requeue_after
         self._clock = clock
+        # Deliveries this processor is running now: the sweeper may offer one again mid-run.
+        self._running: set[str] = set()
 
     async def process(self, delivery_id: str) -> float | None:
-        """Process a delivery; the seconds until it must be processed again, or None when finished."""
+        """Process a delivery; the seconds until it must be processed again, or None when finished.
+
+        None also when this processor is already running the delivery: that run reports its own wait.
+        """
+        if delivery_id in self._running:
+            return None
+        self._running.add(delivery_id)
+        try:
+            return await self._process(delivery_id)
+        finally:
+            self._running.discard(delivery_id)
+
+    async def _process(self, delivery_id: str) -> float | None:
         stored = await self._store.get(delivery_id)
         if stored is None or stored.status not in PENDING_STATUSES:
             return None  # unknown, or finished by an earlier job: nothing to do
         now = self._clock()
-        await self._store.start_run(delivery_id, now, due_at=now + self._requeue_after)
-        delivery = Delivery(stored.event, delivery_id, json.loads(stored.body or b"{}"), stored.headers)
-        matcher = Matcher(self._rules(), StoreThrottle(self._store, delivery_id), self._secrets, self._clock)
-        outcomes = await matcher.match(delivery)
+        payload = _payload(stored)
+        if isinstance(payload, str):
+            # Matching an empty payload would overwrite the delivery's recorded outcomes with nonsense.
+            await self._store.finish_run(delivery_id, DeliveryStatus.FAILED, now, None, payload)
+            self._metrics.deliveries_processed.labels(stored.event, DeliveryStatus.FAILED.value).inc()
+            log.error(
+                "delivery %s not processed: %s", delivery_id, payload, extra={"delivery_id": delivery_id}
+            )
+            return None
+        if not await self._store.start_run(delivery_id, now, due_at=now + self._requeue_after):
+            return None  # another worker runs it now, or its retry wait is not over
+        delivery = Delivery(stored.event, delivery_id, payload, stored.headers)
+        ledger = await self._store.action_runs(delivery_id)
+        throttle = StoreThrottle(self._store, delivery_id, frozenset(rule_id for rule_id, _ in ledger))
+        if stored.status is DeliveryStatus.RECEIVED:
+            # `received` with a ledger means reopened (`redeliver`): give what did not succeed a fresh start.
+            ledger = {place: run for place, run in ledger.items() if run.status is ActionStatus.SUCCEEDED}
+        outcomes = await Matcher(self._rules(), throttle, self._secrets, self._clock).match(delivery, now)
         await self._store.record_outcomes(
             delivery_id, ((o.rule.id, o.status.value, self._masker.mask(o.reason)) for o in outcomes), now
         )
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
-        ledger = await self._store.action_runs(delivery_id)
-        wait: float | None = None
-        failed = False
+        state = _RunState()
         for outcome in outcomes:
             if outcome.fired:
-                rule_wait, rule_failed = await self._run_rule(delivery_id, outcome, ledger)
-                failed |= rule_failed
-                if rule_wait is not None:
-                    wait = rule_wait if wait is None else min(wait, rule_wait)
-        return await self._finish(delivery, outcomes, wait, failed, stored.received_at)
+                await self._run_rule(delivery_id, outcome, ledger, state)
+        return await self._finish(delivery, outcomes, state, stored.received_at)
 
     async def _finish(
-        self,
-        delivery: Delivery,
-        outcomes: list[RuleOutcome],
-        wait: float | None,
-        failed: bool,
-        received_at: datetime,
+        self, delivery: Delivery, outcomes: list[RuleOutcome], state: _RunState, received_at: datetime
     ) -> float | None:
         now = self._clock()
-        if wait is not None:
-            due = now + timedelta(seconds=wait) + self._requeue_after
+        if state.wait is not None:
+            # Claimable again once the wait is over: by this retry's job, or by the sweeper if it is lost.
+            due = now + timedelta(seconds=state.wait)
             await self._store.finish_run(delivery.delivery_id, DeliveryStatus.PROCESSING, now, due, None)
-            return wait
+            return state.wait
         if not any(o.fired for o in outcomes):
             status = DeliveryStatus.NO_MATCH
         else:
-            status = DeliveryStatus.FAILED if failed else DeliveryStatus.DONE
-        error = "an action failed; see its last_error" if failed else None
-        await self._store.finish_run(delivery.delivery_id, status, now, None, error)
+            status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
+        await self._store.finish_run(delivery.delivery_id, status, now, None, state.error())
         self._metrics.deliveries_processed.labels(delivery.event, status.value).inc()
         self._metrics.processing_lag.observe((now - received_at).total_seconds())
         log.info(
@@ -154,63 +241,42 @@ class DeliveryProcessor:
         return None
 
     async def _run_rule(
-        self, delivery_id: str, outcome: RuleOutcome, ledger: dict[tuple[str, int], ActionRun]
-    ) -> tuple[float | None, bool]:
-        """Run a fired rule's actions in order; (seconds to wait for a retry, whether one failed)."""
+        self, delivery_id: str, outcome: RuleOutcome, ledger: Ledger, state: _RunState
+    ) -> None:
+        """Run a fired rule's actions in order, up to the first that waits for a retry or fails."""
         rule = outcome.rule
         for position, planned in enumerate(outcome.actions):
             run = ledger.get((rule.id, planned.index))
             if run is not None and run.status is ActionStatus.SUCCEEDED:
                 continue
             if run is not None and run.status in (ActionStatus.FAILED, ActionStatus.SKIPPED):
-                return None, True
+                state.failed(rule.id, run)  # an earlier run of this delivery; its later actions are skipped
+                return
             now = self._clock()
             if run is not None and run.next_attempt_at is not None and run.next_attempt_at > now:
-                return (run.next_attempt_at - now).total_seconds(), False
+                state.waits((run.next_attempt_at - now).total_seconds())
+                return
+            now = self._clock()
+            await self._store.extend_run(delivery_id, now, now + self._requeue_after)
             run = await self._execute(delivery_id, rule, planned, run)
             if run.status is ActionStatus.PENDING:
                 assert run.next_attempt_at is not None
-                return max(0.0, (run.next_attempt_at - self._clock()).total_seconds()), False
+                state.waits(max(0.0, (run.next_attempt_at - self._clock()).total_seconds()))
+                return
             if run.status is ActionStatus.FAILED:
+                state.failed(rule.id, run)
                 for later in outcome.actions[position + 1 :]:
                     await self._skip(delivery_id, rule, later)
-                return None, True
-        return None, False
+                return
 
     async def _execute(
         self, delivery_id: str, rule: Rule, planned: PlannedAction, previous: ActionRun | None
     ) -> ActionRun:
         attempts = (previous.attempts if previous else 0) + 1
-        params = self._masker.mask(planned.params)
         started = time.perf_counter()
-        status, error, response_status, next_attempt = ActionStatus.SUCCEEDED, None, None, None
-        if planned.error is not None or planned.validated is None:
-            status, error = ActionStatus.FAILED, planned.error or "params were not validated"
-        else:
-            plugin = rule.actions[planned.index].plugin
-            ctx = ActionContext(
-                self._http, self._databases, self._defaults, delivery_id, rule.id, planned.index, self._clock
-            )
-            try:
-                result = await plugin.run(planned.validated, ctx)
-                response_status = result.status
-            except ActionFailed as exc:
-                error, response_status = self._masker.mask(str(exc)), exc.status
-                if exc.transient and attempts < self._retry.max_attempts:
-                    status = ActionStatus.PENDING
-                    next_attempt = self._clock() + timedelta(
-                        seconds=self._retry.delay(attempts, exc.retry_after)
-                    )
-                else:
-                    status = ActionStatus.FAILED
-            except Exception as exc:  # a plugin bug must not take the worker down
-                log.exception(
-                    "action %s of rule %s crashed", planned.type, rule.id, extra={"delivery_id": delivery_id}
-                )
-                status, error = (
-                    ActionStatus.FAILED,
-                    self._masker.mask(f"unexpected error: {type(exc).__name__}: {exc}"),
-                )
+        status, error, response_status, next_attempt = await self._attempt(
+            delivery_id, rule, planned, attempts
+        )
         self._metrics.action_runs.labels(planned.type, status.value).inc()
         self._metrics.action_latency.labels(planned.type).observe(time.perf_counter() - started)
         run = ActionRun(
@@ -218,15 +284,45 @@ class DeliveryProcessor:
             planned.index,
             planned.type,
             status,
-            params,
+            self._masker.mask(planned.params),
             attempts,
-            error,
+            self._masker.mask(error),
             response_status,
             next_attempt,
             self._clock(),
         )
         await self._store.save_action_run(delivery_id, run)
         return run
+
+    async def _attempt(
+        self, delivery_id: str, rule: Rule, planned: PlannedAction, attempts: int
+    ) -> tuple[ActionStatus, str | None, int | None, datetime | None]:
+        """Run the action once: (status, error, response status, when to try again)."""
+        if planned.error is not None or planned.validated is None:
+            return ActionStatus.FAILED, planned.error or "params were not validated", None, None
+        plugin = rule.actions[planned.index].plugin
+        ctx = ActionContext(
+            self._http, self._databases, self._defaults, delivery_id, rule.id, planned.index, self._clock
+        )
+        try:
+            result = await plugin.run(planned.validated, ctx)
+        except ActionFailed as exc:
+            if not exc.transient or attempts >= self._retry.max_attempts:
+                return ActionStatus.FAILED, str(exc), exc.status, None
+            delay = self._retry.delay(attempts, exc.retry_after)
+            if delay is None:
+                error = (
+                    f"{exc}; the server asked to wait {exc.retry_after:g} s (Retry-After), over the "
+                    f"{self._retry.max_retry_after_seconds:g} s limit, so it is not retried"
+                )
+                return ActionStatus.FAILED, error, exc.status, None
+            return ActionStatus.PENDING, str(exc), exc.status, self._clock() + timedelta(seconds=delay)
+        except Exception as exc:  # a plugin bug must not take the worker down
+            log.exception(
+                "action %s of rule %s crashed", planned.type, rule.id, extra={"delivery_id": delivery_id}
+            )
+            return ActionStatus.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", None, None
+        return ActionStatus.SUCCEEDED, None, result.status, None
 
     async def _skip(self, delivery_id: str, rule: Rule, planned: PlannedAction) -> None:
         reason = "skipped: an earlier action of this rule failed"

@@ -1,0 +1,985 @@
+"""The delivery processor: match, render, execute, record, with the action ledger and retries.
+
+Each test runs the real store, on SQLite and on the real PostgreSQL, with rules
+loaded from YAML the way the engine loads them. Outgoing HTTP goes through
+respx, and the tests assert the requests that were sent (URL, Idempotency-Key,
+JSON). A controllable clock stands in for time, so retries are driven by
+advancing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from actions.base import (
+    Action,
+    ActionContext,
+    ActionDefaults,
+    ActionParams,
+    ActionResult,
+    DatabaseEngines,
+    idempotency_key,
+)
+from actions.registry import ActionRegistry, load_registry
+from engine import database
+from engine.loader import load_rules
+from engine.metrics import Metrics
+from engine.secrets import Masker
+from engine.store import ActionRun, NewDelivery, Store
+from engine.tables import ActionStatus, DeliveryStatus
+from engine.worker import MAX_BACKOFF_SECONDS, DeliveryProcessor, RetryPolicy
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+TOKEN = "tok-5ecret-9f2a"
+PO_URL = "https://po.example.com/orders"
+CRM_URL = "https://crm.example.com/hook"
+REQUEUE_AFTER = timedelta(seconds=60)
+
+REORDER = """\
+- id: reorder
+  on: item.low_stock
+  when: {"<=": [{var: data.quantity}, {var: data.minimum_quantity}]}
+  actions:
+    - type: http
+      url: https://po.example.com/orders
+      headers: {Authorization: "Bearer {{ secrets.PO_TOKEN }}"}
+      json:
+        sku: "{{ data.external_id }}"
+        quantity: "{{ data.minimum_quantity * 2 - data.quantity }}"
+    - type: log
+      message: "ordered {{ data.external_id }}"
+- id: rentals
+  on: rent.created
+  actions: [{type: log, message: "rental {{ data.id }}"}]
+- id: retired
+  on: item.low_stock
+  enabled: false
+  actions: [{type: log, message: never}]
+"""
+
+TWO_RULES = """\
+- id: po
+  on: item.low_stock
+  actions:
+    - type: http
+      url: https://po.example.com/orders
+      headers: {Authorization: "Bearer {{ secrets.PO_TOKEN }}"}
+      json: {sku: "{{ data.external_id }}"}
+    - type: log
+      message: "after the order"
+- id: crm
+  on: item.low_stock
+  actions:
+    - type: http
+      url: https://crm.example.com/hook
+      json: {id: "{{ data.id }}"}
+"""
+
+ORDERED = """\
+- id: two-steps
+  on: item.low_stock
+  actions:
+    - type: http
+      url: https://po.example.com/orders
+      json: {step: 0}
+    - type: http
+      url: https://crm.example.com/hook
+      json: {step: 1}
+"""
+
+THROTTLED = """\
+- id: alert
+  on: item.low_stock
+  throttle: {key: "{{ data.external_id }}", per: 1m}
+  actions:
+    - type: http
+      url: https://crm.example.com/hook
+      json: {sku: "{{ data.external_id }}", delivery: "{{ delivery_id }}"}
+"""
+
+
+def low_stock(quantity: int = 3, **extra: Any) -> dict[str, Any]:
+    data = {"id": 42, "name": "Tent 4p", "quantity": quantity, "minimum_quantity": 5}
+    data.setdefault("external_id", "TENT-4P")
+    data.update(extra)
+    return data
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class ExplodingParams(ActionParams):
+    message: str
+
+
+class ExplodingAction(Action[ExplodingParams]):
+    """A plugin with a bug: it raises something that is not ActionFailed."""
+
+    type = "exploding"
+    description = "Raises an unexpected exception."
+    Params = ExplodingParams
+
+    async def run(self, params: ExplodingParams, ctx: ActionContext) -> ActionResult:
+        raise RuntimeError(f"boom while handling {params.message}")
+
+
+@dataclass
+class Bench:
+    """The store, a clock, metrics and an HTTP client; builds processors over them."""
+
+    store: Store
+    tmp_path: Path
+    http: httpx.AsyncClient
+    clock: Clock = field(default_factory=Clock)
+    metrics: Metrics = field(default_factory=Metrics)
+    databases: DatabaseEngines = field(
+        default_factory=lambda: DatabaseEngines(lambda url: create_async_engine(url))
+    )
+
+    def processor(
+        self,
+        rules: str,
+        *,
+        retry: RetryPolicy | None = None,
+        registry: ActionRegistry | None = None,
+        metrics: Metrics | None = None,
+    ) -> DeliveryProcessor:
+        folder = self.tmp_path / f"rules-{random.getrandbits(32):08x}"
+        folder.mkdir()
+        (folder / "rules.yaml").write_text(rules)
+        rule_set = load_rules(folder, registry or load_registry())
+        return DeliveryProcessor(
+            store=self.store,
+            rules=lambda: rule_set,
+            http=self.http,
+            databases=self.databases,
+            defaults=ActionDefaults(),
+            secrets={"PO_TOKEN": TOKEN},
+            masker=Masker([TOKEN]),
+            metrics=metrics or self.metrics,
+            retry=retry or RetryPolicy(max_attempts=4, base_seconds=0.5),
+            requeue_after=REQUEUE_AFTER,
+            clock=self.clock,
+        )
+
+    async def deliver(self, delivery_id: str, data: dict[str, Any], event: str = "item.low_stock") -> None:
+        body = json.dumps({"event": event, "timestamp": "2026-03-01T09:00:00Z", "data": data}).encode()
+        new = NewDelivery(delivery_id, event, {"X-Stockaj-Event": event}, body, self.clock())
+        assert await self.store.add_deliveries([new], due_at=self.clock()) == {delivery_id}
+
+    async def status(self, delivery_id: str) -> DeliveryStatus:
+        stored = await self.store.get(delivery_id)
+        assert stored is not None
+        return stored.status
+
+    async def ledger(self, delivery_id: str) -> dict[tuple[str, int], ActionRun]:
+        return await self.store.action_runs(delivery_id)
+
+    async def outcomes(self, delivery_id: str) -> dict[str, tuple[str, str]]:
+        return {row.rule_id: (row.status, row.reason) for row in await self.store.outcomes(delivery_id)}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
+@pytest.fixture
+async def bench(store_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
+    engine = database.create_engine(store_url)
+    await database.upgrade(engine)
+    async with httpx.AsyncClient() as http:
+        bench = Bench(Store(engine), tmp_path, http)
+        try:
+            yield bench
+        finally:
+            await bench.databases.dispose()
+            await engine.dispose()
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    # Not every route is meant to be called: several tests prove a request was *not* sent.
+    with respx.mock(assert_all_called=False) as mock:
+        yield mock
+
+
+def sent_json(route: respx.Route, call: int = -1) -> Any:
+    return json.loads(route.calls[call].request.content)
+
+
+def key(delivery_id: str, rule_id: str, index: int) -> str:
+    return idempotency_key(delivery_id, rule_id, index)
+
+
+# --- one delivery, start to finish --------------------------------------------------------
+
+
+async def test_fired_rule_runs_each_action_once_and_records_masked_params(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201, json={"order": 7})
+    await bench.deliver("d-1", low_stock(quantity=3))
+
+    assert await bench.processor(REORDER).process("d-1") is None
+
+    assert route.call_count == 1
+    request = route.calls.last.request
+    assert str(request.url) == PO_URL
+    assert request.headers["Idempotency-Key"] == key("d-1", "reorder", 0)
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert json.loads(request.content) == {"sku": "TENT-4P", "quantity": 7}
+
+    ledger = await bench.ledger("d-1")
+    assert set(ledger) == {("reorder", 0), ("reorder", 1)}
+    order = ledger[("reorder", 0)]
+    assert (order.type, order.status, order.attempts, order.response_status) == (
+        "http",
+        ActionStatus.SUCCEEDED,
+        1,
+        201,
+    )
+    assert order.params["headers"] == {"Authorization": "Bearer ***"}
+    assert order.params["json"] == {"sku": "TENT-4P", "quantity": 7}
+    assert TOKEN not in json.dumps(order.params)
+    assert order.last_error is None
+    assert order.next_attempt_at is None
+    note = ledger[("reorder", 1)]
+    assert (note.type, note.status, note.params) == (
+        "log",
+        ActionStatus.SUCCEEDED,
+        {"message": "ordered TENT-4P"},
+    )
+
+    outcomes = await bench.outcomes("d-1")
+    assert outcomes["reorder"] == ("fired", "data.quantity (3) <= data.minimum_quantity (5) -> true")
+    assert outcomes["rentals"] == (
+        "event_not_matched",
+        "event item.low_stock does not match on: rent.created",
+    )
+    assert outcomes["retired"] == ("disabled", "disabled: the rule has enabled: false")
+
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.error, stored.runs, stored.due_at) == (DeliveryStatus.DONE, None, 1, None)
+
+
+async def test_delivery_no_rule_fires_for_is_no_match_with_the_evaluated_values(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    await bench.deliver("d-1", low_stock(quantity=9))
+
+    assert await bench.processor(REORDER).process("d-1") is None
+
+    assert route.call_count == 0
+    assert await bench.ledger("d-1") == {}
+    assert await bench.status("d-1") is DeliveryStatus.NO_MATCH
+    outcomes = await bench.outcomes("d-1")
+    assert outcomes["reorder"] == (
+        "condition_false",
+        "data.quantity (9) <= data.minimum_quantity (5) -> false",
+    )
+    assert outcomes["retired"][0] == "disabled"
+
+
+async def test_throttled_rule_is_recorded_with_the_key_and_when_it_fired(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(CRM_URL).respond(200)
+    processor = bench.processor(THROTTLED)
+    await bench.deliver("d-1", low_stock())
+    await bench.deliver("d-2", low_stock())
+
+    await processor.process("d-1")
+    bench.clock.advance(30)
+    await processor.process("d-2")
+
+    assert route.call_count == 1
+    assert sent_json(route) == {"sku": "TENT-4P", "delivery": "d-1"}
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+    assert await bench.status("d-2") is DeliveryStatus.NO_MATCH
+    status, reason = (await bench.outcomes("d-2"))["alert"]
+    assert status == "throttled"
+    assert reason == (f"throttled: key 'TENT-4P' already fired at {T0.isoformat()} (at most once per 1m)")
+
+
+async def test_throttle_holds_across_two_processors_sharing_the_store(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(CRM_URL).respond(200)
+    first, second = bench.processor(THROTTLED), bench.processor(THROTTLED)
+    await bench.deliver("d-1", low_stock())
+    await bench.deliver("d-2", low_stock())
+
+    await first.process("d-1")
+    await second.process("d-2")
+
+    assert route.call_count == 1
+    assert route.calls.last.request.headers["Idempotency-Key"] == key("d-1", "alert", 0)
+    assert (await bench.outcomes("d-2"))["alert"][0] == "throttled"
+
+    bench.clock.advance(60)  # the window has passed: the key may fire again
+    await bench.deliver("d-3", low_stock())
+    await second.process("d-3")
+    assert route.call_count == 2
+    assert sent_json(route) == {"sku": "TENT-4P", "delivery": "d-3"}
+
+
+# --- effectively once ---------------------------------------------------------------------
+
+
+async def test_reopened_delivery_does_not_run_succeeded_actions_again(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+
+    assert await bench.store.reopen("d-1", bench.clock())
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.DONE, 2)
+    assert (await bench.ledger("d-1"))[("reorder", 0)].attempts == 1
+
+
+async def test_duplicate_job_while_a_retry_waits_runs_nothing_twice(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    po = router.post(PO_URL).respond(201)
+    crm = router.post(CRM_URL).mock(side_effect=[httpx.Response(503), httpx.Response(200)])
+    processor = bench.processor(TWO_RULES)
+    await bench.deliver("d-1", low_stock())
+
+    wait = await processor.process("d-1")
+    assert wait is not None
+    # A second job for the same delivery, at once: the retry belongs to the first, this one claims nothing.
+    assert await processor.process("d-1") is None
+    assert (po.call_count, crm.call_count) == (1, 1)
+    assert await bench.status("d-1") is DeliveryStatus.PROCESSING
+
+    bench.clock.advance(wait)
+    assert await processor.process("d-1") is None
+    assert (po.call_count, crm.call_count) == (1, 2)
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_delivery_picked_up_after_a_worker_died_skips_what_succeeded(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+    # As if the run had died after its actions but before recording the delivery's status.
+    await bench.store.start_run("d-1", bench.clock(), due_at=bench.clock())
+
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 1
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_forced_redelivery_runs_succeeded_actions_again_with_the_same_key(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+
+    assert await bench.store.reopen("d-1", bench.clock())
+    await bench.store.forget_action_runs("d-1")
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 2
+    keys = {call.request.headers["Idempotency-Key"] for call in route.calls}
+    assert keys == {key("d-1", "reorder", 0)}
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_redelivery_retries_failed_actions_but_not_succeeded_ones(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    po = router.post(PO_URL).respond(201)
+    crm = router.post(CRM_URL).mock(side_effect=[httpx.Response(400, text="bad"), httpx.Response(200)])
+    processor = bench.processor(TWO_RULES)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+    assert await bench.status("d-1") is DeliveryStatus.FAILED
+
+    assert await bench.store.reopen("d-1", bench.clock())
+    assert await processor.process("d-1") is None
+
+    assert (po.call_count, crm.call_count) == (1, 2)
+    run = (await bench.ledger("d-1"))[("crm", 0)]
+    assert (run.status, run.attempts, run.last_error) == (ActionStatus.SUCCEEDED, 1, None)
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.error) == (DeliveryStatus.DONE, None)
+
+
+async def test_same_delivery_offered_twice_to_one_processor_at_once_runs_once(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.2)
+        return httpx.Response(201)
+
+    route = router.post(PO_URL).mock(side_effect=slow)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+
+    results = await asyncio.gather(processor.process("d-1"), processor.process("d-1"))
+
+    assert results == [None, None]
+    assert route.call_count == 1
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_finished_delivery_is_not_processed_again(bench: Bench, router: respx.MockRouter) -> None:
+    route = router.post(PO_URL).respond(201)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+    before = await bench.store.get("d-1")
+    bench.clock.advance(5)
+
+    assert await processor.process("d-1") is None
+    assert await processor.process("no-such-delivery") is None
+
+    assert route.call_count == 1
+    assert await bench.store.get("d-1") == before
+
+
+# --- transient and permanent failures ----------------------------------------------------
+
+
+async def test_server_error_is_retried_after_the_backoff_with_the_same_request(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).mock(side_effect=[httpx.Response(500, text="oops"), httpx.Response(201)])
+    processor = bench.processor(REORDER, retry=RetryPolicy(max_attempts=4, base_seconds=0.5))
+    await bench.deliver("d-1", low_stock())
+
+    wait = await processor.process("d-1")
+
+    assert wait is not None
+    assert 0 <= wait <= 0.5
+    run = (await bench.ledger("d-1"))[("reorder", 0)]
+    assert (run.status, run.attempts, run.response_status) == (ActionStatus.PENDING, 1, 500)
+    assert run.last_error == "POST https://po.example.com/… answered 500: oops"
+    assert run.next_attempt_at == T0 + timedelta(seconds=wait)
+    assert ("reorder", 1) not in await bench.ledger("d-1")
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.PROCESSING
+    assert stored.due_at is not None
+    assert stored.due_at >= T0 + timedelta(seconds=wait)
+
+    bench.clock.advance(wait)
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 2
+    first, second = (call.request for call in route.calls)
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"] == key("d-1", "reorder", 0)
+    assert json.loads(first.content) == json.loads(second.content) == {"sku": "TENT-4P", "quantity": 7}
+    ledger = await bench.ledger("d-1")
+    assert (ledger[("reorder", 0)].status, ledger[("reorder", 0)].attempts) == (ActionStatus.SUCCEEDED, 2)
+    assert ledger[("reorder", 0)].last_error is None
+    assert ledger[("reorder", 1)].status is ActionStatus.SUCCEEDED
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_too_many_requests_waits_at_least_retry_after(bench: Bench, router: respx.MockRouter) -> None:
+    route = router.post(PO_URL).mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "30"}), httpx.Response(201)]
+    )
+    processor = bench.processor(REORDER, retry=RetryPolicy(max_attempts=4, base_seconds=0.01))
+    await bench.deliver("d-1", low_stock())
+
+    wait = await processor.process("d-1")
+
+    assert wait is not None
+    assert wait >= 30
+    run = (await bench.ledger("d-1"))[("reorder", 0)]
+    assert (run.status, run.response_status) == (ActionStatus.PENDING, 429)
+    assert run.next_attempt_at is not None
+    assert run.next_attempt_at >= T0 + timedelta(seconds=30)
+
+    bench.clock.advance(29)
+    # A job that comes a second early claims nothing: the delivery waits for its retry.
+    assert await processor.process("d-1") is None
+    assert route.call_count == 1
+    assert await bench.status("d-1") is DeliveryStatus.PROCESSING
+
+    bench.clock.advance(wait - 29)
+    assert await processor.process("d-1") is None
+    assert route.call_count == 2
+
+
+async def test_retry_after_beyond_the_backoff_ceiling_is_still_honoured(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(PO_URL).respond(503, headers={"Retry-After": "7200"})
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+
+    wait = await processor.process("d-1")
+
+    assert wait is not None
+    assert wait >= 7200
+
+
+async def test_absurd_retry_after_fails_the_action_instead_of_crashing(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(429, headers={"Retry-After": "9" * 400})
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 1
+    run = (await bench.ledger("d-1"))[("reorder", 0)]
+    assert (run.status, run.attempts, run.response_status) == (ActionStatus.FAILED, 1, 429)
+    assert run.last_error is not None
+    assert "Retry-After" in run.last_error
+    assert await bench.status("d-1") is DeliveryStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (httpx.ConnectError("refused"), "POST https://po.example.com/… could not connect: ConnectError"),
+        (httpx.ReadTimeout("slow"), "POST https://po.example.com/… timed out after 10s (ReadTimeout)"),
+    ],
+)
+async def test_connection_errors_and_timeouts_are_transient(
+    bench: Bench, router: respx.MockRouter, failure: Exception, message: str
+) -> None:
+    route = router.post(PO_URL).mock(side_effect=[failure, httpx.Response(201)])
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+
+    wait = await processor.process("d-1")
+
+    assert wait is not None
+    run = (await bench.ledger("d-1"))[("reorder", 0)]
+    assert (run.status, run.attempts, run.last_error, run.response_status) == (
+        ActionStatus.PENDING,
+        1,
+        message,
+        None,
+    )
+    bench.clock.advance(wait)
+    assert await processor.process("d-1") is None
+    assert route.call_count == 2
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_client_error_fails_at_once_and_skips_the_rules_later_actions(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # The server echoes the token: the error kept in the delivery log must not.
+    po = router.post(PO_URL).respond(400, text=f"bad token {TOKEN}")
+    crm = router.post(CRM_URL).respond(200)
+    processor = bench.processor(TWO_RULES)
+    await bench.deliver("d-1", low_stock())
+
+    assert await processor.process("d-1") is None
+
+    assert po.call_count == 1
+    ledger = await bench.ledger("d-1")
+    order = ledger[("po", 0)]
+    assert (order.status, order.attempts, order.response_status, order.next_attempt_at) == (
+        ActionStatus.FAILED,
+        1,
+        400,
+        None,
+    )
+    assert order.last_error == "POST https://po.example.com/… answered 400: bad token ***"
+    later = ledger[("po", 1)]
+    assert (later.status, later.attempts) == (ActionStatus.SKIPPED, 0)
+    assert later.last_error == "skipped: an earlier action of this rule failed"
+    assert crm.call_count == 1
+    assert sent_json(crm) == {"id": 42}
+    assert ledger[("crm", 0)].status is ActionStatus.SUCCEEDED
+
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert "po actions[0] (http)" in stored.error
+    assert "answered 400" in stored.error
+    assert TOKEN not in stored.error
+
+    bench.clock.advance(3600)  # nothing is retried
+    assert await processor.process("d-1") is None
+    assert po.call_count == 1
+
+
+async def test_exhausted_attempts_fail_the_action_and_the_delivery(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(503, text="down")
+    processor = bench.processor(REORDER, retry=RetryPolicy(max_attempts=3, base_seconds=0.5))
+    await bench.deliver("d-1", low_stock())
+
+    waits = []
+    for _ in range(3):
+        wait = await processor.process("d-1")
+        waits.append(wait)
+        if wait is not None:
+            bench.clock.advance(wait)
+
+    assert waits[:2] != [None, None]
+    assert None not in waits[:2]
+    assert waits[2] is None
+    assert route.call_count == 3
+    ledger = await bench.ledger("d-1")
+    run = ledger[("reorder", 0)]
+    assert (run.status, run.attempts, run.response_status) == (ActionStatus.FAILED, 3, 503)
+    assert run.last_error == "POST https://po.example.com/… answered 503: down"
+    assert ledger[("reorder", 1)].status is ActionStatus.SKIPPED
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert "answered 503" in stored.error
+
+
+async def test_later_action_waits_until_the_earlier_one_succeeded(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    first = router.post(PO_URL).mock(side_effect=[httpx.Response(502), httpx.Response(201)])
+    second = router.post(CRM_URL).respond(200)
+    processor = bench.processor(ORDERED, retry=RetryPolicy(max_attempts=4, base_seconds=2))
+    await bench.deliver("d-1", low_stock())
+
+    wait = await processor.process("d-1")
+    assert wait is not None
+    assert (first.call_count, second.call_count) == (1, 0)
+    assert ("two-steps", 1) not in await bench.ledger("d-1")
+
+    assert await processor.process("d-1") is None  # too early: still waiting for action 0
+    assert (first.call_count, second.call_count) == (1, 0)
+
+    bench.clock.advance(wait)
+    assert await processor.process("d-1") is None
+    assert (first.call_count, second.call_count) == (2, 1)
+    assert first.calls.last.request.headers["Idempotency-Key"] == key("d-1", "two-steps", 0)
+    assert second.calls.last.request.headers["Idempotency-Key"] == key("d-1", "two-steps", 1)
+    assert sent_json(second) == {"step": 1}
+
+
+# --- what is not a network failure -------------------------------------------------------
+
+
+async def test_render_error_fails_the_action_naming_the_field_and_sends_nothing(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    processor = bench.processor(REORDER)
+    data = low_stock()
+    del data["external_id"]
+    await bench.deliver("d-1", data)
+
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 0
+    ledger = await bench.ledger("d-1")
+    run = ledger[("reorder", 0)]
+    assert (run.status, run.attempts, run.params) == (ActionStatus.FAILED, 1, None)
+    assert run.last_error is not None
+    assert "data.external_id is not in the delivery" in run.last_error
+    assert run.last_error.startswith("actions[0] (http) param json:")
+    assert ledger[("reorder", 1)].status is ActionStatus.SKIPPED
+    assert await bench.status("d-1") is DeliveryStatus.FAILED
+
+
+async def test_invalid_rendered_params_are_recorded_with_secrets_masked(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    rules = """\
+- id: order
+  on: item.low_stock
+  actions:
+    - type: purchase_order
+      url: https://po.example.com/orders
+      item_sku: "{{ data.external_id }}"
+      quantity: "{{ secrets.PO_TOKEN }}"
+"""
+    route = router.post(PO_URL).respond(201)
+    await bench.deliver("d-1", low_stock())
+
+    assert await bench.processor(rules).process("d-1") is None
+
+    assert route.call_count == 0
+    run = (await bench.ledger("d-1"))[("order", 0)]
+    assert run.status is ActionStatus.FAILED
+    assert run.last_error is not None
+    assert "quantity" in run.last_error
+    assert TOKEN not in run.last_error
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.error is not None
+    assert TOKEN not in stored.error
+
+
+async def test_plugin_raising_unexpected_exception_is_recorded_and_processing_goes_on(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    rules = """\
+- id: buggy
+  on: item.low_stock
+  actions:
+    - {type: exploding, message: "{{ data.name }}"}
+    - {type: log, message: never}
+- id: fine
+  on: item.low_stock
+  actions:
+    - {type: http, url: "https://crm.example.com/hook", json: {ok: true}}
+"""
+    registry = load_registry()
+    registry.register(ExplodingAction)
+    crm = router.post(CRM_URL).respond(200)
+    processor = bench.processor(rules, registry=registry)
+    await bench.deliver("d-1", low_stock())
+
+    assert await processor.process("d-1") is None
+
+    ledger = await bench.ledger("d-1")
+    run = ledger[("buggy", 0)]
+    assert (run.type, run.status, run.attempts) == ("exploding", ActionStatus.FAILED, 1)
+    assert run.last_error == "unexpected error: RuntimeError: boom while handling Tent 4p"
+    assert ledger[("buggy", 1)].status is ActionStatus.SKIPPED
+    assert crm.call_count == 1
+    assert ledger[("fine", 0)].status is ActionStatus.SUCCEEDED
+    assert await bench.status("d-1") is DeliveryStatus.FAILED
+
+
+async def test_delivery_whose_body_was_purged_is_failed_not_matched_against_nothing(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+    bench.clock.advance(2 * 86400)
+    await bench.store.purge(bench.clock(), timedelta(days=1), timedelta(days=30))
+    outcomes_before = await bench.outcomes("d-1")
+
+    assert await bench.store.reopen("d-1", bench.clock())
+    assert await processor.process("d-1") is None
+
+    assert route.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.body is None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert "purged" in stored.error
+    assert await bench.outcomes("d-1") == outcomes_before
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
+async def test_stored_body_that_is_not_a_json_object_fails_the_delivery(
+    bench: Bench, router: respx.MockRouter, body: bytes
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    new = NewDelivery("d-1", "item.low_stock", {}, body, bench.clock())
+    await bench.store.add_deliveries([new], due_at=bench.clock())
+
+    assert await bench.processor(REORDER).process("d-1") is None
+
+    assert route.call_count == 0
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert "cannot be processed" in stored.error
+    assert await bench.outcomes("d-1") == {}
+
+
+# --- throttles and retries ----------------------------------------------------------------
+
+
+async def test_rule_waiting_for_a_retry_still_fires_after_its_throttle_slot_was_taken(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(CRM_URL).mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "120"}),  # d-1, first try
+            httpx.Response(200),  # d-2
+            httpx.Response(200),  # d-1, retried
+        ]
+    )
+    processor = bench.processor(THROTTLED)
+    await bench.deliver("d-1", low_stock())
+    wait = await processor.process("d-1")
+    assert wait is not None
+    assert wait >= 120
+
+    bench.clock.advance(70)  # d-1 fired more than a window ago: d-2 fires
+    await bench.deliver("d-2", low_stock())
+    assert await processor.process("d-2") is None
+
+    bench.clock.advance(wait - 70)
+    assert await processor.process("d-1") is None
+
+    assert [sent_json(route, i)["delivery"] for i in range(3)] == ["d-1", "d-2", "d-1"]
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+    assert (await bench.outcomes("d-1"))["alert"][0] == "fired"
+    assert (await bench.ledger("d-1"))[("alert", 0)].status is ActionStatus.SUCCEEDED
+
+
+async def test_retrying_a_delivery_does_not_extend_its_throttle_window(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(CRM_URL).mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "50"}),
+            httpx.Response(200),
+            httpx.Response(200),
+        ]
+    )
+    processor = bench.processor(THROTTLED)
+    await bench.deliver("d-1", low_stock())
+    wait = await processor.process("d-1")
+    assert wait is not None
+    assert 50 <= wait < 60
+
+    bench.clock.advance(wait)
+    assert await processor.process("d-1") is None  # retried; d-1 still fired at T0
+
+    bench.clock.advance(65 - wait)  # 65 s after d-1 fired: the 1m window is over
+    await bench.deliver("d-2", low_stock())
+    await processor.process("d-2")
+
+    assert (await bench.outcomes("d-2"))["alert"][0] == "fired"
+    assert route.call_count == 3
+
+
+async def test_redelivery_retries_a_throttled_rules_failed_action_after_its_slot_moved_on(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(CRM_URL).mock(
+        side_effect=[httpx.Response(400), httpx.Response(200), httpx.Response(200)]
+    )
+    processor = bench.processor(THROTTLED)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+    assert await bench.status("d-1") is DeliveryStatus.FAILED
+    bench.clock.advance(90)
+    await bench.deliver("d-2", low_stock())
+    await processor.process("d-2")  # the slot is d-2's now
+
+    assert await bench.store.reopen("d-1", bench.clock())
+    assert await processor.process("d-1") is None
+
+    assert [sent_json(route, i)["delivery"] for i in range(3)] == ["d-1", "d-2", "d-1"]
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+async def test_metrics_count_outcomes_action_runs_and_finished_deliveries(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(PO_URL).mock(side_effect=[httpx.Response(500), httpx.Response(201)])
+    metrics = Metrics()
+    processor = bench.processor(REORDER, metrics=metrics)
+    await bench.deliver("d-1", low_stock())
+    await bench.deliver("d-2", low_stock(quantity=50))
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    wait = await processor.process("d-1")
+    assert wait is not None
+    assert value("stockaj_action_runs_total", type="http", outcome="pending") == 1
+    assert value("stockaj_deliveries_processed_total", event="item.low_stock", status="done") == 0
+
+    bench.clock.advance(wait)
+    await processor.process("d-1")
+    await processor.process("d-2")
+
+    assert value("stockaj_action_runs_total", type="http", outcome="succeeded") == 1
+    assert value("stockaj_action_runs_total", type="log", outcome="succeeded") == 1
+    assert value("stockaj_action_latency_seconds_count", type="http") == 2
+    assert value("stockaj_rule_outcomes_total", status="fired") == 2  # d-1 was matched twice
+    assert value("stockaj_rule_outcomes_total", status="condition_false") == 1
+    assert value("stockaj_rule_outcomes_total", status="disabled") == 3
+    assert value("stockaj_deliveries_processed_total", event="item.low_stock", status="done") == 1
+    assert value("stockaj_deliveries_processed_total", event="item.low_stock", status="no_match") == 1
+    assert value("stockaj_processing_lag_seconds_count") == 2
+
+
+# --- the retry policy ---------------------------------------------------------------------
+
+
+def test_backoff_is_full_jitter_below_an_exponential_ceiling() -> None:
+    policy = RetryPolicy(max_attempts=8, base_seconds=0.5)
+    random.seed(1234)
+    for attempt in range(1, 9):
+        ceiling = 0.5 * 2 ** (attempt - 1)
+        delays = [policy.delay(attempt, None) for _ in range(400)]
+        assert all(d is not None and 0 <= d <= ceiling for d in delays)
+        # Full jitter spreads over the whole range, not just near the ceiling.
+        assert min(d for d in delays if d is not None) < ceiling * 0.1
+        assert max(d for d in delays if d is not None) > ceiling * 0.9
+
+
+def test_backoff_is_bounded_for_any_attempt_count() -> None:
+    policy = RetryPolicy(max_attempts=100_000, base_seconds=1.0)
+    for attempt in (20, 1_100, 99_999):
+        delay = policy.delay(attempt, None)
+        assert delay is not None
+        assert 0 <= delay <= MAX_BACKOFF_SECONDS
+
+
+def test_retry_is_never_sooner_than_retry_after() -> None:
+    policy = RetryPolicy(max_attempts=8, base_seconds=1.0)
+    for attempt in range(1, 9):
+        for retry_after in (0.0, 1.0, 30.0, 2 * MAX_BACKOFF_SECONDS):
+            delay = policy.delay(attempt, retry_after)
+            assert delay is not None
+            assert delay >= retry_after
+
+
+def test_retry_after_beyond_the_limit_gives_up() -> None:
+    policy = RetryPolicy()
+    assert policy.delay(1, policy.max_retry_after_seconds + 1) is None
+    assert policy.delay(1, float("inf")) is None
+    assert policy.delay(1, policy.max_retry_after_seconds) == policy.max_retry_after_seconds
