@@ -92,7 +92,11 @@ class DatabaseEngines:
         self._engines.clear()
 
 
-def _utc_now() -> datetime:
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The default clock of the engine and its actions: aware UTC."""
     return datetime.now(UTC)
 
 
@@ -106,7 +110,7 @@ class ActionContext:
     delivery_id: str
     rule_id: str
     action_index: int
-    clock: Callable[[], datetime] = _utc_now
+    clock: Clock = utc_now
 
     @property
     def idempotency_key(self) -> str:
@@ -281,10 +285,12 @@ __all__ = [
     "ActionFailed",
     "ActionParams",
     "ActionResult",
+    "Clock",
     "DatabaseEngines",
     "NotTemplated",
     "OutgoingURL",
     "idempotency_key",
     "parse_retry_after",
     "send_request",
+    "utc_now",
 ]

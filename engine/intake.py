@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.exc import StatementError
 
+from actions.base import Clock, utc_now
 from engine.metrics import Metrics
 from engine.queue import DeliveryQueue, QueueUnavailable
 from engine.store import NewDelivery, Store
@@ -37,10 +37,6 @@ class StoreUnavailable(Exception):
     """The store could not be written; the receiver answers 503 so Stockaj retries."""
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class DeliveryIntake:
     def __init__(
         self,
@@ -48,7 +44,7 @@ class DeliveryIntake:
         queue: DeliveryQueue,
         metrics: Metrics,
         requeue_after: timedelta,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._queue = queue

@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from actions.base import ActionParams
+from actions.base import ActionParams, Clock, utc_now
 from engine import conditions
 from engine.delivery import Delivery
 from engine.errors import TemplateRenderError
@@ -78,10 +78,6 @@ class IsoDatetime(datetime):
         return self.isoformat()
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Matcher:
     """Matches deliveries against one rule set."""
 
@@ -90,7 +86,7 @@ class Matcher:
         rules: RuleSet,
         throttle: ThrottleState,
         secrets: Secrets,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self.rules = rules
         self._throttle = throttle

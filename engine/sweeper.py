@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from actions.base import Clock, utc_now
 from engine.metrics import Metrics
 from engine.queue import DeliveryQueue, QueueUnavailable
 from engine.store import Store
@@ -21,10 +21,6 @@ from engine.store import Store
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY = timedelta(hours=1)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Sweeper:
@@ -35,7 +31,7 @@ class Sweeper:
         metrics: Metrics,
         body_retention: timedelta,
         delivery_retention: timedelta,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._queue = queue

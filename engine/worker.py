@@ -23,12 +23,12 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from actions.base import ActionContext, ActionDefaults, ActionFailed, DatabaseEngines
+from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines, utc_now
 from engine.delivery import Delivery
 from engine.matching import Matcher, PlannedAction, RuleOutcome
 from engine.metrics import Metrics
@@ -112,10 +112,6 @@ class _RunState:
         return f"an action failed{more}: {self.first_failure}; see the delivery's actions"
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _payload(stored: StoredDelivery) -> dict[str, Any] | str:
     """The delivery's JSON body, or why it cannot be processed."""
     if stored.body is None:
@@ -149,7 +145,7 @@ class DeliveryProcessor:
         metrics: Metrics,
         retry: RetryPolicy,
         requeue_after: timedelta,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._rules = rules
