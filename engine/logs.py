@@ -54,6 +54,8 @@ def configure_logging(level: str, fmt: str, masker: Masker, stream: TextIO | Non
     root.setLevel(level)
     # Access logs cost ~10 % of the receiver's throughput and say nothing the metrics do not.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request at INFO: one line per action, against one line per delivery outcome.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.access").disabled = True
 
 

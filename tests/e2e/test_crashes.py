@@ -1,0 +1,121 @@
+"""Crashes of the distributed topology: a worker killed outright, Redis emptied under load.
+
+The store is the source of truth: a delivery whose worker died is taken over by
+another worker, and one whose job vanished from Redis is enqueued again by the
+sweeper. The ledger keeps every action that succeeded from running again; only
+the action in flight when a worker died may reach its endpoint twice, with the
+same Idempotency-Key (processing is at-least-once, actions effectively once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from engine.tables import ActionStatus, DeliveryStatus
+
+from .conftest import (
+    PO_PATH,
+    REORDER,
+    SLACK_PATH,
+    Answer,
+    Deployment,
+    Sink,
+    connection_owner,
+    keys,
+    low_stock,
+    until,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
+distributed = pytest.mark.parametrize("topology", ["distributed"], indirect=True)
+
+
+@distributed
+async def test_worker_killed_mid_action_is_taken_over_and_each_action_succeeds_once(
+    deployment: Deployment, sink: Sink
+) -> None:
+    sink.script(SLACK_PATH, Answer(delay=10))  # the first Slack message hangs: the kill lands there
+    await deployment.accept("killed-1", low_stock("killed"))
+    order, slack = keys("killed-1", REORDER)
+    await until(lambda: bool(sink.with_key(slack)), 15, "the Slack action never started")
+    in_flight = sink.with_key(slack)[0]
+    victim_pid = connection_owner(in_flight.client_port, [w.pid for w in deployment.workers])
+    assert victim_pid is not None, "no worker holds the connection of the Slack request"
+    [victim] = [w for w in deployment.workers if w.pid == victim_pid]
+    [survivor] = [w for w in deployment.workers if w.pid != victim_pid]
+    victim.kill()
+
+    # Deliveries keep arriving meanwhile; the survivor takes them and the orphan.
+    await deployment.accept("after-kill", low_stock("after"))
+    rows = await deployment.finished(["killed-1", "after-kill"], within=20)
+    assert {row.status for row in rows.values()} == {DeliveryStatus.DONE}
+    assert rows["killed-1"].runs >= 2
+
+    # The purchase order succeeded before the kill: never sent again. The Slack message in
+    # flight was sent again (the documented at-least-once edge), with the same Idempotency-Key.
+    assert sink.counts([order, slack]) == {order: 1, slack: 2}
+    first, again = sink.with_key(slack)
+    assert first.json == again.json == {"text": "Ordered 7 x Tent killed"}
+    assert sink.counts(keys("after-kill", REORDER)) == dict.fromkeys(keys("after-kill", REORDER), 1)
+    ledger = await deployment.ledger("killed-1")
+    assert (ledger[(REORDER, 0)].status, ledger[(REORDER, 0)].attempts) == (ActionStatus.SUCCEEDED, 1)
+    assert ledger[(REORDER, 1)].status is ActionStatus.SUCCEEDED
+    assert survivor.alive()
+    assert any(line.get("delivery_id") == "killed-1" for line in survivor.log_events())
+
+
+@distributed
+async def test_worker_sigterm_finishes_the_delivery_in_hand_first(deployment: Deployment, sink: Sink) -> None:
+    sink.script(SLACK_PATH, Answer(delay=1.5))
+    await deployment.accept("stopping-1", low_stock("stopping"))
+    order, slack = keys("stopping-1", REORDER)
+    await until(lambda: bool(sink.with_key(slack)), 15, "the Slack action never started")
+    owner = connection_owner(sink.with_key(slack)[0].client_port, [w.pid for w in deployment.workers])
+    [stopping] = [w for w in deployment.workers if w.pid == owner]
+
+    assert stopping.terminate() == 0, stopping.log()
+    row = await deployment.store.get("stopping-1")
+    assert row is not None
+    assert row.status is DeliveryStatus.DONE  # finished before the worker exited, not handed over
+    assert sink.counts([order, slack]) == {order: 1, slack: 1}
+    assert any(line["event"].startswith("stopped:") for line in stopping.log_events())
+
+
+@distributed
+async def test_redis_emptied_while_deliveries_arrive_loses_nothing(
+    deployment: Deployment, sink: Sink
+) -> None:
+    # Slow purchase orders fill the workers' slots, so jobs wait in Redis when it is emptied.
+    sink.script(PO_PATH, *[Answer(delay=1.0)] * 20)
+    first_wave = [f"wave1-{n}" for n in range(24)]
+    await asyncio.gather(*(deployment.accept(d, low_stock(d)) for d in first_wave))
+    await until(lambda: len(sink.requests(PO_PATH)) >= 8, 10, "the workers never started the first wave")
+
+    assert deployment.redis_url is not None
+    redis = aioredis.from_url(deployment.redis_url)
+    try:
+        queued = await redis.zcard("arq:queue")
+        await redis.flushdb()  # what a Redis restarted without persistence holds: nothing
+    finally:
+        await redis.aclose()
+    assert queued > 0, "no job was waiting in Redis: the flush proved nothing"
+
+    second_wave = [f"wave2-{n}" for n in range(16)]
+    await asyncio.gather(*(deployment.accept(d, low_stock(d)) for d in second_wave))
+
+    ids = first_wave + second_wave
+    rows = await deployment.finished(ids, within=30)
+    assert {row.status for row in rows.values()} == {DeliveryStatus.DONE}
+    expected = [key for delivery_id in ids for key in keys(delivery_id, REORDER)]
+    assert sink.counts(expected) == dict.fromkeys(expected, 1)
+    assert len(sink.requests()) == len(expected)
+    swept = [
+        line
+        for worker in deployment.workers
+        for line in worker.log_events()
+        if line["event"].startswith("sweeper enqueued")
+    ]
+    assert swept, "the lost jobs were not enqueued again by the sweeper"
