@@ -12,9 +12,13 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from engine import database
+from engine.store import Store
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -105,3 +109,23 @@ async def fresh_redis_url(redis_url: str) -> AsyncIterator[str]:
                 await leases.delete(f"stockaj-test-lease:{index}")
     finally:
         await leases.aclose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database: a SQLite file, or a fresh database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A migrated store on `database_url` (each storage test runs on SQLite and PostgreSQL)."""
+    engine = database.create_engine(database_url)
+    try:
+        await database.upgrade(engine)
+        yield Store(engine)
+    finally:
+        await engine.dispose()

@@ -29,15 +29,6 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 TABLES = {"deliveries", "rule_outcomes", "action_runs", "throttle_slots"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty database: a SQLite file, or a fresh database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    url: str = request.getfixturevalue("fresh_postgres_url")
-    return url
-
-
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = database.create_engine(database_url)

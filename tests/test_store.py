@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from engine import database
 from engine.store import ActionRun, NewDelivery, Store
 from engine.tables import ActionStatus, DeliveryStatus, action_runs, deliveries, rule_outcomes, throttle_slots
 
@@ -25,25 +22,6 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 DUE = T0 + timedelta(seconds=60)
 WINDOW = timedelta(minutes=30)
 FINISHED = [DeliveryStatus.DONE, DeliveryStatus.FAILED, DeliveryStatus.NO_MATCH]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty database: a SQLite file, or a fresh database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    url: str = request.getfixturevalue("fresh_postgres_url")
-    return url
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    engine = database.create_engine(database_url)
-    try:
-        await database.upgrade(engine)
-        yield Store(engine)
-    finally:
-        await engine.dispose()
 
 
 def delivery(

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from arq.constants import default_queue_name, job_key_prefix
 from arq.jobs import deserialize_job
 
-from engine import database
 from engine.metrics import Metrics
 from engine.queue import PROCESS_FUNCTION, ArqQueue, InProcessQueue
 from engine.store import NewDelivery, Store
@@ -26,25 +24,6 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 REQUEUE_AFTER = timedelta(seconds=60)
 BODY_RETENTION = timedelta(days=7)
 DELIVERY_RETENTION = timedelta(days=30)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty database: a SQLite file, or a fresh database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    url: str = request.getfixturevalue("fresh_postgres_url")
-    return url
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    engine = database.create_engine(database_url)
-    try:
-        await database.upgrade(engine)
-        yield Store(engine)
-    finally:
-        await engine.dispose()
 
 
 class Clock:
