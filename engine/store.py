@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.tables import (
     PENDING_STATUSES,
@@ -79,6 +79,17 @@ class RuleOutcomeRow:
     recorded_at: datetime
 
 
+Ledger = dict[tuple[str, int], ActionRun]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery claimed for one run, as the claim left it, with its action ledger."""
+
+    delivery: StoredDelivery
+    ledger: Ledger
+
+
 class Store:
     """Queries over one database."""
 
@@ -139,41 +150,51 @@ class Store:
         async with self.engine.connect() as connection:
             return [_delivery(row) for row in await connection.execute(query)]
 
-    async def start_run(self, delivery_id: str, now: datetime, due_at: datetime) -> bool:
-        """Claim a delivery for one run: True when this caller got it.
+    async def claim(self, delivery_id: str, now: datetime, due_at: datetime) -> Claim | None:
+        """Claim a delivery for one run; None when it is unknown, finished, or another run has it.
 
         A delivery can be claimed when `received`, or `processing` past its `due_at` (its
         last run died, or its retry wait is over). The claim is one conditional UPDATE, so
         two workers handed the same delivery never run it at the same time. If this run
-        dies, the sweeper hands it out again after `due_at`.
+        dies, the sweeper hands it out again after `due_at`. The ledger is read in the same
+        transaction, and only on a run after the first: a first run has none.
         """
-        async with self.engine.begin() as connection:
-            result = await connection.execute(
-                update(deliveries)
-                .where(
-                    and_(
-                        deliveries.c.delivery_id == delivery_id,
-                        or_(
-                            deliveries.c.status == DeliveryStatus.RECEIVED.value,
-                            and_(
-                                deliveries.c.status == DeliveryStatus.PROCESSING.value,
-                                deliveries.c.due_at <= now,
-                            ),
+        statement = (
+            update(deliveries)
+            .where(
+                and_(
+                    deliveries.c.delivery_id == delivery_id,
+                    or_(
+                        deliveries.c.status == DeliveryStatus.RECEIVED.value,
+                        and_(
+                            deliveries.c.status == DeliveryStatus.PROCESSING.value,
+                            deliveries.c.due_at <= now,
                         ),
-                    )
-                )
-                .values(
-                    status=DeliveryStatus.PROCESSING.value,
-                    updated_at=now,
-                    due_at=due_at,
-                    runs=deliveries.c.runs + 1,
+                    ),
                 )
             )
-        return bool(result.rowcount)
-
-    async def extend_run(self, delivery_id: str, now: datetime, due_at: datetime) -> None:
-        """Keep a long run's claim: push `due_at` out before each action."""
+            .values(
+                status=DeliveryStatus.PROCESSING.value,
+                updated_at=now,
+                due_at=due_at,
+                runs=deliveries.c.runs + 1,
+            )
+            .returning(*deliveries.c)
+        )
         async with self.engine.begin() as connection:
+            row = (await connection.execute(statement)).first()
+            if row is None:
+                return None
+            claimed = _delivery(row)
+            ledger = await _ledger(connection, delivery_id) if claimed.runs > 1 else {}
+        return Claim(claimed, ledger)
+
+    async def save_progress(
+        self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime
+    ) -> None:
+        """Record finished actions of a run and keep its claim (push `due_at` out), in one transaction."""
+        async with self.engine.begin() as connection:
+            await self._save_action_runs(connection, delivery_id, runs)
             await connection.execute(
                 update(deliveries)
                 .where(
@@ -192,22 +213,52 @@ class Store:
         now: datetime,
         due_at: datetime | None,
         error: str | None,
+        *,
+        outcomes: Iterable[tuple[str, str, str]] | None = None,
+        runs: Sequence[ActionRun] = (),
+        first_run: bool = False,
     ) -> None:
-        """Record where a run left the delivery; `due_at` is when to pick it up again (retries)."""
+        """Record where a run left the delivery, in one transaction.
+
+        `due_at` is when to pick it up again (retries); `outcomes`, when given, replace the
+        delivery's rule outcomes as (rule id, status, reason) (`first_run`: there are none to
+        replace yet); `runs` are ledger rows not saved yet. The delivery's row is updated
+        first, which locks it: two runs finishing
+        the same delivery at once (a claim that expired) then replace the outcomes one after
+        the other instead of colliding on the primary key of `rule_outcomes`.
+        """
         async with self.engine.begin() as connection:
             await connection.execute(
                 update(deliveries)
                 .where(deliveries.c.delivery_id == delivery_id)
                 .values(status=status.value, updated_at=now, due_at=due_at, error=error)
             )
+            await self._save_action_runs(connection, delivery_id, runs)
+            if outcomes is not None:
+                await _replace_outcomes(connection, delivery_id, outcomes, now, first_run)
 
     async def reopen(self, delivery_id: str, now: datetime) -> bool:
-        """Make a stored delivery pending again (`redeliver`); False when it does not exist."""
+        """Make a stored delivery pending again (`redeliver`); False when it does not exist.
+
+        Its actions that did not succeed get a fresh start: they run at the next run, with
+        their attempts counted from one again. Succeeded ones stay in the ledger, so they are
+        not repeated (`forget_action_runs` is for that).
+        """
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 update(deliveries)
                 .where(deliveries.c.delivery_id == delivery_id)
                 .values(status=DeliveryStatus.RECEIVED.value, updated_at=now, due_at=now, error=None)
+            )
+            await connection.execute(
+                update(action_runs)
+                .where(
+                    and_(
+                        action_runs.c.delivery_id == delivery_id,
+                        action_runs.c.status != ActionStatus.SUCCEEDED.value,
+                    )
+                )
+                .values(status=ActionStatus.PENDING.value, attempts=0, next_attempt_at=None, updated_at=now)
             )
         return bool(result.rowcount)
 
@@ -236,36 +287,6 @@ class Store:
             oldest: datetime | None = (await connection.execute(query)).scalar()
             return oldest
 
-    async def record_outcomes(
-        self, delivery_id: str, outcomes: Iterable[tuple[str, str, str]], now: datetime
-    ) -> None:
-        """Replace the rule outcomes of a delivery with (rule id, status, reason) triples.
-
-        The delivery's row is locked first: two workers finishing the same delivery at once
-        (processing is at-least-once) then replace the outcomes one after the other instead of
-        colliding on the primary key of `rule_outcomes`.
-        """
-        rows = [
-            {
-                "delivery_id": delivery_id,
-                "rule_id": rule_id,
-                "status": status,
-                "reason": reason,
-                "recorded_at": now,
-            }
-            for rule_id, status, reason in outcomes
-        ]
-        lock = (
-            select(deliveries.c.delivery_id)
-            .where(deliveries.c.delivery_id == delivery_id)
-            .with_for_update(key_share=True)  # FOR NO KEY UPDATE: foreign-key checks still pass
-        )
-        async with self.engine.begin() as connection:
-            await connection.execute(lock)
-            await connection.execute(delete(rule_outcomes).where(rule_outcomes.c.delivery_id == delivery_id))
-            if rows:
-                await connection.execute(rule_outcomes.insert(), rows)
-
     async def outcomes(self, delivery_id: str) -> list[RuleOutcomeRow]:
         query = (
             select(rule_outcomes)
@@ -278,31 +299,42 @@ class Store:
                 for row in await connection.execute(query)
             ]
 
-    async def action_runs(self, delivery_id: str) -> dict[tuple[str, int], ActionRun]:
+    async def action_runs(self, delivery_id: str) -> Ledger:
         """The ledger of a delivery, by (rule id, action index)."""
-        query = select(action_runs).where(action_runs.c.delivery_id == delivery_id)
         async with self.engine.connect() as connection:
-            rows = await connection.execute(query)
-            return {(row.rule_id, row.action_index): _action_run(row) for row in rows}
+            return await _ledger(connection, delivery_id)
 
     async def save_action_run(self, delivery_id: str, run: ActionRun) -> None:
-        values = {
-            "type": run.type,
-            "status": run.status.value,
-            "params": run.params,
-            "attempts": run.attempts,
-            "last_error": run.last_error,
-            "response_status": run.response_status,
-            "next_attempt_at": run.next_attempt_at,
-            "updated_at": run.updated_at,
-        }
-        statement = (
-            self._insert(action_runs)
-            .values(delivery_id=delivery_id, rule_id=run.rule_id, action_index=run.action_index, **values)
-            .on_conflict_do_update(index_elements=["delivery_id", "rule_id", "action_index"], set_=values)
-        )
         async with self.engine.begin() as connection:
-            await connection.execute(statement)
+            await self._save_action_runs(connection, delivery_id, [run])
+
+    async def _save_action_runs(
+        self, connection: AsyncConnection, delivery_id: str, runs: Sequence[ActionRun]
+    ) -> None:
+        if not runs:
+            return
+        statement = self._insert(action_runs)
+        statement = statement.on_conflict_do_update(
+            index_elements=["delivery_id", "rule_id", "action_index"],
+            set_={name: statement.excluded[name] for name in _ACTION_RUN_VALUES},
+        )
+        rows = [
+            {
+                "delivery_id": delivery_id,
+                "rule_id": run.rule_id,
+                "action_index": run.action_index,
+                "type": run.type,
+                "status": run.status.value,
+                "params": run.params,
+                "attempts": run.attempts,
+                "last_error": run.last_error,
+                "response_status": run.response_status,
+                "next_attempt_at": run.next_attempt_at,
+                "updated_at": run.updated_at,
+            }
+            for run in runs
+        ]
+        await connection.execute(statement, rows)
 
     async def forget_action_runs(self, delivery_id: str) -> None:
         """Drop a delivery's ledger (`redeliver --force` runs every action again)."""
@@ -372,6 +404,46 @@ class Store:
                 delete(throttle_slots).where(throttle_slots.c.fired_at < now - delivery_retention)
             )
         return bodies.rowcount, rows.rowcount
+
+
+_ACTION_RUN_VALUES = (
+    "type",
+    "status",
+    "params",
+    "attempts",
+    "last_error",
+    "response_status",
+    "next_attempt_at",
+    "updated_at",
+)
+
+
+async def _ledger(connection: AsyncConnection, delivery_id: str) -> Ledger:
+    rows = await connection.execute(select(action_runs).where(action_runs.c.delivery_id == delivery_id))
+    return {(row.rule_id, row.action_index): _action_run(row) for row in rows}
+
+
+async def _replace_outcomes(
+    connection: AsyncConnection,
+    delivery_id: str,
+    outcomes: Iterable[tuple[str, str, str]],
+    now: datetime,
+    first: bool,
+) -> None:
+    rows = [
+        {
+            "delivery_id": delivery_id,
+            "rule_id": rule_id,
+            "status": status,
+            "reason": reason,
+            "recorded_at": now,
+        }
+        for rule_id, status, reason in outcomes
+    ]
+    if not first:
+        await connection.execute(delete(rule_outcomes).where(rule_outcomes.c.delivery_id == delivery_id))
+    if rows:
+        await connection.execute(rule_outcomes.insert(), rows)
 
 
 def _slot_key(key: str) -> str:

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,8 +34,8 @@ from engine.matching import Matcher, PlannedAction, RuleOutcome
 from engine.metrics import Metrics
 from engine.rules import Rule, RuleSet
 from engine.secrets import Masker, Secrets
-from engine.store import ActionRun, Store, StoredDelivery
-from engine.tables import PENDING_STATUSES, ActionStatus, DeliveryStatus
+from engine.store import ActionRun, Ledger, Store, StoredDelivery
+from engine.tables import ActionStatus, DeliveryStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ MAX_BACKOFF_SECONDS = 3600.0
 MAX_RETRY_AFTER_SECONDS = 86400.0
 # 2**64 seconds is far past any ceiling; capping the exponent keeps the float finite.
 _MAX_EXPONENT = 64
-
-Ledger = dict[tuple[str, int], ActionRun]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +89,18 @@ class StoreThrottle:
 
 @dataclass(slots=True)
 class _RunState:
-    """What one pass over a delivery's fired rules left behind."""
+    """What one pass over a delivery's fired rules left behind.
 
+    `unsaved` holds ledger rows not written yet: they go to the store with the next
+    action's claim extension, or with the run's finish, so that a delivery with one
+    action costs two transactions (claim, finish) besides the action itself.
+    """
+
+    claim_due: datetime
     wait: float | None = None
     failures: int = 0
     first_failure: str | None = None
+    unsaved: list[ActionRun] = field(default_factory=list)
 
     def waits(self, seconds: float) -> None:
         self.wait = seconds if self.wait is None else min(self.wait, seconds)
@@ -175,10 +180,11 @@ class DeliveryProcessor:
             self._running.discard(delivery_id)
 
     async def _process(self, delivery_id: str) -> float | None:
-        stored = await self._store.get(delivery_id)
-        if stored is None or stored.status not in PENDING_STATUSES:
-            return None  # unknown, or finished by an earlier job: nothing to do
         now = self._clock()
+        claim = await self._store.claim(delivery_id, now, due_at=now + self._requeue_after)
+        if claim is None:
+            return None  # unknown, finished by an earlier job, run by another worker, or still waiting
+        stored = claim.delivery
         payload = _payload(stored)
         if isinstance(payload, str):
             # Matching an empty payload would overwrite the delivery's recorded outcomes with nonsense.
@@ -188,42 +194,53 @@ class DeliveryProcessor:
                 "delivery %s not processed: %s", delivery_id, payload, extra={"delivery_id": delivery_id}
             )
             return None
-        if not await self._store.start_run(delivery_id, now, due_at=now + self._requeue_after):
-            return None  # another worker runs it now, or its retry wait is not over
         delivery = Delivery(stored.event, delivery_id, payload, stored.headers)
-        ledger = await self._store.action_runs(delivery_id)
+        ledger = claim.ledger
         throttle = StoreThrottle(self._store, delivery_id, frozenset(rule_id for rule_id, _ in ledger))
-        if stored.status is DeliveryStatus.RECEIVED:
-            # `received` with a ledger means reopened (`redeliver`): give what did not succeed a fresh start.
-            ledger = {place: run for place, run in ledger.items() if run.status is ActionStatus.SUCCEEDED}
         outcomes = await Matcher(self._rules(), throttle, self._secrets, self._clock).match(delivery, now)
-        await self._store.record_outcomes(
-            delivery_id, ((o.rule.id, o.status.value, self._masker.mask(o.reason)) for o in outcomes), now
-        )
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
-        state = _RunState()
+        state = _RunState(claim_due=now + self._requeue_after)
         for outcome in outcomes:
             if outcome.fired:
                 await self._run_rule(delivery_id, outcome, ledger, state)
-        return await self._finish(delivery, outcomes, state, stored.received_at)
+        return await self._finish(delivery, outcomes, state, stored)
 
     async def _finish(
-        self, delivery: Delivery, outcomes: list[RuleOutcome], state: _RunState, received_at: datetime
+        self, delivery: Delivery, outcomes: list[RuleOutcome], state: _RunState, claimed: StoredDelivery
     ) -> float | None:
         now = self._clock()
+        recorded = [(o.rule.id, o.status.value, self._masker.mask(o.reason)) for o in outcomes]
         if state.wait is not None:
             # Claimable again once the wait is over: by this retry's job, or by the sweeper if it is lost.
             due = now + timedelta(seconds=state.wait)
-            await self._store.finish_run(delivery.delivery_id, DeliveryStatus.PROCESSING, now, due, None)
+            await self._store.finish_run(
+                delivery.delivery_id,
+                DeliveryStatus.PROCESSING,
+                now,
+                due,
+                None,
+                outcomes=recorded,
+                runs=state.unsaved,
+                first_run=claimed.runs == 1,
+            )
             return state.wait
         if not any(o.fired for o in outcomes):
             status = DeliveryStatus.NO_MATCH
         else:
             status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
-        await self._store.finish_run(delivery.delivery_id, status, now, None, state.error())
+        await self._store.finish_run(
+            delivery.delivery_id,
+            status,
+            now,
+            None,
+            state.error(),
+            outcomes=recorded,
+            runs=state.unsaved,
+            first_run=claimed.runs == 1,
+        )
         self._metrics.deliveries_processed.labels(delivery.event, status.value).inc()
-        self._metrics.processing_lag.observe((now - received_at).total_seconds())
+        self._metrics.processing_lag.observe((now - claimed.received_at).total_seconds())
         log.info(
             "delivery %s",
             status.value,
@@ -252,22 +269,35 @@ class DeliveryProcessor:
             if run is not None and run.next_attempt_at is not None and run.next_attempt_at > now:
                 state.waits((run.next_attempt_at - now).total_seconds())
                 return
-            now = self._clock()
-            await self._store.extend_run(delivery_id, now, now + self._requeue_after)
+            await self._keep_claim(delivery_id, state)
             run = await self._execute(delivery_id, rule, planned, run)
+            state.unsaved.append(run)
             if run.status is ActionStatus.PENDING:
                 assert run.next_attempt_at is not None
                 state.waits(max(0.0, (run.next_attempt_at - self._clock()).total_seconds()))
                 return
             if run.status is ActionStatus.FAILED:
                 state.failed(rule.id, run)
-                for later in outcome.actions[position + 1 :]:
-                    await self._skip(delivery_id, rule, later)
+                state.unsaved.extend(self._skipped(rule, later) for later in outcome.actions[position + 1 :])
                 return
+
+    async def _keep_claim(self, delivery_id: str, state: _RunState) -> None:
+        """Before an action: save what earlier actions did, and extend the claim if it runs short.
+
+        An action's success is written before the next action starts, so a crash repeats at
+        most the one action that was running.
+        """
+        now = self._clock()
+        if not state.unsaved and now + self._requeue_after / 2 < state.claim_due:
+            return
+        await self._store.save_progress(delivery_id, state.unsaved, now, now + self._requeue_after)
+        state.unsaved = []
+        state.claim_due = now + self._requeue_after
 
     async def _execute(
         self, delivery_id: str, rule: Rule, planned: PlannedAction, previous: ActionRun | None
     ) -> ActionRun:
+        """Run one action; the ledger row it leaves (not saved yet)."""
         attempts = (previous.attempts if previous else 0) + 1
         started = time.perf_counter()
         status, error, response_status, next_attempt = await self._attempt(
@@ -275,7 +305,7 @@ class DeliveryProcessor:
         )
         self._metrics.action_runs.labels(planned.type, status.value).inc()
         self._metrics.action_latency.labels(planned.type).observe(time.perf_counter() - started)
-        run = ActionRun(
+        return ActionRun(
             rule.id,
             planned.index,
             planned.type,
@@ -287,8 +317,6 @@ class DeliveryProcessor:
             next_attempt,
             self._clock(),
         )
-        await self._store.save_action_run(delivery_id, run)
-        return run
 
     async def _attempt(
         self, delivery_id: str, rule: Rule, planned: PlannedAction, attempts: int
@@ -320,18 +348,16 @@ class DeliveryProcessor:
             return ActionStatus.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", None, None
         return ActionStatus.SUCCEEDED, None, result.status, None
 
-    async def _skip(self, delivery_id: str, rule: Rule, planned: PlannedAction) -> None:
-        reason = "skipped: an earlier action of this rule failed"
-        run = ActionRun(
+    def _skipped(self, rule: Rule, planned: PlannedAction) -> ActionRun:
+        return ActionRun(
             rule.id,
             planned.index,
             planned.type,
             ActionStatus.SKIPPED,
             self._masker.mask(planned.params),
             0,
-            reason,
+            "skipped: an earlier action of this rule failed",
             None,
             None,
             self._clock(),
         )
-        await self._store.save_action_run(delivery_id, run)

@@ -498,7 +498,9 @@ def test_deliveries_show_masks_secrets_and_shows_errors_attempts_and_next_attemp
     )
 
     async def record(store: Store) -> None:
-        await store.record_outcomes("leaky", [("reorder", "fired", f"with {PO_TOKEN}")], T0)
+        await store.finish_run(
+            "leaky", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", f"with {PO_TOKEN}")]
+        )
         await store.save_action_run("leaky", run_row)
         await store.finish_run("leaky", DeliveryStatus.PROCESSING, T0, T0, f"stuck on {PO_TOKEN}")
 

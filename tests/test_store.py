@@ -58,8 +58,12 @@ async def count(store: Store, table: Table) -> int:
         return rows
 
 
+async def claimed(store: Store, delivery_id: str, at: datetime, due_at: datetime) -> bool:
+    return await store.claim(delivery_id, at, due_at) is not None
+
+
 async def finished(store: Store, delivery_id: str, status: DeliveryStatus, at: datetime = T0) -> None:
-    await store.start_run(delivery_id, at, due_at=at + timedelta(seconds=60))
+    await store.claim(delivery_id, at, due_at=at + timedelta(seconds=60))
     await store.finish_run(delivery_id, status, at, None, None)
 
 
@@ -209,7 +213,7 @@ async def test_received_delivery_becomes_due_at_its_due_at(store: Store) -> None
 async def test_processing_delivery_becomes_due_after_its_due_at_a_dead_worker(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     started = T0 + timedelta(seconds=30)
-    await store.start_run("a", started, due_at=started + timedelta(seconds=60))
+    await claimed(store, "a", started, due_at=started + timedelta(seconds=60))
 
     stored = await store.get("a")
     assert stored is not None
@@ -218,10 +222,10 @@ async def test_processing_delivery_becomes_due_after_its_due_at_a_dead_worker(st
     assert await store.due_deliveries(started + timedelta(seconds=60)) == ["a"]
 
 
-async def test_start_run_counts_runs(store: Store) -> None:
+async def test_claims_count_runs(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     for n in range(3):
-        await store.start_run("a", T0 + timedelta(minutes=n), due_at=DUE)
+        await claimed(store, "a", T0 + timedelta(minutes=n), due_at=DUE)
 
     stored = await store.get("a")
     assert stored is not None
@@ -232,7 +236,7 @@ async def test_only_one_of_concurrent_claims_gets_a_delivery(store: Store) -> No
     await store.add_deliveries([delivery("a")], DUE)
 
     claims = await asyncio.gather(
-        *(store.start_run("a", T0, due_at=T0 + timedelta(minutes=1)) for _ in range(10))
+        *(claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1)) for _ in range(10))
     )
 
     assert sorted(claims) == [False] * 9 + [True]
@@ -240,25 +244,92 @@ async def test_only_one_of_concurrent_claims_gets_a_delivery(store: Store) -> No
 
 async def test_a_claimed_delivery_can_be_claimed_again_only_after_its_due_at(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    assert await store.start_run("a", T0, due_at=T0 + timedelta(minutes=1))
+    assert await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
 
-    assert not await store.start_run("a", T0 + timedelta(seconds=59), due_at=T0 + timedelta(minutes=2))
-    await store.extend_run("a", T0 + timedelta(seconds=59), T0 + timedelta(minutes=3))
-    assert not await store.start_run("a", T0 + timedelta(minutes=2), due_at=T0 + timedelta(minutes=4))
-    assert await store.start_run("a", T0 + timedelta(minutes=3), due_at=T0 + timedelta(minutes=4))
+    assert not await claimed(store, "a", T0 + timedelta(seconds=59), due_at=T0 + timedelta(minutes=2))
+    await store.save_progress("a", [], T0 + timedelta(seconds=59), T0 + timedelta(minutes=3))
+    assert not await claimed(store, "a", T0 + timedelta(minutes=2), due_at=T0 + timedelta(minutes=4))
+    assert await claimed(store, "a", T0 + timedelta(minutes=3), due_at=T0 + timedelta(minutes=4))
 
 
 async def test_a_finished_delivery_cannot_be_claimed(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     await finished(store, "a", DeliveryStatus.DONE)
 
-    assert not await store.start_run("a", T0 + timedelta(days=1), due_at=T0 + timedelta(days=2))
+    assert not await claimed(store, "a", T0 + timedelta(days=1), due_at=T0 + timedelta(days=2))
+
+
+async def test_a_first_claim_returns_the_delivery_as_claimed_and_no_ledger(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+
+    claim = await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
+
+    assert claim is not None
+    assert (claim.delivery.status, claim.delivery.runs, claim.delivery.due_at) == (
+        DeliveryStatus.PROCESSING,
+        1,
+        T0 + timedelta(minutes=1),
+    )
+    assert claim.delivery.body == delivery("a").body
+    assert claim.ledger == {}
+
+
+async def test_a_later_claim_returns_the_ledger_of_earlier_runs(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
+    pending = action_run(attempts=1)
+    await store.finish_run(
+        "a", DeliveryStatus.PROCESSING, T0, T0 + timedelta(seconds=4), None, runs=[pending]
+    )
+
+    claim = await store.claim("a", T0 + timedelta(seconds=4), due_at=T0 + timedelta(minutes=2))
+
+    assert claim is not None
+    assert claim.delivery.runs == 2
+    assert claim.ledger == {("reorder", 0): pending}
+
+
+async def test_save_progress_records_actions_and_extends_the_claim(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
+    done = action_run(status=ActionStatus.SUCCEEDED)
+
+    await store.save_progress("a", [done], T0 + timedelta(seconds=50), T0 + timedelta(minutes=5))
+
+    assert await store.action_runs("a") == {("reorder", 0): done}
+    assert not await claimed(store, "a", T0 + timedelta(minutes=4), due_at=T0 + timedelta(minutes=6))
+
+
+async def test_finish_run_writes_status_outcomes_and_actions_together(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await store.claim("a", T0, due_at=DUE)
+    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("stale", "fired", "")])
+    runs = [action_run(status=ActionStatus.FAILED), action_run(index=1, status=ActionStatus.SKIPPED)]
+
+    await store.finish_run(
+        "a", DeliveryStatus.FAILED, T0, None, "HTTP 400", outcomes=[("reorder", "fired", "")], runs=runs
+    )
+
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.status, stored.error) == (DeliveryStatus.FAILED, "HTTP 400")
+    assert [(o.rule_id, o.status) for o in await store.outcomes("a")] == [("reorder", "fired")]
+    assert await store.action_runs("a") == {("reorder", 0): runs[0], ("reorder", 1): runs[1]}
+
+
+async def test_finish_run_without_outcomes_keeps_the_recorded_ones(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
+
+    await store.finish_run("a", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON")
+
+    assert [o.rule_id for o in await store.outcomes("a")] == ["reorder"]
 
 
 @pytest.mark.parametrize("status", FINISHED)
 async def test_finished_deliveries_are_never_due(store: Store, status: DeliveryStatus) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.start_run("a", T0, due_at=DUE)
+    await claimed(store, "a", T0, due_at=DUE)
     await store.finish_run(
         "a", status, T0 + timedelta(seconds=1), None, "boom" if status == "failed" else None
     )
@@ -278,7 +349,7 @@ async def test_finished_delivery_with_a_stray_due_at_is_still_not_due(store: Sto
 
 async def test_finish_run_still_processing_waits_for_the_retry_time(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.start_run("a", T0, due_at=DUE)
+    await claimed(store, "a", T0, due_at=DUE)
     retry_at = T0 + timedelta(seconds=8)
     await store.finish_run("a", DeliveryStatus.PROCESSING, T0 + timedelta(seconds=1), retry_at, None)
 
@@ -313,6 +384,30 @@ async def test_reopen_makes_a_finished_delivery_due_now_and_clears_its_error(sto
     assert await store.due_deliveries(later) == ["a"]
 
 
+async def test_reopen_gives_actions_that_did_not_succeed_a_fresh_start(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    succeeded = action_run(index=0, status=ActionStatus.SUCCEEDED, attempts=2)
+    failed = action_run(index=1, status=ActionStatus.FAILED, attempts=8)
+    skipped = action_run(index=2, status=ActionStatus.SKIPPED, attempts=0)
+    await store.finish_run(
+        "a", DeliveryStatus.FAILED, T0, None, "HTTP 400", runs=[succeeded, failed, skipped]
+    )
+    later = T0 + timedelta(days=2)
+
+    await store.reopen("a", later)
+
+    ledger = await store.action_runs("a")
+    assert ledger[("reorder", 0)] == succeeded
+    for index in (1, 2):
+        run = ledger[("reorder", index)]
+        assert (run.status, run.attempts, run.next_attempt_at, run.updated_at) == (
+            ActionStatus.PENDING,
+            0,
+            None,
+            later,
+        )
+
+
 async def test_reopen_of_an_unknown_delivery_is_false(store: Store) -> None:
     assert await store.reopen("never-sent", T0) is False
 
@@ -331,16 +426,26 @@ async def test_due_deliveries_come_oldest_due_first_up_to_the_limit(store: Store
 # --- rule outcomes and the action ledger -------------------------------------------------------
 
 
-async def test_record_outcomes_replaces_the_previous_outcomes(store: Store) -> None:
+async def test_finish_run_replaces_the_previous_outcomes(store: Store) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], DUE)
-    await store.record_outcomes("b", [("other", "fired", "")], T0)
-    await store.record_outcomes(
-        "a", [("reorder", "fired", ""), ("to-slack", "condition_false", "data.quantity = 9")], T0
+    await store.finish_run("b", DeliveryStatus.DONE, T0, None, None, outcomes=[("other", "fired", "")])
+    await store.finish_run(
+        "a",
+        DeliveryStatus.DONE,
+        T0,
+        None,
+        None,
+        outcomes=[("reorder", "fired", ""), ("to-slack", "condition_false", "data.quantity = 9")],
     )
 
     later = T0 + timedelta(minutes=1)
-    await store.record_outcomes(
-        "a", [("to-slack", "throttled", "last fired 09:00"), ("new", "disabled", "")], later
+    await store.finish_run(
+        "a",
+        DeliveryStatus.DONE,
+        later,
+        None,
+        None,
+        outcomes=[("to-slack", "throttled", "last fired 09:00"), ("new", "disabled", "")],
     )
 
     outcomes = await store.outcomes("a")
@@ -351,16 +456,16 @@ async def test_record_outcomes_replaces_the_previous_outcomes(store: Store) -> N
     assert [o.rule_id for o in await store.outcomes("b")] == ["other"]
 
 
-async def test_record_outcomes_with_none_clears_them(store: Store) -> None:
+async def test_finish_run_with_no_outcomes_clears_them(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.record_outcomes("a", [("reorder", "fired", "")], T0)
+    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
 
-    await store.record_outcomes("a", [], T0)
+    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[])
 
     assert await store.outcomes("a") == []
 
 
-async def test_concurrent_record_outcomes_of_one_delivery_leave_one_complete_set(store: Store) -> None:
+async def test_concurrent_finishes_of_one_delivery_leave_one_complete_set_of_outcomes(store: Store) -> None:
     # At-least-once: two workers may finish the same delivery at the same moment.
     await store.add_deliveries([delivery("a")], DUE)
     rules = [f"rule-{n:02}" for n in range(30)]
@@ -368,7 +473,9 @@ async def test_concurrent_record_outcomes_of_one_delivery_leave_one_complete_set
         [(rule, "fired", f"run {run}") for rule in (rules if run % 2 else rules[::-1])] for run in range(8)
     ]
 
-    await asyncio.gather(*(store.record_outcomes("a", outcomes, T0) for outcomes in sets))
+    await asyncio.gather(
+        *(store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=outcomes) for outcomes in sets)
+    )
 
     outcomes = await store.outcomes("a")
     assert [o.rule_id for o in outcomes] == rules
@@ -429,7 +536,14 @@ async def test_forget_action_runs_drops_only_that_deliverys_ledger(store: Store)
 async def test_nul_characters_from_a_payload_are_logged_as_replacement_characters(store: Store) -> None:
     # Valid JSON ("\u0000") that PostgreSQL refuses in text: the delivery log must still be written.
     await store.add_deliveries([delivery("a", body=b'{"data": {"name": "x\\u0000y"}}')], DUE)
-    await store.record_outcomes("a", [("to-slack", "condition_false", "data.name = 'x\x00y'")], T0)
+    await store.finish_run(
+        "a",
+        DeliveryStatus.DONE,
+        T0,
+        None,
+        None,
+        outcomes=[("to-slack", "condition_false", "data.name = 'x\x00y'")],
+    )
     await store.save_action_run(
         "a", replace(action_run(), params={"text": "x\x00y"}, last_error="HTTP 400: x\x00y")
     )
@@ -552,7 +666,14 @@ async def test_purge_deletes_finished_deliveries_past_retention_with_outcomes_an
     old = T0 - timedelta(days=31)
     await store.add_deliveries([delivery("old", received_at=old), delivery("young")], DUE)
     for delivery_id in ("old", "young"):
-        await store.record_outcomes(delivery_id, [("reorder", "fired", ""), ("to-slack", "fired", "")], T0)
+        await store.finish_run(
+            delivery_id,
+            DeliveryStatus.DONE,
+            T0,
+            None,
+            None,
+            outcomes=[("reorder", "fired", ""), ("to-slack", "fired", "")],
+        )
         await store.save_action_run(delivery_id, action_run(status=ActionStatus.SUCCEEDED))
         await finished(store, delivery_id, status)
 
@@ -571,7 +692,7 @@ async def test_purge_keeps_pending_deliveries_however_old(store: Store, status: 
     await store.add_deliveries([delivery("old", received_at=ancient)], ancient)
     await store.save_action_run("old", action_run())
     if status is DeliveryStatus.PROCESSING:
-        await store.start_run("old", ancient, due_at=ancient)
+        await claimed(store, "old", ancient, due_at=ancient)
 
     assert await store.purge(T0, BODY_RETENTION, DELIVERY_RETENTION) == (0, 0)
 
@@ -622,7 +743,7 @@ async def test_oldest_pending_received_at_is_the_oldest_received_or_processing(s
         DUE,
     )
     await finished(store, "done", DeliveryStatus.DONE)
-    await store.start_run("processing", T0, due_at=DUE)
+    await claimed(store, "processing", T0, due_at=DUE)
 
     oldest = await store.oldest_pending_received_at()
 

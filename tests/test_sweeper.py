@@ -47,7 +47,7 @@ class Worker:
 
     async def __call__(self, delivery_id: str) -> float | None:
         now = self.clock()
-        await self.store.start_run(delivery_id, now, due_at=now + REQUEUE_AFTER)
+        await self.store.claim(delivery_id, now, due_at=now + REQUEUE_AFTER)
         async with self._changed:
             self.processed.append(delivery_id)
             self._changed.notify_all()

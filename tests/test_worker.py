@@ -404,6 +404,45 @@ async def test_delivery_picked_up_after_a_worker_died_skips_what_succeeded(
     assert (stored.status, stored.runs) == (DeliveryStatus.DONE, 2)
 
 
+async def test_a_run_killed_in_its_second_action_keeps_the_first_actions_success(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    def slow_order(request: httpx.Request) -> httpx.Response:
+        bench.clock.advance(REQUEUE_AFTER.total_seconds() * 0.75)  # longer than half the claim
+        return httpx.Response(201)
+
+    second_calls: list[str] = []
+
+    def killed_once(request: httpx.Request) -> httpx.Response:
+        second_calls.append(request.headers["Idempotency-Key"])
+        if len(second_calls) == 1:
+            raise asyncio.CancelledError  # the worker is stopped while the request is in flight
+        return httpx.Response(200)
+
+    first = router.post(PO_URL).mock(side_effect=slow_order)
+    router.post(CRM_URL).mock(side_effect=killed_once)
+    processor = bench.processor(ORDERED)
+    await bench.deliver("d-1", low_stock())
+
+    with pytest.raises(asyncio.CancelledError):
+        await processor.process("d-1")
+
+    # The first action's success was saved, and the claim extended, before the second began.
+    assert (await bench.ledger("d-1"))[("two-steps", 0)].status is ActionStatus.SUCCEEDED
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.due_at) == (DeliveryStatus.PROCESSING, bench.clock() + REQUEUE_AFTER)
+    assert await processor.process("d-1") is None  # the claim still holds: nothing runs
+    assert (first.call_count, len(second_calls)) == (1, 1)
+
+    bench.clock.advance(REQUEUE_AFTER.total_seconds())
+    assert await processor.process("d-1") is None
+
+    assert first.call_count == 1
+    assert second_calls == [key("d-1", "two-steps", 1)] * 2
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
 async def test_forced_redelivery_runs_succeeded_actions_again_with_the_same_key(
     bench: Bench, router: respx.MockRouter
 ) -> None:
