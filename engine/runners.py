@@ -11,6 +11,7 @@ jobs' leases within `job_lease_seconds`, and another worker takes them over.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ import uvicorn
 import uvloop
 from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
+from sqlalchemy.exc import DBAPIError
 
 from engine.config import Settings
 from engine.logs import configure_logging
@@ -28,6 +30,9 @@ from engine.service import job_lease_seconds, masker_for, open_service, open_sto
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
 GRACEFUL_SHUTDOWN_SECONDS = 10
+CONNECTION_LOST_RETRY_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
@@ -75,7 +80,15 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
 
     async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> None:
         async with job_lease(ctx["redis"], ctx["job_id"], lease):
-            wait = await service.processor.process(delivery_id)
+            try:
+                wait = await service.processor.process(delivery_id)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The database dropped the connection (restarted); SQLAlchemy has replaced the
+                # pooled ones. A claimed run waits for its claim to expire; an unclaimed one runs now.
+                log.warning("database connection lost; delivery %s is retried", delivery_id)
+                wait = CONNECTION_LOST_RETRY_SECONDS
         if wait is not None:
             raise Retry(defer=wait)
 

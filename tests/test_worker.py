@@ -18,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import respx
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from actions.base import (
@@ -441,6 +443,43 @@ async def test_a_run_killed_in_its_second_action_keeps_the_first_actions_success
     assert first.call_count == 1
     assert second_calls == [key("d-1", "two-steps", 1)] * 2
     assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+@pytest.mark.postgres
+async def test_a_worker_store_without_pre_ping_recovers_from_dropped_connections(
+    fresh_postgres_url: str, tmp_path: Path, router: respx.MockRouter
+) -> None:
+    # Workers' stores skip pool_pre_ping (a round trip per transaction): a connection the
+    # server dropped must fail one job, clearly, and the next one must run on fresh connections.
+    route = router.post(PO_URL).respond(201)
+    engine = database.create_engine(fresh_postgres_url, pre_ping=False)
+    await database.upgrade(engine)
+    try:
+        async with httpx.AsyncClient() as http:
+            bench = Bench(Store(engine), tmp_path, http)
+            processor = bench.processor(REORDER)
+            await bench.deliver("d-1", low_stock())  # the pool now holds a connection
+            admin = await asyncpg.connect(
+                fresh_postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+            )
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await admin.close()
+
+            with pytest.raises(DBAPIError) as lost:
+                await processor.process("d-1")
+            assert lost.value.connection_invalidated
+            assert await processor.process("d-1") is None
+
+            assert route.call_count == 1
+            assert await bench.status("d-1") is DeliveryStatus.DONE
+            await bench.databases.dispose()
+    finally:
+        await engine.dispose()
 
 
 async def test_forced_redelivery_runs_succeeded_actions_again_with_the_same_key(
