@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -118,6 +118,25 @@ class RuleOutcomeRow:
 
 
 Ledger = dict[tuple[str, int], ActionRun]
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """Where a run left a delivery, as `finish_runs` records it.
+
+    `due_at` is when to pick the delivery up again (a retry), `outcomes` replace its rule
+    outcomes as (rule id, status, reason) when given (`first_run`: it has none yet), `runs`
+    are ledger rows not saved yet.
+    """
+
+    delivery_id: str
+    status: DeliveryStatus
+    now: datetime
+    due_at: datetime | None
+    error: str | None
+    outcomes: Sequence[tuple[str, str, str]] | None = None
+    runs: Sequence[ActionRun] = ()
+    first_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,19 +250,25 @@ class Store:
             return [_delivery(row) for row in await connection.execute(query)]
 
     async def claim(self, delivery_id: str, now: datetime, due_at: datetime) -> Claim | None:
-        """Claim a delivery for one run; None when it is unknown, finished, or another run has it.
+        """Claim one delivery for a run: see `claim_many`."""
+        return (await self.claim_many([delivery_id], now, due_at)).get(delivery_id)
+
+    async def claim_many(
+        self, delivery_ids: Sequence[str], now: datetime, due_at: datetime
+    ) -> dict[str, Claim]:
+        """Claim deliveries for one run each; those not returned are unknown, finished, or taken.
 
         A delivery can be claimed when `received`, or `processing` past its `due_at` (its
         last run died, or its retry wait is over). The claim is one conditional UPDATE, so
-        two workers handed the same delivery never run it at the same time. If this run
-        dies, the sweeper hands it out again after `due_at`. The ledger is read in the same
-        transaction, and only on a run after the first: a first run has none.
+        two workers handed the same delivery never run it at the same time. If a run dies,
+        the sweeper hands its delivery out again after `due_at`. Ledgers are read in the
+        same transaction, and only for runs after the first: a first run has none.
         """
         statement = (
             update(deliveries)
             .where(
                 and_(
-                    deliveries.c.delivery_id == delivery_id,
+                    deliveries.c.delivery_id.in_(sorted(set(delivery_ids))),
                     or_(
                         deliveries.c.status == DeliveryStatus.RECEIVED.value,
                         and_(
@@ -262,19 +287,17 @@ class Store:
             .returning(*deliveries.c)
         )
         async with self._begin() as connection:
-            row = (await connection.execute(statement)).first()
-            if row is None:
-                return None
-            claimed = _delivery(row)
-            ledger = await _ledger(connection, delivery_id) if claimed.runs > 1 else {}
-        return Claim(claimed, ledger)
+            claimed = [_delivery(row) for row in await connection.execute(statement)]
+            again = [delivery.delivery_id for delivery in claimed if delivery.runs > 1]
+            ledgers = await _ledgers(connection, again) if again else {}
+        return {d.delivery_id: Claim(d, ledgers.get(d.delivery_id, {})) for d in claimed}
 
     async def save_progress(
         self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime
     ) -> None:
         """Record finished actions of a run and keep its claim (push `due_at` out), in one transaction."""
         async with self._begin() as connection:
-            await self._save_action_runs(connection, delivery_id, runs)
+            await self._save_action_runs(connection, [(delivery_id, run) for run in runs])
             await connection.execute(
                 update(deliveries)
                 .where(
@@ -294,28 +317,68 @@ class Store:
         due_at: datetime | None,
         error: str | None,
         *,
-        outcomes: Iterable[tuple[str, str, str]] | None = None,
+        outcomes: Sequence[tuple[str, str, str]] | None = None,
         runs: Sequence[ActionRun] = (),
         first_run: bool = False,
     ) -> None:
-        """Record where a run left the delivery, in one transaction.
+        """Record where a run left one delivery: see `RunEnd` and `finish_runs`."""
+        await self.finish_runs([RunEnd(delivery_id, status, now, due_at, error, outcomes, runs, first_run)])
 
-        `due_at` is when to pick it up again (retries); `outcomes`, when given, replace the
-        delivery's rule outcomes as (rule id, status, reason) (`first_run`: there are none to
-        replace yet); `runs` are ledger rows not saved yet. The delivery's row is updated
-        first, which locks it: two runs finishing
-        the same delivery at once (a claim that expired) then replace the outcomes one after
-        the other instead of colliding on the primary key of `rule_outcomes`.
+    async def finish_runs(self, ends: Sequence[RunEnd]) -> None:
+        """Record where runs left their deliveries, all in one transaction.
+
+        The deliveries' rows are updated first, which locks them: two runs finishing the
+        same delivery at once (a claim that expired) then replace its outcomes one after the
+        other instead of colliding on the primary key of `rule_outcomes`.
         """
+        if not ends:
+            return
+        ends = sorted(ends, key=lambda end: end.delivery_id)  # one lock order for every writer
+        finish = (
+            update(deliveries)
+            .where(deliveries.c.delivery_id == bindparam("end_id"))
+            .values(
+                status=bindparam("end_status"),
+                updated_at=bindparam("end_now"),
+                due_at=bindparam("end_due_at"),
+                error=bindparam("end_error"),
+            )
+        )
+        replaced = [end.delivery_id for end in ends if end.outcomes is not None and not end.first_run]
+        outcomes = [
+            {
+                "delivery_id": end.delivery_id,
+                "rule_id": rule_id,
+                "status": status,
+                "reason": reason,
+                "recorded_at": end.now,
+            }
+            for end in ends
+            for rule_id, status, reason in end.outcomes or ()
+        ]
         async with self._begin() as connection:
             await connection.execute(
-                update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id)
-                .values(status=status.value, updated_at=now, due_at=due_at, error=error)
+                finish,
+                [
+                    {
+                        "end_id": end.delivery_id,
+                        "end_status": end.status.value,
+                        "end_now": end.now,
+                        "end_due_at": end.due_at,
+                        "end_error": end.error,
+                    }
+                    for end in ends
+                ],
             )
-            await self._save_action_runs(connection, delivery_id, runs)
-            if outcomes is not None:
-                await _replace_outcomes(connection, delivery_id, outcomes, now, first_run)
+            await self._save_action_runs(
+                connection, [(end.delivery_id, run) for end in ends for run in end.runs]
+            )
+            if replaced:
+                await connection.execute(
+                    delete(rule_outcomes).where(rule_outcomes.c.delivery_id.in_(replaced))
+                )
+            if outcomes:
+                await connection.execute(rule_outcomes.insert(), outcomes)
 
     async def reopen(self, delivery_id: str, now: datetime) -> bool:
         """Make a stored delivery pending again (`redeliver`); False when it does not exist.
@@ -382,15 +445,16 @@ class Store:
     async def action_runs(self, delivery_id: str) -> Ledger:
         """The ledger of a delivery, by (rule id, action index)."""
         async with self._connect() as connection:
-            return await _ledger(connection, delivery_id)
+            return (await _ledgers(connection, [delivery_id])).get(delivery_id, {})
 
     async def save_action_run(self, delivery_id: str, run: ActionRun) -> None:
         async with self._begin() as connection:
-            await self._save_action_runs(connection, delivery_id, [run])
+            await self._save_action_runs(connection, [(delivery_id, run)])
 
     async def _save_action_runs(
-        self, connection: AsyncConnection, delivery_id: str, runs: Sequence[ActionRun]
+        self, connection: AsyncConnection, runs: Sequence[tuple[str, ActionRun]]
     ) -> None:
+        """Insert or update ledger rows, given as (delivery id, run)."""
         if not runs:
             return
         statement = self._insert(action_runs)
@@ -412,7 +476,7 @@ class Store:
                 "next_attempt_at": run.next_attempt_at,
                 "updated_at": run.updated_at,
             }
-            for run in runs
+            for delivery_id, run in runs
         ]
         await connection.execute(statement, rows)
 
@@ -498,32 +562,13 @@ _ACTION_RUN_VALUES = (
 )
 
 
-async def _ledger(connection: AsyncConnection, delivery_id: str) -> Ledger:
-    rows = await connection.execute(select(action_runs).where(action_runs.c.delivery_id == delivery_id))
-    return {(row.rule_id, row.action_index): _action_run(row) for row in rows}
-
-
-async def _replace_outcomes(
-    connection: AsyncConnection,
-    delivery_id: str,
-    outcomes: Iterable[tuple[str, str, str]],
-    now: datetime,
-    first: bool,
-) -> None:
-    rows = [
-        {
-            "delivery_id": delivery_id,
-            "rule_id": rule_id,
-            "status": status,
-            "reason": reason,
-            "recorded_at": now,
-        }
-        for rule_id, status, reason in outcomes
-    ]
-    if not first:
-        await connection.execute(delete(rule_outcomes).where(rule_outcomes.c.delivery_id == delivery_id))
-    if rows:
-        await connection.execute(rule_outcomes.insert(), rows)
+async def _ledgers(connection: AsyncConnection, delivery_ids: Sequence[str]) -> dict[str, Ledger]:
+    """The ledgers of some deliveries, by delivery id."""
+    ledgers: dict[str, Ledger] = {}
+    rows = await connection.execute(select(action_runs).where(action_runs.c.delivery_id.in_(delivery_ids)))
+    for row in rows:
+        ledgers.setdefault(row.delivery_id, {})[(row.rule_id, row.action_index)] = _action_run(row)
+    return ledgers
 
 
 def _slot_key(key: str) -> str:

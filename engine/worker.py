@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,11 +30,12 @@ import httpx
 
 from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines, utc_now
 from engine.delivery import Delivery
+from engine.group_commit import GroupCommit
 from engine.matching import Matcher, PlannedAction, RuleOutcome
 from engine.metrics import Metrics
 from engine.rules import Rule, RuleSet
 from engine.secrets import Masker, Secrets
-from engine.store import ActionRun, Ledger, Store, StoredDelivery
+from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
 from engine.tables import ActionStatus, DeliveryStatus
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ class DeliveryProcessor:
         self._clock = clock
         # Deliveries this processor is running now: the sweeper may offer one again mid-run.
         self._running: set[str] = set()
+        # Claims and finishes of concurrent runs share transactions (engine/group_commit.py).
+        self._claims = GroupCommit(self._claim_batch, "worker-claims")
+        self._finishes = GroupCommit(self._finish_batch, "worker-finishes")
 
     async def process(self, delivery_id: str) -> float | None:
         """Process a delivery; the seconds until it must be processed again, or None when finished.
@@ -179,16 +183,26 @@ class DeliveryProcessor:
         finally:
             self._running.discard(delivery_id)
 
-    async def _process(self, delivery_id: str) -> float | None:
+    async def _claim_batch(self, delivery_ids: Sequence[str]) -> list[Claim | None]:
         now = self._clock()
-        claim = await self._store.claim(delivery_id, now, due_at=now + self._requeue_after)
+        claims = await self._store.claim_many(delivery_ids, now, now + self._requeue_after)
+        # One claim, one run: an id submitted twice gets its claim once.
+        return [claims.pop(delivery_id, None) for delivery_id in delivery_ids]
+
+    async def _finish_batch(self, ends: Sequence[RunEnd]) -> list[None]:
+        await self._store.finish_runs(ends)
+        return [None] * len(ends)
+
+    async def _process(self, delivery_id: str) -> float | None:
+        claim = await self._claims.submit(delivery_id)
         if claim is None:
             return None  # unknown, finished by an earlier job, run by another worker, or still waiting
+        now = self._clock()
         stored = claim.delivery
         payload = _payload(stored)
         if isinstance(payload, str):
             # Matching an empty payload would overwrite the delivery's recorded outcomes with nonsense.
-            await self._store.finish_run(delivery_id, DeliveryStatus.FAILED, now, None, payload)
+            await self._finishes.submit(RunEnd(delivery_id, DeliveryStatus.FAILED, now, None, payload))
             self._metrics.deliveries_processed.labels(stored.event, DeliveryStatus.FAILED.value).inc()
             log.error(
                 "delivery %s not processed: %s", delivery_id, payload, extra={"delivery_id": delivery_id}
@@ -200,7 +214,7 @@ class DeliveryProcessor:
         outcomes = await Matcher(self._rules(), throttle, self._secrets, self._clock).match(delivery, now)
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
-        state = _RunState(claim_due=now + self._requeue_after)
+        state = _RunState(claim_due=stored.due_at or now)
         for outcome in outcomes:
             if outcome.fired:
                 await self._run_rule(delivery_id, outcome, ledger, state)
@@ -214,30 +228,34 @@ class DeliveryProcessor:
         if state.wait is not None:
             # Claimable again once the wait is over: by this retry's job, or by the sweeper if it is lost.
             due = now + timedelta(seconds=state.wait)
-            await self._store.finish_run(
-                delivery.delivery_id,
-                DeliveryStatus.PROCESSING,
-                now,
-                due,
-                None,
-                outcomes=recorded,
-                runs=state.unsaved,
-                first_run=claimed.runs == 1,
+            await self._finishes.submit(
+                RunEnd(
+                    delivery.delivery_id,
+                    DeliveryStatus.PROCESSING,
+                    now,
+                    due,
+                    None,
+                    outcomes=recorded,
+                    runs=state.unsaved,
+                    first_run=claimed.runs == 1,
+                )
             )
             return state.wait
         if not any(o.fired for o in outcomes):
             status = DeliveryStatus.NO_MATCH
         else:
             status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
-        await self._store.finish_run(
-            delivery.delivery_id,
-            status,
-            now,
-            None,
-            state.error(),
-            outcomes=recorded,
-            runs=state.unsaved,
-            first_run=claimed.runs == 1,
+        await self._finishes.submit(
+            RunEnd(
+                delivery.delivery_id,
+                status,
+                now,
+                None,
+                state.error(),
+                outcomes=recorded,
+                runs=state.unsaved,
+                first_run=claimed.runs == 1,
+            )
         )
         self._metrics.deliveries_processed.labels(delivery.event, status.value).inc()
         self._metrics.processing_lag.observe((now - claimed.received_at).total_seconds())

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from engine.store import ActionRun, NewDelivery, Store
+from engine.store import ActionRun, NewDelivery, RunEnd, Store
 from engine.tables import ActionStatus, DeliveryStatus, action_runs, deliveries, rule_outcomes, throttle_slots
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -287,6 +287,67 @@ async def test_a_later_claim_returns_the_ledger_of_earlier_runs(store: Store) ->
     assert claim is not None
     assert claim.delivery.runs == 2
     assert claim.ledger == {("reorder", 0): pending}
+
+
+async def test_claim_many_claims_the_claimable_ones_in_one_go(store: Store) -> None:
+    await store.add_deliveries([delivery("new"), delivery("again"), delivery("taken"), delivery("done")], DUE)
+    await store.claim("again", T0, due_at=T0)  # its run died; claimable again at once
+    await store.save_action_run("again", action_run(status=ActionStatus.SUCCEEDED))
+    await store.claim("taken", T0, due_at=T0 + timedelta(minutes=5))
+    await finished(store, "done", DeliveryStatus.DONE)
+
+    claims = await store.claim_many(
+        ["new", "again", "taken", "done", "unknown", "new"], T0, T0 + timedelta(minutes=1)
+    )
+
+    assert sorted(claims) == ["again", "new"]
+    assert (claims["new"].delivery.runs, claims["new"].ledger) == (1, {})
+    assert claims["again"].delivery.runs == 2
+    assert claims["again"].ledger == {("reorder", 0): action_run(status=ActionStatus.SUCCEEDED)}
+
+
+async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> None:
+    await store.add_deliveries([delivery("a"), delivery("b"), delivery("c")], DUE)
+    for delivery_id in ("a", "b", "c"):
+        await store.claim(delivery_id, T0, due_at=DUE)
+    await store.finish_run("c", DeliveryStatus.PROCESSING, T0, T0, None, outcomes=[("stale", "fired", "")])
+    retry_at = T0 + timedelta(seconds=8)
+
+    await store.finish_runs(
+        [
+            RunEnd(
+                "b",
+                DeliveryStatus.PROCESSING,
+                T0,
+                retry_at,
+                None,
+                [("reorder", "fired", "")],
+                [action_run()],
+                True,
+            ),
+            RunEnd(
+                "a",
+                DeliveryStatus.NO_MATCH,
+                T0,
+                None,
+                None,
+                [("reorder", "condition_false", "q = 9")],
+                (),
+                True,
+            ),
+            RunEnd("c", DeliveryStatus.FAILED, T0, None, "HTTP 400", [("reorder", "fired", "")], (), False),
+        ]
+    )
+
+    stored = {d: await store.get(d) for d in ("a", "b", "c")}
+    assert {d: (s.status, s.due_at, s.error) for d, s in stored.items() if s} == {
+        "a": (DeliveryStatus.NO_MATCH, None, None),
+        "b": (DeliveryStatus.PROCESSING, retry_at, None),
+        "c": (DeliveryStatus.FAILED, None, "HTTP 400"),
+    }
+    assert [(o.rule_id, o.status) for o in await store.outcomes("a")] == [("reorder", "condition_false")]
+    assert [(o.rule_id, o.status) for o in await store.outcomes("c")] == [("reorder", "fired")]
+    assert await store.action_runs("b") == {("reorder", 0): action_run()}
 
 
 async def test_save_progress_records_actions_and_extends_the_claim(store: Store) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from engine import database
 from engine.loader import load_rules
 from engine.metrics import Metrics
 from engine.secrets import Masker
-from engine.store import ActionRun, NewDelivery, Store
+from engine.store import ActionRun, Claim, NewDelivery, RunEnd, Store
 from engine.tables import ActionStatus, DeliveryStatus
 from engine.worker import MAX_BACKOFF_SECONDS, DeliveryProcessor, RetryPolicy
 
@@ -537,6 +537,41 @@ async def test_same_delivery_offered_twice_to_one_processor_at_once_runs_once(
     assert results == [None, None]
     assert route.call_count == 1
     assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+async def test_concurrent_deliveries_share_claim_and_finish_transactions(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    route = router.post(PO_URL).respond(201)
+    claims: list[int] = []
+    finishes: list[int] = []
+    claim_many, finish_runs = bench.store.claim_many, bench.store.finish_runs
+
+    async def counted_claims(ids: Sequence[str], now: datetime, due_at: datetime) -> dict[str, Claim]:
+        claims.append(len(ids))
+        return await claim_many(ids, now, due_at)
+
+    async def counted_finishes(ends: Sequence[RunEnd]) -> None:
+        finishes.append(len(ends))
+        await finish_runs(ends)
+
+    bench.store.claim_many = counted_claims  # type: ignore[method-assign]
+    bench.store.finish_runs = counted_finishes  # type: ignore[method-assign]
+    processor = bench.processor(REORDER)
+    ids = [f"d-{n:02}" for n in range(20)]
+    for delivery_id in ids:
+        await bench.deliver(delivery_id, low_stock())
+
+    assert await asyncio.gather(*(processor.process(d) for d in ids)) == [None] * 20
+
+    assert route.call_count == 20
+    assert sorted(route.calls[n].request.headers["Idempotency-Key"] for n in range(20)) == sorted(
+        key(d, "reorder", 0) for d in ids
+    )
+    assert {await bench.status(d) for d in ids} == {DeliveryStatus.DONE}
+    assert (sum(claims), sum(finishes)) == (20, 20)
+    assert len(claims) < 20
+    assert len(finishes) < 20
 
 
 async def test_finished_delivery_is_not_processed_again(bench: Bench, router: respx.MockRouter) -> None:
