@@ -57,6 +57,8 @@ def configure_logging(level: str, fmt: str, masker: Masker, stream: TextIO | Non
     # httpx logs every request at INFO: one line per action, against one line per delivery outcome.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.access").disabled = True
+    # Alembic says "Context impl ..." at every start: only its warnings matter to an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _plain(value: Any) -> Any:

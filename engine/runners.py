@@ -94,6 +94,7 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
 
     async def sweep(ctx: dict[str, object]) -> None:
         await service.sweeper.sweep()
+        await service.refresh_metrics()  # the queue lag gauge of the worker's --metrics-port
 
     every = max(1, int(sweep_interval(settings)))
     arq_worker = Worker(

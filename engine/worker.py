@@ -259,7 +259,9 @@ class DeliveryProcessor:
         )
         self._metrics.deliveries_processed.labels(delivery.event, status.value).inc()
         self._metrics.processing_lag.observe((now - claimed.received_at).total_seconds())
-        log.info(
+        # A failed delivery needs someone to look at it: a warning, which log alerts catch.
+        log.log(
+            logging.WARNING if status is DeliveryStatus.FAILED else logging.INFO,
             "delivery %s",
             status.value,
             extra={
@@ -267,6 +269,7 @@ class DeliveryProcessor:
                 "stockaj_event": delivery.event,
                 "status": status.value,
                 "fired": [o.rule.id for o in outcomes if o.fired],
+                **({"error": state.error()} if status is DeliveryStatus.FAILED else {}),
             },
         )
         return None

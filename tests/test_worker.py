@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -754,6 +755,25 @@ async def test_client_error_fails_at_once_and_skips_the_rules_later_actions(
     bench.clock.advance(3600)  # nothing is retried
     assert await processor.process("d-1") is None
     assert po.call_count == 1
+
+
+async def test_a_failed_delivery_is_logged_as_a_warning_with_its_error(
+    bench: Bench, router: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    router.post(PO_URL).mock(side_effect=[httpx.Response(400), httpx.Response(201)])
+    router.post(CRM_URL).respond(200)
+    processor = bench.processor(TWO_RULES)
+    await bench.deliver("d-1", low_stock())
+    await bench.deliver("d-2", low_stock())
+
+    with caplog.at_level(logging.INFO, logger="engine.worker"):
+        await processor.process("d-1")
+        await processor.process("d-2")
+
+    outcomes = {r.delivery_id: r for r in caplog.records if r.msg == "delivery %s"}  # type: ignore[attr-defined]
+    assert (outcomes["d-1"].levelno, outcomes["d-1"].status) == (logging.WARNING, "failed")  # type: ignore[attr-defined]
+    assert outcomes["d-1"].error.startswith("an action failed: po actions[0] (http): POST https://po")  # type: ignore[attr-defined]
+    assert outcomes["d-2"].levelno == logging.INFO
 
 
 async def test_exhausted_attempts_fail_the_action_and_the_delivery(
