@@ -27,20 +27,17 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(url: str) -> AsyncEngine:
     """An async engine for the store at `url`.
 
-    `pre_ping` tests a PostgreSQL connection with a round trip at every checkout, so that
-    one the server dropped (PostgreSQL restarted) is replaced before use. The receiver
-    keeps it: it costs one round trip per batch, and spares Stockaj a 503. Workers turn it
-    off: it would be a round trip per transaction, and a job that meets a dropped
-    connection fails, which SQLAlchemy answers by replacing the pool's connections, and
-    the delivery is run again by the queue or the sweeper.
+    PostgreSQL connections are not pinged at checkout (`pool_pre_ping`): that is a round
+    trip per transaction, as much as a whole intake batch costs. A connection the server
+    dropped (PostgreSQL restarted) fails its first use instead; SQLAlchemy then replaces
+    every pooled connection, the intake writes that batch again on a fresh one, and a
+    worker's job is retried (engine/runners.py).
     """
     if not is_sqlite(url):
-        return create_async_engine(
-            url, pool_size=10, max_overflow=10, pool_pre_ping=pre_ping, hide_parameters=True
-        )
+        return create_async_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
     # hide_parameters: an error message must never carry a payload or a signature into a log.
     engine = create_async_engine(
         url, pool_size=1, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True

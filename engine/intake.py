@@ -109,17 +109,18 @@ class DeliveryIntake:
                 finally:
                     self._writing = []
 
-    async def _write(self, batch: list[_Waiting]) -> None:
+    async def _write(self, batch: list[_Waiting], retry: bool = True) -> None:
         try:
             stored = await self._store.add_deliveries(
                 [d for d, _ in batch], self._clock() + self._requeue_after
             )
         except Exception as exc:  # any database failure
-            if len(batch) > 1 and await self._store_answers():
-                # The store is up, so the batch was refused for one of its rows (or lost a
-                # deadlock): store them one by one, so one bad row fails only its own request.
+            if retry and await self._store_answers():
+                # The store is up, so the batch met a connection the database had dropped
+                # (the pool has replaced it), was refused for one of its rows, or lost a
+                # deadlock: store them again one by one, so one bad row fails only its request.
                 for item in batch:
-                    await self._write([item])
+                    await self._write([item], retry=False)
                 return
             if len(batch) == 1:
                 log.error("delivery %r not stored: %s", batch[0][0].delivery_id[:ID_LENGTH], _describe(exc))

@@ -103,12 +103,9 @@ class Service:
         log.info("stopped: the deliveries in hand are finished, anything still pending waits in the store")
 
 
-async def open_store(settings: Settings, *, pre_ping: bool = True) -> Store:
-    """The store, migrated when it is the embedded SQLite; PostgreSQL must be upgraded first.
-
-    `pre_ping`: see `database.create_engine`.
-    """
-    engine = database.create_engine(settings.database_url, pre_ping=pre_ping)
+async def open_store(settings: Settings) -> Store:
+    """The store, migrated when it is the embedded SQLite; PostgreSQL must be upgraded first."""
+    engine = database.create_engine(settings.database_url)
     try:
         if database.is_sqlite(settings.database_url):
             await database.upgrade(engine)
@@ -134,7 +131,7 @@ async def open_service(
     sweeper, which would otherwise take up every other due delivery in that command.
     """
     metrics = Metrics()
-    store = await open_store(settings, pre_ping=receive)
+    store = await open_store(settings)
     rules = LiveRules(settings.rules_dir, load_registry(), metrics)
     http = httpx.AsyncClient(follow_redirects=False)
     databases = DatabaseEngines(

@@ -175,6 +175,18 @@ class Store:
         async with self._turn(urgent), self.engine.connect() as connection:
             yield connection
 
+    @asynccontextmanager
+    async def _autocommit(self, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """For statements that are atomic by themselves: on PostgreSQL, no BEGIN and COMMIT
+        round trips around them (on SQLite they cost no round trip: a plain transaction)."""
+        if self._turns is not None:
+            async with self._begin(urgent) as connection:
+                yield connection
+            return
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+
     def _turn(self, urgent: bool) -> AbstractAsyncContextManager[None]:
         return self._turns.turn(urgent) if self._turns is not None else nullcontext()
 
@@ -237,7 +249,7 @@ class Store:
         N rows of VALUES would be a new statement, and a new prepare, for each N. It costs
         one statement per batch instead of per-row parameter processing.
         """
-        async with self._begin() as connection:
+        async with self._autocommit(urgent=True) as connection:
             result = await connection.execute(
                 _INSERT_UNNEST,
                 {
@@ -278,8 +290,8 @@ class Store:
         A delivery can be claimed when `received`, or `processing` past its `due_at` (its
         last run died, or its retry wait is over). The claim is one conditional UPDATE, so
         two workers handed the same delivery never run it at the same time. If a run dies,
-        the sweeper hands its delivery out again after `due_at`. Ledgers are read in the
-        same transaction, and only for runs after the first: a first run has none.
+        the sweeper hands its delivery out again after `due_at`. Ledgers are read only for
+        runs after the first: a first run has none.
         """
         statement = (
             update(deliveries)
@@ -303,7 +315,8 @@ class Store:
             )
             .returning(*deliveries.c)
         )
-        async with self._begin() as connection:
+        # The claim is one statement; the ledger of a claimed delivery only changes by its run.
+        async with self._autocommit() as connection:
             claimed = [_delivery(row) for row in await connection.execute(statement)]
             again = [delivery.delivery_id for delivery in claimed if delivery.runs > 1]
             ledgers = await _ledgers(connection, again) if again else {}

@@ -447,13 +447,13 @@ async def test_a_run_killed_in_its_second_action_keeps_the_first_actions_success
 
 
 @pytest.mark.postgres
-async def test_a_worker_store_without_pre_ping_recovers_from_dropped_connections(
+async def test_a_worker_store_recovers_from_dropped_connections(
     fresh_postgres_url: str, tmp_path: Path, router: respx.MockRouter
 ) -> None:
-    # Workers' stores skip pool_pre_ping (a round trip per transaction): a connection the
-    # server dropped must fail one job, clearly, and the next one must run on fresh connections.
+    # The store skips pool_pre_ping (a round trip per transaction): a connection the server
+    # dropped must fail one job, clearly, and the next one must run on fresh connections.
     route = router.post(PO_URL).respond(201)
-    engine = database.create_engine(fresh_postgres_url, pre_ping=False)
+    engine = database.create_engine(fresh_postgres_url)
     await database.upgrade(engine)
     try:
         async with httpx.AsyncClient() as http:
