@@ -57,6 +57,10 @@ class DeliveryIntake:
         self._to_enqueue: list[str] = []
         self._write_wanted = asyncio.Event()
         self._enqueue_wanted = asyncio.Event()
+        # Set while no request waits for its delivery to be stored: in-process workers yield to
+        # the receiver otherwise (InProcessQueue.yield_to).
+        self.quiet = asyncio.Event()
+        self.quiet.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -94,6 +98,7 @@ class DeliveryIntake:
             self.start()
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((delivery, answer))
+        self.quiet.clear()
         self._write_wanted.set()
         return await answer
 
@@ -108,6 +113,7 @@ class DeliveryIntake:
                     await self._write(batch)
                 finally:
                     self._writing = []
+            self.quiet.set()
 
     async def _write(self, batch: list[_Waiting], retry: bool = True) -> None:
         try:

@@ -26,6 +26,8 @@ from arq.jobs import serialize_job
 
 PROCESS_FUNCTION = "process_delivery"
 JOB_EXPIRES_MS = 24 * 3600 * 1000
+# In-process workers waiting for the receiver (InProcessQueue.yield_to): the longest wait.
+YIELD_SECONDS = 0.1
 
 # Per id: enqueue unless a job or a result exists for it (arq's rule), atomically for the batch.
 _ENQUEUE_SCRIPT = """
@@ -143,6 +145,16 @@ class InProcessQueue:
             asyncio.create_task(self._consume(n), name=f"delivery-worker-{n}") for n in range(concurrency)
         ]
         self._timers: set[asyncio.TimerHandle] = set()
+        self._receiver_quiet: asyncio.Event | None = None
+
+    def yield_to(self, receiver_quiet: asyncio.Event) -> None:
+        """Start deliveries only while the receiver in this process has no request waiting.
+
+        Receiver and workers share one core: during a burst the webhook answers come first,
+        and the backlog is processed once it is over. One task still starts a delivery at
+        least every YIELD_SECONDS, so a burst that never ends cannot starve the workers.
+        """
+        self._receiver_quiet = receiver_quiet
 
     async def enqueue(self, delivery_ids: Sequence[str]) -> None:
         self._offer(delivery_ids)
@@ -175,6 +187,7 @@ class InProcessQueue:
     async def _consume(self, slot: int) -> None:
         while not self._closing:
             delivery_id = await self._queue.get()
+            await self._receivers_turn(slot)
             self._waiting.discard(delivery_id)
             self._running.add(delivery_id)
             self._busy[slot] = True
@@ -188,6 +201,16 @@ class InProcessQueue:
                 self._running.discard(delivery_id)
             if retry_in is not None and not self._closing:
                 self._later(delivery_id, retry_in)
+
+    async def _receivers_turn(self, slot: int) -> None:
+        quiet = self._receiver_quiet
+        if quiet is None or quiet.is_set():
+            return
+        if slot == 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quiet.wait(), YIELD_SECONDS)
+        else:
+            await quiet.wait()
 
     def _later(self, delivery_id: str, seconds: float) -> None:
         loop = asyncio.get_running_loop()

@@ -180,6 +180,24 @@ async def test_group_commit_stores_100_concurrent_posts_in_a_few_transactions(da
         assert sorted(r.processed) == [f"dlv-{n:03}" for n in range(100)]
 
 
+async def test_the_intake_is_quiet_only_while_no_request_waits_for_its_write(database_url: str) -> None:
+    async with receiver(database_url) as r:
+        assert r.intake.quiet.is_set()
+        seen_busy: list[bool] = []
+        add_deliveries = r.store.add_deliveries
+
+        async def watched(batch: Sequence[NewDelivery], due_at: datetime) -> set[str]:
+            seen_busy.append(not r.intake.quiet.is_set())
+            return await add_deliveries(batch, due_at)
+
+        r.store.add_deliveries = watched  # type: ignore[method-assign]
+        await asyncio.gather(*(r.post(f"dlv-{n}") for n in range(20)))
+
+        assert seen_busy
+        assert all(seen_busy)
+        assert r.intake.quiet.is_set()
+
+
 async def test_a_batch_holding_one_id_twice_answers_the_first_as_new(database_url: str) -> None:
     async with receiver(database_url) as r:
         now = datetime.now(UTC)
