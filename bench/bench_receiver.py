@@ -372,11 +372,12 @@ def run_end_to_end(ws: Workspace, case: str, rate: float, warm: float, seconds: 
     return uvloop.run(main())
 
 
-def run_worker_cost(ws: Workspace, kind: str, count: int) -> str:
+def run_worker_cost(ws: Workspace, kind: str, count: int, concurrency: int = 1) -> str:
     """`receiver_apps/worker_cost.py` on SQLite or a fresh PostgreSQL database; its table."""
     env = {**ws.env, "PYTHONPATH": str(ws.code), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
     env.pop("REDIS_URL", None)
     command = [PYTHON, str(APPS / "worker_cost.py"), "--count", str(count), "--body", str(ws.body_file)]
+    command += ["--concurrency", str(concurrency)]
     with contextlib.ExitStack() as stack:
         if kind == "worker-sqlite":
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{ws.root / f'cost-{uuid.uuid4().hex[:8]}.db'}"
@@ -625,6 +626,13 @@ def main() -> None:
     )
     parser.add_argument("--worker-count", type=int, default=500, help="deliveries for worker-sqlite/-pg")
     parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="worker-sqlite/-pg: deliveries processed at once, one run each (8 is WORKER_CONCURRENCY)",
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, help="case keys (see --list), or e2e-sqlite/e2e-pg"
     )
     parser.add_argument("--list", action="store_true", help="list the case keys and exit")
@@ -734,8 +742,9 @@ def main() -> None:
         for key in [k for k in e2e_selected if k.startswith("worker-")]:
             log(f"worker cost per delivery: {key} ...")
             wait_quiet(args.quiet, args.quiet_timeout)
-            costs.append(run_worker_cost(ws, key, args.worker_count))
-            log(costs[-1])
+            for concurrency in args.worker_concurrency:
+                costs.append(run_worker_cost(ws, key, args.worker_count, concurrency))
+                log(costs[-1])
         for key in [k for k in e2e_selected if k.startswith("e2e-")]:
             case_name = "serve-sqlite" if key == "e2e-sqlite" else "serve-pg"
             log(f"end to end: {case_name} at {args.rate:g}/s for {args.e2e_seconds:g} s ...")
