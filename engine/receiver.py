@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -61,6 +61,11 @@ KEPT_HEADERS = (
     SIGNATURE_HEADER.lower(),
 )
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+SIGNATURE_KEY, EVENT_KEY, DELIVERY_KEY = (
+    SIGNATURE_HEADER.lower(),
+    EVENT_HEADER.lower(),
+    DELIVERY_HEADER.lower(),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +114,15 @@ def create_app(parts: ReceiverParts) -> Quart:
     async def receive() -> Response:
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
-        signature = request.headers.get(SIGNATURE_HEADER)
+        headers, kept = _read_headers(request.headers.items())
+        signature = headers.get(SIGNATURE_KEY)
         if not verify(body, signature, parts.secrets):
             reason = "missing" if not signature else "mismatch" if is_well_formed(signature) else "malformed"
             parts.metrics.signature_failures.labels(reason).inc()
             received.labels("", "rejected_signature").inc()
             log.warning("signature %s", reason, extra={"remote": request.remote_addr, "bytes": len(body)})
             return _json({"error": "invalid signature"}, 401)
-        event, delivery_id = _header(EVENT_HEADER), _header(DELIVERY_HEADER)
+        event, delivery_id = _decoded(headers.get(EVENT_KEY, "")), _decoded(headers.get(DELIVERY_KEY, ""))
         problem = _header_problem(event, delivery_id)
         if problem is None:
             problem = _body_problem(body)
@@ -124,8 +130,7 @@ def create_app(parts: ReceiverParts) -> Quart:
             received.labels(event[:100], "rejected_request").inc()
             log.warning("delivery refused: %s", problem, extra={"delivery_id": delivery_id[:ID_LENGTH]})
             return _json({"error": problem}, 400)
-        headers = {name: _header(name) for name, _ in request.headers.items() if name.lower() in KEPT_HEADERS}
-        delivery = NewDelivery(delivery_id, event, headers, body, datetime.now(UTC))
+        delivery = NewDelivery(delivery_id, event, kept, body, datetime.now(UTC))
         try:
             is_new = await parts.intake.submit(delivery)
         except StoreUnavailable:
@@ -154,9 +159,26 @@ def create_app(parts: ReceiverParts) -> Quart:
     return app
 
 
-def _header(name: str) -> str:
+def _read_headers(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """One pass over the request's headers: (first raw value by lower-case name, the headers
+    the delivery keeps by name as sent, stripped and decoded).
+
+    One pass, because a lookup by name scans every header and lower-cases each.
+    """
+    first: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key not in KEPT_HEADERS or key in first:
+            continue
+        first[key] = value
+        kept[name] = _decoded(value)
+    return first, kept
+
+
+def _decoded(value: str) -> str:
     """A header's value, stripped; UTF-8 when it is (the server hands bytes over as latin-1)."""
-    value = request.headers.get(name, "").strip()
+    value = value.strip()
     with contextlib.suppress(UnicodeError):
         return value.encode("latin-1").decode("utf-8")
     return value
