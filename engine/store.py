@@ -3,7 +3,10 @@
 The store is the source of truth. A delivery is written before Stockaj gets
 its 2xx; the queue only carries delivery ids and can be rebuilt from here
 (`due_deliveries`). Every write is a short transaction on SQLAlchemy Core, the
-same code on SQLite and PostgreSQL.
+same code on SQLite and PostgreSQL, but for the hottest one: the intake's batch
+insert has a statement of its own on each (an INSERT over arrays on PostgreSQL,
+a multi-row INSERT on SQLite). The worker's writes come in batches too:
+`claim_many` and `finish_runs` serve every delivery a worker runs at once.
 """
 
 from __future__ import annotations
