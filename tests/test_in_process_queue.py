@@ -57,6 +57,7 @@ async def test_a_burst_that_never_ends_still_lets_one_delivery_through_now_and_t
     try:
         await queue.enqueue([f"d{n}" for n in range(10)])
         await _settle(YIELD_SECONDS * 3.5)
-        assert 2 <= len(process.started) <= 4  # one task, one delivery per YIELD_SECONDS
+        # One task, one delivery per YIELD_SECONDS (fewer on a loaded machine): never all ten.
+        assert 1 <= len(process.started) <= 4
     finally:
         await queue.close()
