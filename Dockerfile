@@ -25,11 +25,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 # /usr/bin/python3 on Debian's.
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, in their own layer, so a code change does not download them again.
-COPY pyproject.toml README.md ./
-RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
-        > requirements.txt \
-    && /opt/venv/bin/pip install --requirement requirements.txt
+# Dependencies first, in their own layer, so a code change does not download them again:
+# the exact versions of requirements.lock, checked against their hashes (scripts/lock).
+COPY pyproject.toml README.md requirements.lock ./
+RUN /opt/venv/bin/pip install --require-hashes --requirement requirements.lock
 COPY engine ./engine
 COPY actions ./actions
 # pip and setuptools are build tools: the runtime venv goes without them (-25 MB).
