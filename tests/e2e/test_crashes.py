@@ -119,3 +119,28 @@ async def test_redis_emptied_while_deliveries_arrive_loses_nothing(
         if line["event"].startswith("sweeper enqueued")
     ]
     assert swept, "the lost jobs were not enqueued again by the sweeper"
+
+
+@distributed
+async def test_workers_report_the_queue_lag_of_a_delivery_waiting_for_a_retry(
+    deployment: Deployment, sink: Sink
+) -> None:
+    # Workers serve their own /metrics (--metrics-port); the lag gauge is refreshed at every sweep.
+    sink.script(PO_PATH, Answer(429, headers={"Retry-After": "4"}), Answer(201))
+    await deployment.accept("lagging-1", low_stock("lagging"))
+    order, _ = keys("lagging-1", REORDER)
+    await until(lambda: bool(sink.with_key(order)), 15, "the order was never attempted")
+
+    async def lags() -> bool:
+        for worker in deployment.workers:
+            text = (await deployment.http.get(worker.metrics_url, timeout=2)).text
+            line = next(row for row in text.splitlines() if row.startswith("stockaj_queue_lag_seconds "))
+            if float(line.split()[1]) > 0:
+                return True
+        return False
+
+    deadline = asyncio.get_running_loop().time() + 3.5  # sweeps come every 0.5 s; the retry in 4 s
+    while not await lags():
+        assert asyncio.get_running_loop().time() < deadline, "no worker reported the waiting delivery"
+        await asyncio.sleep(0.2)
+    await deployment.finished(["lagging-1"])
