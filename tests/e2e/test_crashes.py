@@ -1,4 +1,5 @@
-"""Crashes of the distributed topology: a worker killed outright, Redis emptied under load.
+"""Crashes of the distributed topology: a worker killed outright, Redis emptied under load;
+and the queue lag the workers report meanwhile.
 
 The store is the source of truth: a delivery whose worker died is taken over by
 another worker, and one whose job vanished from Redis is enqueued again by the
