@@ -186,7 +186,7 @@ def deliveries_list(status: str | None, limit: int) -> None:
         try:
             return await store.recent(DeliveryStatus(status) if status else None, limit)
         finally:
-            await store.engine.dispose()
+            await store.close()
 
     rows = _run(main)
     if not rows:
@@ -210,7 +210,7 @@ def deliveries_show(delivery_id: str) -> None:
         try:
             return await _story(store, delivery_id, masker_for(settings))
         finally:
-            await store.engine.dispose()
+            await store.close()
 
     lines = _run(main)
     if lines is None:
@@ -283,7 +283,7 @@ def deliveries_export(
         try:
             return await _fixture(store, delivery_id, name, with_expectations)
         finally:
-            await store.engine.dispose()
+            await store.close()
 
     settings = load_settings()
     stored, fixture = _run(main, settings)

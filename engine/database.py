@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# How long a SQLite statement waits for another connection's write lock.
+BUSY_TIMEOUT_MS = 30_000
 
 
 def is_sqlite(url: str) -> bool:
@@ -42,14 +44,15 @@ def create_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(
         url, pool_size=1, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
     )
-    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection's settings: the busy timeout, foreign keys, WAL, synchronous=NORMAL."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
@@ -75,7 +78,7 @@ def _use_wal(cursor: Any) -> None:
         except sqlite3.OperationalError:
             continue
         finally:
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     raise sqlite3.OperationalError("could not switch the SQLite database to WAL mode: it stays locked")
 
 

@@ -28,6 +28,8 @@ PROCESS_FUNCTION = "process_delivery"
 JOB_EXPIRES_MS = 24 * 3600 * 1000
 # In-process workers waiting for the receiver (InProcessQueue.yield_to): the longest wait.
 YIELD_SECONDS = 0.1
+# Loop turns a slot lets pass after the receiver went quiet, before it starts a delivery.
+SETTLE_TURNS = 3
 
 # Per id: enqueue unless a job or a result exists for it (arq's rule), atomically for the batch.
 _ENQUEUE_SCRIPT = """
@@ -146,6 +148,8 @@ class InProcessQueue:
         ]
         self._timers: set[asyncio.TimerHandle] = set()
         self._receiver_quiet: asyncio.Event | None = None
+        self._starting = asyncio.Lock()
+        self._last_start = time.monotonic()
 
     def yield_to(self, receiver_quiet: asyncio.Event) -> None:
         """Start deliveries only while the receiver in this process has no request waiting.
@@ -187,7 +191,7 @@ class InProcessQueue:
     async def _consume(self, slot: int) -> None:
         while not self._closing:
             delivery_id = await self._queue.get()
-            await self._receivers_turn(slot)
+            await self._receivers_turn()
             self._waiting.discard(delivery_id)
             self._running.add(delivery_id)
             self._busy[slot] = True
@@ -202,15 +206,27 @@ class InProcessQueue:
             if retry_in is not None and not self._closing:
                 self._later(delivery_id, retry_in)
 
-    async def _receivers_turn(self, slot: int) -> None:
+    async def _receivers_turn(self) -> None:
+        """Wait until the receiver is quiet, or YIELD_SECONDS since the last start that waited.
+
+        Slots waiting here go one at a time, and each looks again after the loop has taken
+        in whatever arrived meanwhile, so a short pause in a burst starts one delivery,
+        not one per slot.
+        """
         quiet = self._receiver_quiet
         if quiet is None or quiet.is_set():
             return
-        if slot == 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(quiet.wait(), YIELD_SECONDS)
-        else:
-            await quiet.wait()
+        async with self._starting:
+            while True:
+                deadline = self._last_start + YIELD_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(quiet.wait(), max(0.0, deadline - time.monotonic()))
+                if quiet.is_set():
+                    for _ in range(SETTLE_TURNS):
+                        await asyncio.sleep(0)  # uvicorn reads what arrived, its handlers start
+                if quiet.is_set() or time.monotonic() >= deadline:
+                    self._last_start = time.monotonic()
+                    return
 
     def _later(self, delivery_id: str, seconds: float) -> None:
         loop = asyncio.get_running_loop()

@@ -112,6 +112,10 @@ def create_app(parts: ReceiverParts) -> Quart:
 
     @app.post(WEBHOOK_PATH)
     async def receive() -> Response:
+        with parts.intake.receiving():
+            return await _receive()
+
+    async def _receive() -> Response:
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
         headers, kept = _read_headers(request.headers.items())

@@ -143,7 +143,7 @@ async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str |
                 await queue.close()
             return "enqueued for the workers"
     finally:
-        await store.engine.dispose()
+        await store.close()
     service = await open_service(settings, receive=False, process_in_process=True, background=False)
     try:
         wait = await service.processor.process(delivery_id)

@@ -99,7 +99,7 @@ class Service:
         await self.queue.close()
         await self.http.aclose()
         await self.databases.dispose()
-        await self.store.engine.dispose()
+        await self.store.close()
         log.info("stopped: the deliveries in hand are finished, anything still pending waits in the store")
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 from engine.connection_turns import ConnectionTurns
+from engine.sqlite_intake import SQLiteIntakeWriter
 from engine.tables import (
     PENDING_STATUSES,
     THROTTLE_KEY_LENGTH,
@@ -161,6 +162,13 @@ class Store:
         self._insert = sqlite.insert if sqlite_store else postgresql.insert
         # SQLite's one connection goes to the intake before the workers; PostgreSQL has a pool.
         self._turns = ConnectionTurns() if sqlite_store else None
+        # SQLite: the intake writes on its own connection, from the event loop (engine/sqlite_intake.py).
+        database = engine.url.database
+        self._intake_writer = (
+            SQLiteIntakeWriter(database)
+            if sqlite_store and database and database != ":memory:" and not database.startswith("file:")
+            else None
+        )
         # Each column's own conversion (UTC datetimes, JSON, bytes), for the intake's raw insert.
         self._delivery_converters = {
             name: _converter(deliveries.c[name].type, engine.dialect)
@@ -192,6 +200,12 @@ class Store:
 
     def _turn(self, urgent: bool) -> AbstractAsyncContextManager[None]:
         return self._turns.turn(urgent) if self._turns is not None else nullcontext()
+
+    async def close(self) -> None:
+        """Close every connection this store holds; it opens new ones if it is used again."""
+        if self._intake_writer is not None:
+            self._intake_writer.close()
+        await self.engine.dispose()
 
     async def ping(self) -> None:
         async with self._connect(urgent=True) as connection:
@@ -241,6 +255,9 @@ class Store:
             "INSERT INTO deliveries (delivery_id, event, status, headers, body, received_at, updated_at, "
             f"due_at, runs) VALUES {rows} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id"
         )
+        if self._intake_writer is not None:
+            async with self._turn(urgent=True):
+                return set(await self._intake_writer.insert_returning(statement, parameters))
         async with self._begin(urgent=True) as connection:
             result = await connection.exec_driver_sql(statement, tuple(parameters))
             return {row[0] for row in result}

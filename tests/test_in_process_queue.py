@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from engine.queue import YIELD_SECONDS, InProcessQueue
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, seconds_each: float = 0.0) -> None:
         self.started: list[str] = []
+        self._seconds_each = seconds_each
 
     async def __call__(self, delivery_id: str) -> float | None:
         self.started.append(delivery_id)
+        await asyncio.sleep(self._seconds_each)
         return None
 
 
 async def _settle(seconds: float = 0.0) -> None:
     await asyncio.sleep(seconds)
     for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def _until(condition: Callable[[], bool], within: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        assert loop.time() < deadline, "not within the timeout"
         await asyncio.sleep(0)
 
 
@@ -44,8 +55,26 @@ async def test_deliveries_wait_while_the_receiver_has_requests_waiting() -> None
         assert process.started == []
 
         receiver_quiet.set()  # the burst is over: every task takes its turn
-        await _settle()
+        await _until(lambda: len(process.started) == 5)
         assert sorted(process.started) == ["a", "b", "c", "d", "e"]
+    finally:
+        await queue.close()
+
+
+async def test_a_pause_in_a_burst_starts_one_delivery_not_one_per_task() -> None:
+    process = Recorder(seconds_each=0.01)
+    queue = InProcessQueue(process, concurrency=4)
+    receiver_quiet = asyncio.Event()
+    queue.yield_to(receiver_quiet)
+    try:
+        await queue.enqueue(["a", "b", "c", "d", "e"])
+        await _settle()
+        receiver_quiet.set()  # the receiver paused
+        await _until(lambda: len(process.started) >= 1)
+        receiver_quiet.clear()  # and the next request of the burst arrived
+        await _settle(YIELD_SECONDS / 3)
+
+        assert process.started == ["a"]
     finally:
         await queue.close()
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from engine import database
-from engine.intake import DeliveryIntake, StoreUnavailable
+from engine.intake import QUIET_AFTER_SECONDS, DeliveryIntake, StoreUnavailable
 from engine.metrics import Metrics
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
 from engine.receiver import WEBHOOK_PATH, ReceiverParts, create_app
@@ -128,7 +129,7 @@ async def receiver(
         await intake.stop()
         if own_queue:
             await the_queue.close()
-        await engine.dispose()
+        await store.close()
 
 
 async def wait_for(condition: Any, within: float = 5.0) -> None:
@@ -180,7 +181,7 @@ async def test_group_commit_stores_100_concurrent_posts_in_a_few_transactions(da
         assert sorted(r.processed) == [f"dlv-{n:03}" for n in range(100)]
 
 
-async def test_the_intake_is_quiet_only_while_no_request_waits_for_its_write(database_url: str) -> None:
+async def test_the_intake_is_quiet_only_once_no_request_was_in_hand_for_a_while(database_url: str) -> None:
     async with receiver(database_url) as r:
         assert r.intake.quiet.is_set()
         seen_busy: list[bool] = []
@@ -195,7 +196,12 @@ async def test_the_intake_is_quiet_only_while_no_request_waits_for_its_write(dat
 
         assert seen_busy
         assert all(seen_busy)
-        assert r.intake.quiet.is_set()
+        with r.intake.receiving():
+            assert not r.intake.quiet.is_set()
+        assert not r.intake.quiet.is_set()  # just answered: the next request of a burst may be coming
+        started = time.monotonic()
+        await wait_for(r.intake.quiet.is_set)
+        assert time.monotonic() - started >= QUIET_AFTER_SECONDS
 
 
 async def test_a_batch_holding_one_id_twice_answers_the_first_as_new(database_url: str) -> None:
@@ -248,6 +254,44 @@ async def test_a_row_the_store_refuses_fails_only_its_own_request(postgres_datab
         assert await r.rows() == 5
 
 
+async def test_a_sqlite_write_lock_held_by_another_process_is_waited_for_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stockaj.db"
+    async with receiver(f"sqlite+aiosqlite:///{path}") as r:
+        assert (await r.post("dlv-before"))[0] == 200
+        other = sqlite3.connect(path, isolation_level=None)  # a CLI command, a worker process
+        other.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(tick())
+        posted = asyncio.create_task(r.post("dlv-while-locked"))
+        await asyncio.sleep(0.3)
+        try:
+            assert not posted.done()
+            assert ticks >= 10, "the event loop stood still while the write waited for the lock"
+        finally:
+            other.execute("COMMIT")
+            other.close()
+            ticker.cancel()
+
+        assert await posted == (
+            200,
+            {"received": True, "duplicate": False, "delivery_id": "dlv-while-locked"},
+        )
+        assert await r.post("dlv-after") == (
+            200,
+            {"received": True, "duplicate": False, "delivery_id": "dlv-after"},
+        )
+        assert await r.rows() == 3
+
+
 # --- the store cannot be written ---------------------------------------------------------------
 
 
@@ -255,14 +299,14 @@ async def test_sqlite_store_that_cannot_be_opened_answers_503_and_recovers(tmp_p
     path = tmp_path / "stockaj.db"
     async with receiver(f"sqlite+aiosqlite:///{path}") as r:
         assert (await r.post("dlv-before"))[0] == 200
-        await r.store.engine.dispose()
+        await r.store.close()
         shutil.move(path, tmp_path / "aside.db")
         path.write_bytes(b"this is not a database " * 100)  # a file replaced under the receiver
 
         failed = await asyncio.gather(*(r.post(f"dlv-down-{n}") for n in range(5)))
         assert failed == [(503, {"error": "the delivery could not be stored; retry later"})] * 5
 
-        await r.store.engine.dispose()
+        await r.store.close()
         path.unlink()
         shutil.move(tmp_path / "aside.db", path)
         assert await r.post("dlv-down-0") == (

@@ -1,0 +1,78 @@
+"""The SQLite intake's own connection, written from the event loop without a thread hop.
+
+aiosqlite runs each statement in a thread of its own and hands the result back
+to the event loop. Under load every such hand-over waits for the GIL that the
+loop holds, and those waits, not SQLite, were most of what the SQLite receiver
+cost over the verify-only endpoint. An intake batch is one INSERT and a COMMIT
+on a WAL database with synchronous=NORMAL (no fsync at commit): a fraction of a
+millisecond. So it runs on the loop, on a second connection to the same file,
+while the store's urgent turn keeps this process's other transactions out.
+
+Another process may hold SQLite's write lock (a `worker`, a CLI `redeliver`).
+The loop never waits for it: the attempt on the loop gives up at once when the
+lock is taken, and the batch is then written from a thread that waits as long
+as the store's own connection would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from engine.database import BUSY_TIMEOUT_MS, sqlite_pragmas
+
+
+class SQLiteIntakeWriter:
+    """One sqlite3 connection that runs an INSERT ... RETURNING in a transaction of its own."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._connection is None:
+            # Autocommit mode: the transactions are this class's own BEGIN IMMEDIATE ... COMMIT.
+            # Used from the loop and, when the lock is taken, from one thread at a time.
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            sqlite_pragmas(connection, None)
+            connection.execute("PRAGMA busy_timeout=0")
+            self._connection = connection
+        return self._connection
+
+    async def insert_returning(self, statement: str, parameters: Sequence[Any]) -> list[Any]:
+        """The first column of the rows `statement` returns, committed; the caller holds the turn."""
+        connection = self._open()
+        try:
+            return _write(connection, statement, parameters)
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                self.close()  # the next batch opens the file afresh (it may have been replaced)
+                raise
+        # Another process is writing: wait for it off the loop, as long as any store query would.
+        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            return await asyncio.to_thread(_write, connection, statement, parameters)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if self._connection is not None:
+                connection.execute("PRAGMA busy_timeout=0")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _write(connection: sqlite3.Connection, statement: str, parameters: Sequence[Any]) -> list[Any]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        rows = [row[0] for row in connection.execute(statement, parameters)]
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return rows
