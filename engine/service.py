@@ -22,6 +22,7 @@ from actions.registry import load_registry
 from engine import database
 from engine.config import Settings, secret_variables
 from engine.errors import ConfigurationError
+from engine.http_client import create_http_client
 from engine.intake import DeliveryIntake
 from engine.metrics import Metrics
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
@@ -133,7 +134,7 @@ async def open_service(
     metrics = Metrics()
     store = await open_store(settings)
     rules = LiveRules(settings.rules_dir, load_registry(), metrics)
-    http = httpx.AsyncClient(follow_redirects=False)
+    http = create_http_client()
     databases = DatabaseEngines(
         lambda url: create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
     )

@@ -1,0 +1,54 @@
+"""The HTTP client actions send their requests with: httpx, over aiohttp's connections.
+
+Actions speak httpx: its requests, responses and errors (and respx mocks them in unit
+tests). Underneath, the connections are aiohttp's, through the httpx-aiohttp transport.
+httpx's own transport (httpcore) polls every pooled connection on every request to see
+whether its server closed it, and writes headers and body separately; where system calls
+are dear, as on the machine the benchmarks ran on, an action request cost 1.2-1.5 ms of
+CPU at 8 at a time that way, and 0.4-0.7 ms over aiohttp. A worker's whole delivery went
+from 3.5 to 2.1 ms (bench/README.md, "Receiver and pipeline").
+
+As httpx does by default, HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment apply.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+MAX_CONNECTIONS = 100
+KEEPALIVE_SECONDS = 5.0
+
+
+def create_http_client() -> httpx.AsyncClient:
+    """The client of one process; close it with `aclose()`."""
+    ssl_context = httpx.create_ssl_context()
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            ssl=ssl_context, limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=True)
+
+    return httpx.AsyncClient(transport=_Transport(client=session), follow_redirects=False)
+
+
+class _Transport(AiohttpTransport):
+    """httpx-aiohttp's transport, naming connection failures as httpx's own transport does.
+
+    It reports every aiohttp connection error as `httpx.ConnectTimeout`: a refused
+    connection, an unknown host and a server that hung up would all read "timed out".
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            cause = exc.__cause__
+            if cause is None or isinstance(cause, TimeoutError):  # aiohttp's timeouts are TimeoutErrors
+                raise
+            message = str(cause) or type(cause).__name__
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(message, request=request) from cause
+            raise httpx.RemoteProtocolError(message, request=request) from cause
