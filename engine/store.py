@@ -74,6 +74,51 @@ _INSERT_UNNEST = text(
 )
 
 
+# The worker's statements are built once: building one, and its cache key, cost more than
+# running it does on a warm connection (bind values go in at execution).
+_DATETIME = deliveries.c.updated_at.type
+
+# Claim deliveries for one run each (`Store.claim_many`).
+_CLAIM = (
+    update(deliveries)
+    .where(
+        and_(
+            deliveries.c.delivery_id.in_(bindparam("claim_ids", expanding=True)),
+            or_(
+                deliveries.c.status == DeliveryStatus.RECEIVED.value,
+                and_(
+                    deliveries.c.status == DeliveryStatus.PROCESSING.value,
+                    deliveries.c.due_at <= bindparam("claim_now", type_=_DATETIME),
+                ),
+            ),
+        )
+    )
+    .values(
+        status=DeliveryStatus.PROCESSING.value,
+        updated_at=bindparam("claim_now", type_=_DATETIME),
+        due_at=bindparam("claim_due_at", type_=_DATETIME),
+        runs=deliveries.c.runs + 1,
+    )
+    .returning(*deliveries.c)
+)
+
+# Where a run left its delivery (`Store.finish_runs`), one parameter set per delivery.
+_FINISH = (
+    update(deliveries)
+    .where(deliveries.c.delivery_id == bindparam("end_id"))
+    .values(
+        status=bindparam("end_status"),
+        updated_at=bindparam("end_now", type_=_DATETIME),
+        due_at=bindparam("end_due_at", type_=_DATETIME),
+        error=bindparam("end_error"),
+    )
+)
+_DROP_OUTCOMES = delete(rule_outcomes).where(
+    rule_outcomes.c.delivery_id.in_(bindparam("replaced_ids", expanding=True))
+)
+_INSERT_OUTCOMES = rule_outcomes.insert()
+_LEDGERS = select(action_runs).where(action_runs.c.delivery_id.in_(bindparam("ledger_ids", expanding=True)))
+
 @dataclass(frozen=True, slots=True)
 class NewDelivery:
     """A verified delivery, as the receiver hands it to the store."""
@@ -160,6 +205,11 @@ class Store:
         self.engine = engine
         sqlite_store = engine.dialect.name == "sqlite"
         self._insert = sqlite.insert if sqlite_store else postgresql.insert
+        upsert = self._insert(action_runs)
+        self._upsert_action_runs = upsert.on_conflict_do_update(
+            index_elements=["delivery_id", "rule_id", "action_index"],
+            set_={name: upsert.excluded[name] for name in _ACTION_RUN_VALUES},
+        )
         # SQLite's one connection goes to the intake before the workers; PostgreSQL has a pool.
         self._turns = ConnectionTurns() if sqlite_store else None
         # SQLite: the intake writes on its own connection, from the event loop (engine/sqlite_intake.py).
@@ -313,31 +363,10 @@ class Store:
         the sweeper hands its delivery out again after `due_at`. Ledgers are read only for
         runs after the first: a first run has none.
         """
-        statement = (
-            update(deliveries)
-            .where(
-                and_(
-                    deliveries.c.delivery_id.in_(sorted(set(delivery_ids))),
-                    or_(
-                        deliveries.c.status == DeliveryStatus.RECEIVED.value,
-                        and_(
-                            deliveries.c.status == DeliveryStatus.PROCESSING.value,
-                            deliveries.c.due_at <= now,
-                        ),
-                    ),
-                )
-            )
-            .values(
-                status=DeliveryStatus.PROCESSING.value,
-                updated_at=now,
-                due_at=due_at,
-                runs=deliveries.c.runs + 1,
-            )
-            .returning(*deliveries.c)
-        )
         # The claim is one statement; the ledger of a claimed delivery only changes by its run.
+        parameters = {"claim_ids": sorted(set(delivery_ids)), "claim_now": now, "claim_due_at": due_at}
         async with self._autocommit() as connection:
-            claimed = [_delivery(row) for row in await connection.execute(statement)]
+            claimed = [_delivery(row) for row in await connection.execute(_CLAIM, parameters)]
             again = [delivery.delivery_id for delivery in claimed if delivery.runs > 1]
             ledgers = await _ledgers(connection, again) if again else {}
         return {d.delivery_id: Claim(d, ledgers.get(d.delivery_id, {})) for d in claimed}
@@ -384,16 +413,6 @@ class Store:
         if not ends:
             return
         ends = sorted(ends, key=lambda end: end.delivery_id)  # one lock order for every writer
-        finish = (
-            update(deliveries)
-            .where(deliveries.c.delivery_id == bindparam("end_id"))
-            .values(
-                status=bindparam("end_status"),
-                updated_at=bindparam("end_now"),
-                due_at=bindparam("end_due_at"),
-                error=bindparam("end_error"),
-            )
-        )
         replaced = [end.delivery_id for end in ends if end.outcomes is not None and not end.first_run]
         outcomes = [
             {
@@ -408,7 +427,7 @@ class Store:
         ]
         async with self._begin() as connection:
             await connection.execute(
-                finish,
+                _FINISH,
                 [
                     {
                         "end_id": end.delivery_id,
@@ -424,11 +443,9 @@ class Store:
                 connection, [(end.delivery_id, run) for end in ends for run in end.runs]
             )
             if replaced:
-                await connection.execute(
-                    delete(rule_outcomes).where(rule_outcomes.c.delivery_id.in_(replaced))
-                )
+                await connection.execute(_DROP_OUTCOMES, {"replaced_ids": replaced})
             if outcomes:
-                await connection.execute(rule_outcomes.insert(), outcomes)
+                await connection.execute(_INSERT_OUTCOMES, outcomes)
 
     async def reopen(self, delivery_id: str, now: datetime) -> bool:
         """Make a stored delivery pending again (`redeliver`); False when it does not exist.
@@ -507,11 +524,6 @@ class Store:
         """Insert or update ledger rows, given as (delivery id, run)."""
         if not runs:
             return
-        statement = self._insert(action_runs)
-        statement = statement.on_conflict_do_update(
-            index_elements=["delivery_id", "rule_id", "action_index"],
-            set_={name: statement.excluded[name] for name in _ACTION_RUN_VALUES},
-        )
         rows = [
             {
                 "delivery_id": delivery_id,
@@ -528,7 +540,7 @@ class Store:
             }
             for delivery_id, run in runs
         ]
-        await connection.execute(statement, rows)
+        await connection.execute(self._upsert_action_runs, rows)
 
     async def forget_action_runs(self, delivery_id: str) -> None:
         """Drop a delivery's ledger (`redeliver --force` runs every action again)."""
@@ -615,7 +627,7 @@ _ACTION_RUN_VALUES = (
 async def _ledgers(connection: AsyncConnection, delivery_ids: Sequence[str]) -> dict[str, Ledger]:
     """The ledgers of some deliveries, by delivery id."""
     ledgers: dict[str, Ledger] = {}
-    rows = await connection.execute(select(action_runs).where(action_runs.c.delivery_id.in_(delivery_ids)))
+    rows = await connection.execute(_LEDGERS, {"ledger_ids": list(delivery_ids)})
     for row in rows:
         ledgers.setdefault(row.delivery_id, {})[(row.rule_id, row.action_index)] = _action_run(row)
     return ledgers
