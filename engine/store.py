@@ -119,6 +119,7 @@ _DROP_OUTCOMES = delete(rule_outcomes).where(
 _INSERT_OUTCOMES = rule_outcomes.insert()
 _LEDGERS = select(action_runs).where(action_runs.c.delivery_id.in_(bindparam("ledger_ids", expanding=True)))
 
+
 @dataclass(frozen=True, slots=True)
 class NewDelivery:
     """A verified delivery, as the receiver hands it to the store."""
