@@ -150,3 +150,27 @@ async def test_the_proxy_from_the_environment_carries_the_request(monkeypatch: p
 
     assert result.status == 200
     assert request_lines == [b"POST http://po.example.invalid/orders HTTP/1.1"]
+
+
+async def test_hosts_in_no_proxy_are_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxied: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines, _ = await read_request(reader)
+        proxied.append(lines[0])
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    async def direct(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ndirect")
+        writer.close()
+
+    async with local_server(proxy) as proxy_port, local_server(direct) as port:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        async with action_context() as ctx:
+            result = await send_request(ctx, "POST", f"http://127.0.0.1:{port}/hook", json={})
+
+    assert (result.status, result.detail) == (200, "direct")
+    assert proxied == []
