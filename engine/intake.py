@@ -96,6 +96,9 @@ class DeliveryIntake:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._quiet_check is not None:
+            self._quiet_check.cancel()
+            self._quiet_check = None
         self._fail(waiting, "the receiver is stopping")
 
     @contextlib.contextmanager

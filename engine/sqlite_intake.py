@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from engine.database import BUSY_TIMEOUT_MS, sqlite_pragmas
@@ -52,19 +53,30 @@ class SQLiteIntakeWriter:
                 raise
         # Another process is writing: wait for it off the loop, as long as any store query would.
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        waiting = asyncio.ensure_future(asyncio.to_thread(_write, connection, statement, parameters))
         try:
-            return await asyncio.to_thread(_write, connection, statement, parameters)
+            rows = await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread still holds the connection: leave it to finish there, then close it.
+            self._connection = None
+            waiting.add_done_callback(partial(_close_when_done, connection))
+            raise
         except BaseException:
             self.close()
             raise
-        finally:
-            if self._connection is not None:
-                connection.execute("PRAGMA busy_timeout=0")
+        connection.execute("PRAGMA busy_timeout=0")
+        return rows
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _close_when_done(connection: sqlite3.Connection, write: asyncio.Future[list[Any]]) -> None:
+    if not write.cancelled():
+        write.exception()  # retrieved: whatever became of it, its caller was already answered
+    connection.close()
 
 
 def _write(connection: sqlite3.Connection, statement: str, parameters: Sequence[Any]) -> list[Any]:
