@@ -34,6 +34,8 @@ MAX_BATCH = 500
 PING_TIMEOUT_SECONDS = 2.0
 # How long the receiver must have been idle before in-process workers start more deliveries.
 QUIET_AFTER_SECONDS = 0.002
+# Loop turns after that in which no request may start, before the receiver counts as quiet.
+CONFIRM_TURNS = 3
 
 _Waiting = tuple[NewDelivery, "asyncio.Future[bool]"]
 
@@ -67,8 +69,9 @@ class DeliveryIntake:
         self.quiet = asyncio.Event()
         self.quiet.set()
         self._receiving = 0
+        self._started = 0
         self._last_answer = 0.0
-        self._quiet_check: asyncio.TimerHandle | None = None
+        self._quiet_check: asyncio.Handle | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -105,13 +108,15 @@ class DeliveryIntake:
     def receiving(self) -> Iterator[None]:
         """Around the handling of one webhook request, from its body to its answer.
 
-        `quiet` is clear while a request is in hand, and set again once the receiver has
-        had none for QUIET_AFTER_SECONDS while the event loop was free to take one. Between
+        `quiet` is clear while a request is in hand. It is set again once none has been for
+        QUIET_AFTER_SECONDS and none started during the few loop turns after that: between
         two requests of a burst there is always a moment with none in hand (the next is
-        still being parsed), and a loop busy with other work takes in no request: neither
-        is quiet. At a steady 200 deliveries/s the gaps are ~5 ms, and workers start in each.
+        still being read), and a loop that was busy with other work has not read what
+        arrived meanwhile. At a steady 200 deliveries/s the gaps are ~5 ms, and workers
+        start in each.
         """
         self._receiving += 1
+        self._started += 1
         self.quiet.clear()
         try:
             yield
@@ -123,21 +128,30 @@ class DeliveryIntake:
                     self._check_quiet_in(QUIET_AFTER_SECONDS)
 
     def _check_quiet_in(self, seconds: float) -> None:
-        due = time.monotonic() + seconds
+        self._quiet_check = asyncio.get_running_loop().call_later(seconds, self._check_quiet)
 
-        def check() -> None:
-            self._quiet_check = None
-            if self._receiving:
-                return  # the request in hand starts the next check when it ends
-            now = time.monotonic()
-            if now - due > QUIET_AFTER_SECONDS:
-                self._check_quiet_in(QUIET_AFTER_SECONDS)  # the loop was busy: requests may be waiting
-            elif now - self._last_answer >= QUIET_AFTER_SECONDS:
-                self.quiet.set()
-            else:
-                self._check_quiet_in(self._last_answer + QUIET_AFTER_SECONDS - now)
+    def _check_quiet(self) -> None:
+        self._quiet_check = None
+        if self._receiving:
+            return  # the request in hand checks again when it ends
+        idle = time.monotonic() - self._last_answer
+        if idle < QUIET_AFTER_SECONDS:
+            self._check_quiet_in(QUIET_AFTER_SECONDS - idle)
+        else:
+            self._confirm_quiet(self._started, CONFIRM_TURNS)
 
-        self._quiet_check = asyncio.get_running_loop().call_later(seconds, check)
+    def _confirm_quiet(self, started: int, turns: int) -> None:
+        """Quiet if no request starts during `turns` more loop turns (the loop reads its sockets)."""
+        self._quiet_check = None
+        if self._receiving:
+            return  # the request in hand checks again when it ends
+        if self._started != started:
+            self._check_quiet()  # one came and went meanwhile: count from its answer
+            return
+        if turns:
+            self._quiet_check = asyncio.get_running_loop().call_soon(self._confirm_quiet, started, turns - 1)
+        else:
+            self.quiet.set()
 
     async def submit(self, delivery: NewDelivery) -> bool:
         """True when stored now, False when this delivery id was stored before."""

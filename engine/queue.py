@@ -152,11 +152,11 @@ class InProcessQueue:
         self._last_start = time.monotonic()
 
     def yield_to(self, receiver_quiet: asyncio.Event) -> None:
-        """Start deliveries only while the receiver in this process has no request waiting.
+        """Start deliveries only while the receiver in this process is quiet (`DeliveryIntake.receiving`).
 
         Receiver and workers share one core: during a burst the webhook answers come first,
-        and the backlog is processed once it is over. One task still starts a delivery at
-        least every YIELD_SECONDS, so a burst that never ends cannot starve the workers.
+        and the backlog is processed once it is over. A delivery still starts at least
+        every YIELD_SECONDS, so a burst that never ends cannot starve the workers.
         """
         self._receiver_quiet = receiver_quiet
 

@@ -254,6 +254,26 @@ async def test_a_row_the_store_refuses_fails_only_its_own_request(postgres_datab
         assert await r.rows() == 5
 
 
+async def test_the_intake_goes_quiet_while_the_loop_is_busy_with_long_steps(tmp_path: Path) -> None:
+    async with receiver(f"sqlite+aiosqlite:///{tmp_path / 'stockaj.db'}") as r:
+        busy = True
+
+        async def long_steps() -> None:
+            while busy:
+                time.sleep(0.005)  # noqa: ASYNC251 - a worker matching many rules: 5 ms, no yield
+                await asyncio.sleep(0)
+
+        stepping = asyncio.create_task(long_steps())
+        try:
+            with r.intake.receiving():
+                assert not r.intake.quiet.is_set()
+            # No request comes: the workers must not wait for a loop that is never idle.
+            await wait_for(r.intake.quiet.is_set, within=2.0)
+        finally:
+            busy = False
+            await stepping
+
+
 async def test_a_sqlite_write_lock_held_by_another_process_is_waited_for_off_the_event_loop(
     tmp_path: Path,
 ) -> None:
