@@ -88,6 +88,7 @@ from loadrun import (
     other_cores,
     post_one,
     postgres_database,
+    process_cpu_seconds,
     profile_summary,
     redis_database,
     run_wrk,
@@ -349,10 +350,15 @@ def run_end_to_end(ws: Workspace, case: str, rate: float, warm: float, seconds: 
                 profilers = start_profilers(procs, ws.profile_dir, f"e2e-{case}", warm + seconds)
             groups = {proc.pid for proc in procs}
             before, started = cpu_snapshot(groups), time.perf_counter()
+            by_process = {proc.name: process_cpu_seconds(proc.pid) for proc in procs}
             own = resource.getrusage(resource.RUSAGE_SELF)
             run = await end_to_end(ws, case, sink, port, rate, warm, seconds)
             elapsed = time.perf_counter() - started
             run.cpu = cpu_between(before, cpu_snapshot(groups), elapsed)
+            run.cpu_by_process = {
+                name: (process_cpu_seconds(proc.pid) - used) / elapsed
+                for (name, used), proc in zip(by_process.items(), procs, strict=True)
+            }
             own_after = resource.getrusage(resource.RUSAGE_SELF)  # the generator and the sink
             run.cpu["loadgen"] = (
                 own_after.ru_utime + own_after.ru_stime - own.ru_utime - own.ru_stime
@@ -591,7 +597,8 @@ def log_e2e(run: EndToEnd, seconds: float) -> None:
         f"  e2e p50 {pct(run.e2e, 0.5):.1f} ms, p99 {pct(run.e2e, 0.99):.1f} ms, "
         f"ack p99 {pct(run.ack, 0.99):.1f} ms, missing {run.missing}, twice {run.duplicated}; cores busy: "
         + ", ".join(f"{name} {value:.2f}" for name, value in run.cpu.items())
-        + f", others {other_cores(run.cpu):.2f}"
+        + f", others {other_cores(run.cpu):.2f}; by process: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in run.cpu_by_process.items())
     )
     for profile in run.profiles:
         if profile.exists():

@@ -329,6 +329,17 @@ def cpu_snapshot(groups: set[int]) -> dict[str, float]:
     return {name: ticks / CLK_TCK for name, ticks in totals.items()}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds one process has used so far, all its threads; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def machine_busy(seconds: float = 1.0) -> float:
     """Cores busy machine-wide over the next `seconds`."""
     before, total_before = _machine_busy_ticks(), _machine_total_ticks()

@@ -90,6 +90,9 @@ async def generate(
 
     async def send(delivery_id: str, scheduled: float) -> None:
         reader, writer = await pool.get()
+        if reader.at_eof():  # the server closed it while it was idle (keep-alive timeout, low rates)
+            writer.close()
+            reader, writer = await asyncio.open_connection(HOST, port)
         sent = time.perf_counter()
         writer.write(common + delivery_id.encode() + b"\r\n\r\n" + body)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -125,6 +128,7 @@ class EndToEnd:
     ack: list[float]  # ms, delivery sent -> 200 received
     lag: list[float]  # ms, scheduled -> sent
     cpu: dict[str, float] = field(default_factory=dict)
+    cpu_by_process: dict[str, float] = field(default_factory=dict)  # cores, per server process
     profiles: list[Path] = field(default_factory=list)
 
 

@@ -3,7 +3,8 @@
 - `ArqQueue` (`REDIS_URL` set): jobs for `stockaj-rules worker` processes, the
   job id being the delivery id, so enqueueing a delivery twice is a no-op.
   A batch of ids is enqueued with one Lua script call (arq's own job format),
-  instead of arq's three round trips per job.
+  instead of arq's three round trips per job, which also publishes on
+  `JOBS_CHANNEL` so that idle workers poll at once (`engine.arq_worker`).
 - `InProcessQueue` (the embedded default): asyncio tasks in the `serve`
   process run the same `process` function.
 
@@ -26,6 +27,8 @@ from arq.jobs import serialize_job
 
 PROCESS_FUNCTION = "process_delivery"
 JOB_EXPIRES_MS = 24 * 3600 * 1000
+# Published to (the number of jobs added) whenever jobs are enqueued: the workers' wake-up call.
+JOBS_CHANNEL = "stockaj-rules:jobs-enqueued"
 # In-process workers waiting for the receiver (InProcessQueue.yield_to): the longest wait.
 YIELD_SECONDS = 0.1
 # Loop turns a slot lets pass after the receiver went quiet, before it starts a delivery.
@@ -44,6 +47,9 @@ for i, job_id in ipairs(ARGV) do
       added = added + 1
     end
   end
+end
+if added > 0 then
+  redis.call('publish', KEYS[6], added)
 end
 return added
 """
@@ -87,7 +93,14 @@ class ArqQueue:
         argv: list[str | bytes] = []
         for delivery_id in delivery_ids:
             argv += [delivery_id, serialize_job(PROCESS_FUNCTION, (delivery_id,), {}, None, now_ms)]
-        keys = [job_key_prefix, result_key_prefix, default_queue_name, str(JOB_EXPIRES_MS), str(now_ms)]
+        keys = [
+            job_key_prefix,
+            result_key_prefix,
+            default_queue_name,
+            str(JOB_EXPIRES_MS),
+            str(now_ms),
+            JOBS_CHANNEL,
+        ]
         try:
             await self._script(keys=keys, args=argv)
         except (OSError, ConnectionError, TimeoutError) as exc:

@@ -18,10 +18,11 @@ from typing import Any
 import prometheus_client
 import uvicorn
 import uvloop
-from arq import Retry, Worker, cron, func
+from arq import Retry, cron, func
 from arq.connections import RedisSettings
 from sqlalchemy.exc import DBAPIError
 
+from engine.arq_worker import DeliveryWorker
 from engine.config import Settings
 from engine.logs import configure_logging
 from engine.queue import PROCESS_FUNCTION, ArqQueue, job_lease
@@ -97,7 +98,7 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
         await service.refresh_metrics()  # the queue lag gauge of the worker's --metrics-port
 
     every = max(1, int(sweep_interval(settings)))
-    arq_worker = Worker(
+    arq_worker = DeliveryWorker(
         functions=[func(process_delivery, name=PROCESS_FUNCTION)],
         cron_jobs=[cron(sweep, name="sweep", second=set(range(0, 60, every)), run_at_startup=True)],
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
@@ -105,7 +106,7 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
         job_timeout=ARQ_JOB_TIMEOUT_SECONDS,
         max_tries=1_000_000,  # the action ledger counts attempts, per action
         keep_result=0,
-        poll_delay=0.01,
+        poll_delay=0,  # DeliveryWorker waits for jobs itself
         handle_signals=True,
         job_completion_wait=GRACEFUL_SHUTDOWN_SECONDS,  # SIGTERM: take no new job, finish these
     )

@@ -1,0 +1,135 @@
+"""The arq worker of `stockaj-rules worker`: woken when jobs arrive, claiming a poll's jobs at once.
+
+Two changes to arq's `Worker`, both measured in bench/README.md ("Receiver and pipeline"):
+
+- **Polling when told.** arq polls the queue every `poll_delay`; at the 10 ms a 20 ms
+  latency target needs, two idle workers kept a tenth of a core each busy polling on
+  the 2-core machine. `DeliveryWorker` instead subscribes to `JOBS_CHANNEL`, on which
+  `ArqQueue.enqueue` publishes, and polls when a message arrives, when one of its jobs
+  ends while it was full, and otherwise every IDLE_POLL_SECONDS: that poll finds jobs
+  a retry deferred (arq re-scores them in the queue, without a message) and keeps the
+  worker working while the subscription is down.
+- **One claim per poll.** arq's `start_jobs` claims each job it polled with WATCH,
+  EXISTS, ZSCORE and MULTI/PSETEX/EXEC, four round trips, and three for each job that
+  another worker took first, which with two workers polling the same queue is half of
+  them. `DeliveryWorker` claims with one Lua script under arq's own rule (a job is taken
+  when no worker has it in progress and its time has come), atomically, and runs each
+  claimed job with arq's own `run_job`.
+
+It relies on arq's `Worker` internals as of arq 0.26 to 0.28 (`_poll_iteration`,
+`start_jobs`, `job_counter`, `sem`, `tasks`): pyproject.toml pins arq below 0.29, and
+tests/test_arq_worker.py runs the worker on the real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from arq import Worker
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from redis.commands.core import AsyncScript
+
+from engine.queue import JOBS_CHANNEL
+
+# The longest a worker goes without polling: deferred retries, and no subscription.
+IDLE_POLL_SECONDS = 0.25
+# After the subscription failed, the wait before subscribing again.
+RESUBSCRIBE_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the queue (sorted set, score = when the job is due, ms).
+# ARGV: in-progress key prefix, now (ms), in-progress timeout (ms), most jobs to claim, job ids.
+# Returns job id, score, job id, score ... of the jobs claimed, in the order given.
+_CLAIM_SCRIPT = """
+local prefix, now, timeout, most = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local claimed = {}
+for i = 5, #ARGV do
+  if #claimed >= 2 * most then break end
+  local job_id = ARGV[i]
+  local key = prefix .. job_id
+  if redis.call('exists', key) == 0 then
+    local score = redis.call('zscore', KEYS[1], job_id)
+    if score and tonumber(score) <= now then
+      redis.call('psetex', key, timeout, '1')
+      claimed[#claimed + 1] = job_id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
+class DeliveryWorker(Worker):
+    """An arq `Worker` that polls when jobs arrive and claims what it polled in one round trip.
+
+    Construct it with `poll_delay=0`: the wait between polls is this class's own.
+    """
+
+    _claim_script: AsyncScript | None = None
+    _listener: asyncio.Task[None] | None = None
+    _work_may_wait: asyncio.Event | None = None
+    _was_full = False
+
+    async def _poll_iteration(self) -> None:
+        if self._work_may_wait is None:
+            self._work_may_wait = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(self._work_may_wait), name="arq-jobs-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work_may_wait.wait(), IDLE_POLL_SECONDS)
+        self._work_may_wait.clear()  # before polling: what is published from now on wakes the next poll
+        await super()._poll_iteration()
+
+    async def _listen(self, work_may_wait: asyncio.Event) -> None:
+        """Set `work_may_wait` for each message on JOBS_CHANNEL, subscribing again after an error."""
+        while True:
+            try:
+                async with self.pool.pubsub() as pubsub:
+                    await pubsub.subscribe(JOBS_CHANNEL)
+                    work_may_wait.set()  # jobs may have come while not subscribed
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            work_may_wait.set()
+            except Exception as exc:  # Redis away or restarted: the idle polls go on meanwhile
+                log.warning(
+                    "not subscribed to new jobs (%s: %s); polling every %gs, subscribing again in %gs",
+                    type(exc).__name__,
+                    exc,
+                    IDLE_POLL_SECONDS,
+                    RESUBSCRIBE_SECONDS,
+                )
+            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids:
+            return
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(_CLAIM_SCRIPT)
+        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        args: list[str | bytes | int] = [in_progress_key_prefix, timestamp_ms(), timeout_ms, free, *job_ids]
+        claimed = await self._claim_script(keys=[self.queue_name], args=args)
+        self._was_full = len(claimed) // 2 == free
+        for job_id_b, score_b in zip(claimed[::2], claimed[1::2], strict=True):
+            job_id = job_id_b.decode()
+            await self.sem.acquire()  # never waits: at most max_jobs - job_counter were claimed
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(score_b))))
+            task.add_done_callback(self._job_done)
+            self.tasks[job_id] = task
+
+    def _job_done(self, _: asyncio.Task[None]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self._was_full and self._work_may_wait is not None:
+            self._was_full = False
+            self._work_may_wait.set()  # a slot is free and the last poll left jobs behind
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await super().close()

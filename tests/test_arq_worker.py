@@ -1,0 +1,208 @@
+"""`DeliveryWorker` on the real Redis: woken by enqueues, claiming each job for one worker only.
+
+The jobs are enqueued by `ArqQueue`, as the receiver and the sweeper do, and run by a
+recording function in place of the delivery processor: what is under test is which
+worker runs which job, and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from arq import func
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name, in_progress_key_prefix
+
+from engine import arq_worker
+from engine.arq_worker import DeliveryWorker
+from engine.queue import JOBS_CHANNEL, PROCESS_FUNCTION, ArqQueue
+
+pytestmark = [
+    pytest.mark.redis,
+    # arq's Worker.close() calls redis-py's deprecated close(); nothing this project can change.
+    pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
+]
+
+
+class Ran:
+    """The process function: records which worker ran which job."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.by_worker: dict[str, list[str]] = {}
+
+    def function(self, worker: str) -> Any:
+        async def process(ctx: dict[str, Any], delivery_id: str) -> None:
+            self.by_worker.setdefault(worker, []).append(delivery_id)
+            await asyncio.sleep(self.seconds)
+
+        return func(process, name=PROCESS_FUNCTION)
+
+    def all(self) -> list[str]:
+        return [job for jobs in self.by_worker.values() for job in jobs]
+
+
+def delivery_worker(url: str, ran: Ran, name: str, max_jobs: int = 4) -> DeliveryWorker:
+    return DeliveryWorker(
+        functions=[ran.function(name)],
+        redis_settings=RedisSettings.from_dsn(url),
+        max_jobs=max_jobs,
+        keep_result=0,
+        poll_delay=0,
+        handle_signals=False,
+    )
+
+
+@pytest.fixture
+async def redis(fresh_redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(fresh_redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(fresh_redis_url: str) -> AsyncIterator[ArqQueue]:
+    queue = await ArqQueue.connect(fresh_redis_url)
+    yield queue
+    await queue.close()
+
+
+@pytest.fixture
+async def running(fresh_redis_url: str) -> AsyncIterator[Callable[[DeliveryWorker], None]]:
+    """Runs workers until the test ends."""
+    workers: list[tuple[DeliveryWorker, asyncio.Task[None]]] = []
+
+    def run(worker: DeliveryWorker) -> None:
+        workers.append((worker, asyncio.create_task(worker.async_run())))
+
+    yield run
+    for worker, task in workers:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds} s")
+        await asyncio.sleep(0.01)
+
+
+def subscribed(redis: aioredis.Redis, expected: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        [(_, count)] = await redis.pubsub_numsub(JOBS_CHANNEL)
+        return int(count) == expected
+
+    return check
+
+
+def ran_exactly(ran: Ran, expected: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return ran.all() == expected
+
+    return check
+
+
+async def test_two_workers_run_each_job_once_and_share_them(
+    fresh_redis_url: str, redis: aioredis.Redis, queue: ArqQueue, running: Callable[[DeliveryWorker], None]
+) -> None:
+    ran = Ran(seconds=0.01)
+    running(delivery_worker(fresh_redis_url, ran, "a"))
+    running(delivery_worker(fresh_redis_url, ran, "b"))
+    await wait_until(subscribed(redis, 2))
+    ids = [f"d-{n:02d}" for n in range(40)]
+    for n in range(0, 40, 5):
+        await queue.enqueue(ids[n : n + 5])
+
+    async def all_done() -> bool:
+        return len(ran.all()) >= 40 and await redis.zcard(default_queue_name) == 0
+
+    await wait_until(all_done)
+    await asyncio.sleep(0.1)  # a job run twice would show by now
+    assert Counter(ran.all()) == Counter(ids)
+    # Four slots each and 10 ms per job: one worker alone cannot have taken them all at once.
+    assert set(ran.by_worker) == {"a", "b"}
+    assert await redis.zcard(default_queue_name) == 0
+
+
+async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
+    fresh_redis_url: str,
+    redis: aioredis.Redis,
+    queue: ArqQueue,
+    running: Callable[[DeliveryWorker], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arq_worker, "IDLE_POLL_SECONDS", 30.0)  # only the message can wake it in time
+    ran = Ran()
+    running(delivery_worker(fresh_redis_url, ran, "a"))
+    await wait_until(subscribed(redis, 1))
+    await asyncio.sleep(0.2)  # the worker's first polls are over: it waits
+
+    started = time.monotonic()
+    await queue.enqueue(["d-1"])
+    await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
+    assert time.monotonic() - started < 2.0
+
+
+async def test_the_worker_subscribes_again_after_losing_its_connection(
+    fresh_redis_url: str,
+    redis: aioredis.Redis,
+    queue: ArqQueue,
+    running: Callable[[DeliveryWorker], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arq_worker, "IDLE_POLL_SECONDS", 30.0)
+    monkeypatch.setattr(arq_worker, "RESUBSCRIBE_SECONDS", 0.05)
+    ran = Ran()
+    running(delivery_worker(fresh_redis_url, ran, "a"))
+    await wait_until(subscribed(redis, 1))
+
+    assert await redis.client_kill_filter(_type="pubsub") == 1
+    await wait_until(subscribed(redis, 1))
+    await asyncio.sleep(0.2)
+    await queue.enqueue(["d-1"])
+    await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
+
+
+async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
+    fresh_redis_url: str, redis: aioredis.Redis, queue: ArqQueue
+) -> None:
+    await queue.enqueue(["running", "later", "ready"])
+    await redis.set(in_progress_key_prefix + "running", b"1", px=60_000)
+    await redis.zadd(default_queue_name, {"later": (time.time() + 60) * 1000})
+    ran = Ran()
+    pool = ArqRedis.from_url(fresh_redis_url)
+    worker = delivery_worker(fresh_redis_url, ran, "a")
+    worker._pool = pool
+    try:
+        await worker.start_jobs([b"running", b"later", b"ready"])
+        assert set(worker.tasks) == {"ready"}
+        await asyncio.gather(*worker.tasks.values())
+        assert ran.all() == ["ready"]
+        assert await redis.pttl(in_progress_key_prefix + "running") > 50_000  # untouched
+    finally:
+        await worker.close()
+
+
+async def test_a_claim_takes_no_more_jobs_than_free_slots(
+    fresh_redis_url: str, redis: aioredis.Redis, queue: ArqQueue
+) -> None:
+    await queue.enqueue(["d-1", "d-2", "d-3"])
+    ran = Ran(seconds=0.05)
+    worker = delivery_worker(fresh_redis_url, ran, "a", max_jobs=2)
+    worker._pool = ArqRedis.from_url(fresh_redis_url)
+    try:
+        await worker.start_jobs([b"d-1", b"d-2", b"d-3"])
+        assert set(worker.tasks) == {"d-1", "d-2"}
+        assert not await redis.exists(in_progress_key_prefix + "d-3")
+        await asyncio.gather(*worker.tasks.values())
+    finally:
+        await worker.close()
