@@ -59,6 +59,27 @@ def configure_logging(level: str, fmt: str, masker: Masker, stream: TextIO | Non
     logging.getLogger("hypercorn.access").disabled = True
     # Alembic says "Context impl ..." at every start: only its warnings matter to an operator.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    arq_worker = logging.getLogger("arq.worker")
+    if _ARQ_JOB_LINES not in arq_worker.filters:
+        arq_worker.addFilter(_ARQ_JOB_LINES)
+
+
+class _ArqJobLines(logging.Filter):
+    """Drops arq's two INFO lines per job, its start and its success, below DEBUG.
+
+    The worker's own line per delivery outcome says more, and carries the delivery id as
+    a field; arq's lines would triple the log and repeat the sweep every second. arq's
+    warnings, errors, retries and start-up lines pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+            return True
+        message = record.msg
+        return not (isinstance(message, str) and message.startswith(("%6.2fs \u2192 ", "%6.2fs \u2190 ")))
+
+
+_ARQ_JOB_LINES = _ArqJobLines()
 
 
 def _plain(value: Any) -> Any:

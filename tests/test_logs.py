@@ -105,6 +105,31 @@ def test_log_level_drops_lower_records_and_access_logs_are_off() -> None:
     assert [line["event"] for line in json_lines(stream)] == ["loud"]
 
 
+def arq_job_lines(level: str) -> list[str]:
+    """What arq's worker logs around one job and one retry, through `configure_logging` at `level`."""
+    stream = io.StringIO()
+    configure_logging(level, "json", Masker(), stream)
+    arq = logging.getLogger("arq.worker")
+    arq.info("%6.2fs \u2192 %s(%s)%s", 0.01, "d-1:process_delivery", "'d-1'", "")
+    arq.info("%6.2fs \u21bb %s retrying job in %0.2fs", 0.02, "d-1:process_delivery", 2.0)
+    arq.info("%6.2fs \u2190 %s \u25cf %s", 0.03, "d-1:process_delivery", "")
+    arq.warning("job %s expired", "d-2")
+    return [line["event"] for line in json_lines(stream)]
+
+
+def test_arqs_lines_per_job_are_left_out_below_debug_and_the_rest_of_arq_passes() -> None:
+    assert arq_job_lines("INFO") == [
+        "  0.02s \u21bb d-1:process_delivery retrying job in 2.00s",
+        "job d-2 expired",
+    ]
+    assert arq_job_lines("DEBUG") == [
+        "  0.01s \u2192 d-1:process_delivery('d-1')",
+        "  0.02s \u21bb d-1:process_delivery retrying job in 2.00s",
+        "  0.03s \u2190 d-1:process_delivery \u25cf ",
+        "job d-2 expired",
+    ]
+
+
 SENSITIVE = {
     "secret variable": ({"SECRET_CRM_TOKEN": CRM_TOKEN}, [CRM_TOKEN]),
     "webhook secret": ({"STOCKAJ_WEBHOOK_SECRET": "whsec-l0g-5ecret"}, ["whsec-l0g-5ecret"]),
