@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Integer,
     LargeBinary,
     String,
     Text,
@@ -118,6 +119,51 @@ _DROP_OUTCOMES = delete(rule_outcomes).where(
 )
 _INSERT_OUTCOMES = rule_outcomes.insert()
 _LEDGERS = select(action_runs).where(action_runs.c.delivery_id.in_(bindparam("ledger_ids", expanding=True)))
+
+# PostgreSQL, runs that are all first runs (`Store.finish_runs`): the delivery updates, the
+# ledger upsert and the outcome inserts as one statement over arrays, in one round trip
+# instead of five (BEGIN, three statements, COMMIT). A first run replaces no outcomes.
+_FINISH_FIRST_RUNS_UNNEST = text(
+    """
+    WITH ended AS (
+        UPDATE deliveries AS d
+        SET status = e.status, updated_at = e.now, due_at = e.due_at, error = e.error
+        FROM unnest(:end_ids, :end_statuses, :end_nows, :end_due_ats, :end_errors)
+            AS e(delivery_id, status, now, due_at, error)
+        WHERE d.delivery_id = e.delivery_id
+        RETURNING d.delivery_id
+    ), ledger AS (
+        INSERT INTO action_runs (delivery_id, rule_id, action_index, type, status, params, attempts,
+                                 last_error, response_status, next_attempt_at, updated_at)
+        SELECT delivery_id, rule_id, action_index, type, status, params::json, attempts,
+               last_error, response_status, next_attempt_at, updated_at
+        FROM unnest(:run_ids, :run_rules, :run_indexes, :run_types, :run_statuses, :run_params,
+                    :run_attempts, :run_errors, :run_responses, :run_next_attempts, :run_updated)
+            AS r(delivery_id, rule_id, action_index, type, status, params, attempts,
+                 last_error, response_status, next_attempt_at, updated_at)
+        ON CONFLICT (delivery_id, rule_id, action_index) DO UPDATE SET
+            type = excluded.type, status = excluded.status, params = excluded.params,
+            attempts = excluded.attempts, last_error = excluded.last_error,
+            response_status = excluded.response_status,
+            next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
+    )
+    INSERT INTO rule_outcomes (delivery_id, rule_id, status, reason, recorded_at)
+    SELECT delivery_id, rule_id, status, reason, recorded_at
+    FROM unnest(:outcome_ids, :outcome_rules, :outcome_statuses, :outcome_reasons, :outcome_times)
+        AS o(delivery_id, rule_id, status, reason, recorded_at)
+    """
+).bindparams(
+    *(
+        bindparam(name, type_=postgresql.ARRAY(item_type))
+        for item_type, names in (
+            (Text, "end_ids end_statuses end_errors run_ids run_rules run_types run_statuses run_params"),
+            (Text, "run_errors outcome_ids outcome_rules outcome_statuses outcome_reasons"),
+            (Integer, "run_indexes run_attempts run_responses"),
+            (UTCDateTime(), "end_nows end_due_ats run_next_attempts run_updated outcome_times"),
+        )
+        for name in names.split()
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +266,9 @@ class Store:
             if sqlite_store and database and database != ":memory:" and not database.startswith("file:")
             else None
         )
+        # The conversions of `_FINISH_FIRST_RUNS_UNNEST`'s text arrays: NUL made safe, JSON as text.
+        self._log_text = _converter(rule_outcomes.c.reason.type, engine.dialect)
+        self._params_json = _converter(action_runs.c.params.type, engine.dialect)
         # Each column's own conversion (UTC datetimes, JSON, bytes), for the intake's raw insert.
         self._delivery_converters = {
             name: _converter(deliveries.c[name].type, engine.dialect)
@@ -413,6 +462,9 @@ class Store:
         """
         if not ends:
             return
+        if self._turns is None and all(end.first_run for end in ends):
+            await self._finish_first_runs_unnest(ends)
+            return
         ends = sorted(ends, key=lambda end: end.delivery_id)  # one lock order for every writer
         replaced = [end.delivery_id for end in ends if end.outcomes is not None and not end.first_run]
         outcomes = [
@@ -447,6 +499,41 @@ class Store:
                 await connection.execute(_DROP_OUTCOMES, {"replaced_ids": replaced})
             if outcomes:
                 await connection.execute(_INSERT_OUTCOMES, outcomes)
+
+    async def _finish_first_runs_unnest(self, ends: Sequence[RunEnd]) -> None:
+        """PostgreSQL, first runs only: `finish_runs` as one statement (`_FINISH_FIRST_RUNS_UNNEST`).
+
+        No other run can be finishing these deliveries (a delivery has one first run), so
+        the order in which the statement locks their rows does not matter.
+        """
+        text_of, json_of = self._log_text, self._params_json
+        runs = [(end.delivery_id, run) for end in ends for run in end.runs]
+        outcomes = [(end, outcome) for end in ends for outcome in end.outcomes or ()]
+        parameters = {
+            "end_ids": [end.delivery_id for end in ends],
+            "end_statuses": [end.status.value for end in ends],
+            "end_nows": [end.now for end in ends],
+            "end_due_ats": [end.due_at for end in ends],
+            "end_errors": [text_of(end.error) for end in ends],
+            "run_ids": [delivery_id for delivery_id, _ in runs],
+            "run_rules": [run.rule_id for _, run in runs],
+            "run_indexes": [run.action_index for _, run in runs],
+            "run_types": [run.type for _, run in runs],
+            "run_statuses": [run.status.value for _, run in runs],
+            "run_params": [json_of(run.params) for _, run in runs],
+            "run_attempts": [run.attempts for _, run in runs],
+            "run_errors": [text_of(run.last_error) for _, run in runs],
+            "run_responses": [run.response_status for _, run in runs],
+            "run_next_attempts": [run.next_attempt_at for _, run in runs],
+            "run_updated": [run.updated_at for _, run in runs],
+            "outcome_ids": [end.delivery_id for end, _ in outcomes],
+            "outcome_rules": [rule_id for _, (rule_id, _, _) in outcomes],
+            "outcome_statuses": [status for _, (_, status, _) in outcomes],
+            "outcome_reasons": [text_of(reason) for _, (_, _, reason) in outcomes],
+            "outcome_times": [end.now for end, _ in outcomes],
+        }
+        async with self._autocommit() as connection:
+            await connection.execute(_FINISH_FIRST_RUNS_UNNEST, parameters)
 
     async def reopen(self, delivery_id: str, now: datetime) -> bool:
         """Make a stored delivery pending again (`redeliver`); False when it does not exist.

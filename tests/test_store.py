@@ -351,6 +351,59 @@ async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> No
     assert await store.action_runs("b") == {("reorder", 0): action_run()}
 
 
+async def test_finish_runs_of_first_runs_only_records_what_each_run_ended_with(store: Store) -> None:
+    # On PostgreSQL this batch is one statement over arrays (first runs replace no outcomes);
+    # on SQLite the statements of any batch. Both must store the same.
+    await store.add_deliveries([delivery("a"), delivery("b"), delivery("c")], DUE)
+    for delivery_id in ("a", "b", "c"):
+        await store.claim(delivery_id, T0, due_at=DUE)
+    progress = action_run(status=ActionStatus.SUCCEEDED)
+    await store.save_progress("b", [progress], T0, DUE)  # a row the finish updates
+    retry_at = T0 + timedelta(seconds=8)
+    failed = replace(action_run(index=1, status=ActionStatus.FAILED), last_error="HTTP 400: x\x00y")
+    unrendered = replace(
+        action_run(index=2, status=ActionStatus.PENDING), params=None, next_attempt_at=retry_at
+    )
+
+    await store.finish_runs(
+        [
+            RunEnd(
+                "b",
+                DeliveryStatus.PROCESSING,
+                T0,
+                retry_at,
+                "to-slack: x\x00y",
+                [("reorder", "fired", ""), ("to-slack", "condition_false", "data.name = 'x\x00y'")],
+                [replace(progress, attempts=2), failed, unrendered],
+                True,
+            ),
+            RunEnd(
+                "a", DeliveryStatus.NO_MATCH, T0, None, None, [("reorder", "condition_false", "q")], (), True
+            ),
+            RunEnd("c", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON", None, (), True),
+        ]
+    )
+
+    stored = {d: await store.get(d) for d in ("a", "b", "c")}
+    assert {d: (s.status, s.due_at, s.error) for d, s in stored.items() if s} == {
+        "a": (DeliveryStatus.NO_MATCH, None, None),
+        "b": (DeliveryStatus.PROCESSING, retry_at, "to-slack: x\ufffdy"),
+        "c": (DeliveryStatus.FAILED, None, "the stored body is not JSON"),
+    }
+    assert [(o.rule_id, o.status, o.reason) for o in await store.outcomes("b")] == [
+        ("reorder", "fired", ""),
+        ("to-slack", "condition_false", "data.name = 'x\ufffdy'"),
+    ]
+    assert [(o.rule_id, o.recorded_at) for o in await store.outcomes("a")] == [("reorder", T0)]
+    assert await store.outcomes("c") == []
+    assert await store.action_runs("b") == {
+        ("reorder", 0): replace(progress, attempts=2),
+        ("reorder", 1): replace(failed, last_error="HTTP 400: x\ufffdy"),
+        ("reorder", 2): unrendered,
+    }
+    assert await store.action_runs("a") == {}
+
+
 async def test_save_progress_records_actions_and_extends_the_claim(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
