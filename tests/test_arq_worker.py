@@ -183,7 +183,7 @@ async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
     worker = delivery_worker(fresh_redis_url, ran, "a")
     worker._pool = pool
     try:
-        await worker.claim_jobs()
+        await worker.start_jobs([b"running", b"later", b"ready"])
         assert set(worker.tasks) == {"ready"}
         await asyncio.gather(*worker.tasks.values())
         assert ran.all() == ["ready"]
@@ -200,7 +200,7 @@ async def test_a_claim_takes_no_more_jobs_than_free_slots(
     worker = delivery_worker(fresh_redis_url, ran, "a", max_jobs=2)
     worker._pool = ArqRedis.from_url(fresh_redis_url)
     try:
-        await worker.claim_jobs()
+        await worker.start_jobs([b"d-1", b"d-2", b"d-3"])
         assert set(worker.tasks) == {"d-1", "d-2"}
         assert not await redis.exists(in_progress_key_prefix + "d-3")
         await asyncio.gather(*worker.tasks.values())
