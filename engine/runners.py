@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from engine.arq_worker import DeliveryWorker
 from engine.config import Settings
 from engine.logs import configure_logging
-from engine.queue import PROCESS_FUNCTION, ArqQueue, job_lease
+from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
 from engine.receiver import create_app
 from engine.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
 
@@ -81,15 +81,7 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
 
     async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> None:
         async with job_lease(ctx["redis"], ctx["job_id"], lease):
-            try:
-                wait = await service.processor.process(delivery_id)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                # The database dropped the connection (restarted); SQLAlchemy has replaced the
-                # pooled ones. A claimed run waits for its claim to expire; an unclaimed one runs now.
-                log.warning("database connection lost; delivery %s is retried", delivery_id)
-                wait = CONNECTION_LOST_RETRY_SECONDS
+            wait = await process_surviving_connection_loss(service.processor.process, delivery_id)
         if wait is not None:
             raise Retry(defer=wait)
 
@@ -122,6 +114,23 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
     finally:
         await arq_worker.close()
         await service.close()
+
+
+async def process_surviving_connection_loss(process: Processor, delivery_id: str) -> float | None:
+    """`process(delivery_id)`, a database connection lost on the way making it a retry.
+
+    The database dropped the connection (it restarted); SQLAlchemy has replaced the pooled
+    ones. A run that was claimed waits for its claim to expire; an unclaimed one runs again
+    after CONNECTION_LOST_RETRY_SECONDS. Returns the seconds until the delivery should run
+    again, or None when it is done.
+    """
+    try:
+        return await process(delivery_id)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("database connection lost; delivery %s is retried", delivery_id)
+        return CONNECTION_LOST_RETRY_SECONDS
 
 
 def redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:

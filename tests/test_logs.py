@@ -105,6 +105,18 @@ def test_log_level_drops_lower_records_and_access_logs_are_off() -> None:
     assert [line["event"] for line in json_lines(stream)] == ["loud"]
 
 
+def test_libraries_chatter_at_info_is_left_out_and_their_warnings_pass() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", Masker(), stream)
+
+    logging.getLogger("alembic.runtime.migration").info("Context impl PostgresqlImpl.")
+    logging.getLogger("httpx").info('HTTP Request: POST https://crm.example.com "HTTP/1.1 201"')
+    logging.getLogger("alembic.runtime.migration").warning("a migration warning")
+    logging.getLogger("engine.test").info("ours")
+
+    assert [line["event"] for line in json_lines(stream)] == ["a migration warning", "ours"]
+
+
 def arq_job_lines(level: str) -> list[str]:
     """What arq's worker logs around one job and one retry, through `configure_logging` at `level`."""
     stream = io.StringIO()

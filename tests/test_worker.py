@@ -39,6 +39,7 @@ from actions.registry import ActionRegistry, load_registry
 from engine import database
 from engine.loader import load_rules
 from engine.metrics import Metrics
+from engine.runners import CONNECTION_LOST_RETRY_SECONDS, process_surviving_connection_loss
 from engine.secrets import Masker
 from engine.store import ActionRun, Claim, NewDelivery, RunEnd, Store
 from engine.tables import ActionStatus, DeliveryStatus
@@ -446,6 +447,26 @@ async def test_a_run_killed_in_its_second_action_keeps_the_first_actions_success
     assert await bench.status("d-1") is DeliveryStatus.DONE
 
 
+async def terminate_connections(postgres_url: str) -> None:
+    """Drop every other connection to the database, as a PostgreSQL restart does."""
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
+async def test_an_error_that_is_not_a_lost_connection_still_fails_the_job() -> None:
+    async def process(delivery_id: str) -> float | None:
+        raise DBAPIError("UPDATE deliveries ...", {}, ValueError("value too long"))
+
+    with pytest.raises(DBAPIError, match="value too long"):
+        await process_surviving_connection_loss(process, "d-1")
+
+
 @pytest.mark.postgres
 async def test_a_worker_store_recovers_from_dropped_connections(
     fresh_postgres_url: str, tmp_path: Path, router: respx.MockRouter
@@ -460,20 +481,18 @@ async def test_a_worker_store_recovers_from_dropped_connections(
             bench = Bench(Store(engine), tmp_path, http)
             processor = bench.processor(REORDER)
             await bench.deliver("d-1", low_stock())  # the pool now holds a connection
-            admin = await asyncpg.connect(
-                fresh_postgres_url.replace("postgresql+asyncpg://", "postgresql://")
-            )
-            try:
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            finally:
-                await admin.close()
+            await terminate_connections(fresh_postgres_url)
 
             with pytest.raises(DBAPIError) as lost:
                 await processor.process("d-1")
             assert lost.value.connection_invalidated
+            # `stockaj-rules worker` makes such a job a retry (arq's Retry) instead of a failure.
+            await bench.store.get("d-1")  # a fresh pooled connection, for the next drop
+            await terminate_connections(fresh_postgres_url)
+            assert (
+                await process_surviving_connection_loss(processor.process, "d-1")
+                == CONNECTION_LOST_RETRY_SECONDS
+            )
             assert await processor.process("d-1") is None
 
             assert route.call_count == 1
