@@ -85,23 +85,33 @@ class DeliveryWorker(Worker):
         await super()._poll_iteration()
 
     async def _listen(self, work_may_wait: asyncio.Event) -> None:
-        """Set `work_may_wait` for each message on JOBS_CHANNEL, subscribing again after an error."""
+        """Set `work_may_wait` for each message on JOBS_CHANNEL, subscribing again after an error.
+
+        The first failure is a warning; while Redis stays away, the attempts after it log at
+        DEBUG, and subscribing again is logged once.
+        """
+        failing = False
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
                     await pubsub.subscribe(JOBS_CHANNEL)
                     work_may_wait.set()  # jobs may have come while not subscribed
+                    if failing:
+                        log.info("subscribed to new jobs again")
+                        failing = False
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             work_may_wait.set()
             except Exception as exc:  # Redis away or restarted: the idle polls go on meanwhile
-                log.warning(
-                    "not subscribed to new jobs (%s: %s); polling every %gs, subscribing again in %gs",
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "not subscribed to new jobs (%s: %s); polling every %gs, subscribing again every %gs",
                     type(exc).__name__,
                     exc,
                     IDLE_POLL_SECONDS,
                     RESUBSCRIBE_SECONDS,
                 )
+                failing = True
             await asyncio.sleep(RESUBSCRIBE_SECONDS)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:

@@ -8,6 +8,7 @@ worker runs which job, and when.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -158,6 +159,7 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
     queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(arq_worker, "IDLE_POLL_SECONDS", 30.0)
     monkeypatch.setattr(arq_worker, "RESUBSCRIBE_SECONDS", 0.05)
@@ -165,11 +167,16 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
     running(delivery_worker(fresh_redis_url, ran, "a"))
     await wait_until(subscribed(redis, 1))
 
+    caplog.set_level(logging.INFO, logger="engine.arq_worker")
     assert await redis.client_kill_filter(_type="pubsub") == 1
     await wait_until(subscribed(redis, 1))
     await asyncio.sleep(0.2)
     await queue.enqueue(["d-1"])
     await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "engine.arq_worker"]
+    assert [level for level, _ in said] == ["WARNING", "INFO"]
+    assert said[0][1].startswith("not subscribed to new jobs (ConnectionError: ")
+    assert said[1][1] == "subscribed to new jobs again"
 
 
 async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
