@@ -1,6 +1,7 @@
 """The arq worker of `stockaj-rules worker`: woken when jobs arrive, claiming a poll's jobs at once.
 
-Two changes to arq's `Worker`, both measured in bench/README.md ("Receiver and pipeline"):
+Three changes to arq's `Worker`; the first two are measured in bench/README.md ("Receiver
+and pipeline"):
 
 - **Polling when told.** arq polls the queue every `poll_delay`; at the 10 ms a 20 ms
   latency target needs, two idle workers kept a tenth of a core each busy polling on
@@ -15,6 +16,9 @@ Two changes to arq's `Worker`, both measured in bench/README.md ("Receiver and p
   them. `DeliveryWorker` claims with one Lua script under arq's own rule (a job is taken
   when no worker has it in progress and its time has come), atomically, and runs each
   claimed job with arq's own `run_job`.
+- **Riding out a Redis outage.** arq's poll lets a lost connection end the worker, so a
+  restarted Redis stopped every worker at once. `DeliveryWorker` logs it once and polls
+  again every REDIS_RETRY_SECONDS until Redis answers.
 
 It relies on arq's `Worker` internals as of arq 0.26 to 0.28 (`_poll_iteration`,
 `start_jobs`, `job_counter`, `sem`, `tasks`): pyproject.toml pins arq below 0.29, and
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 
+import redis.exceptions
 from arq import Worker
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
@@ -38,6 +43,8 @@ from engine.queue import JOBS_CHANNEL
 IDLE_POLL_SECONDS = 0.25
 # After the subscription failed, the wait before subscribing again.
 RESUBSCRIBE_SECONDS = 1.0
+# After a poll failed on Redis, the wait before the next.
+REDIS_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,7 @@ class DeliveryWorker(Worker):
     _listener: asyncio.Task[None] | None = None
     _work_may_wait: asyncio.Event | None = None
     _was_full = False
+    _redis_away = False
 
     async def _poll_iteration(self) -> None:
         if self._work_may_wait is None:
@@ -82,7 +90,25 @@ class DeliveryWorker(Worker):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._work_may_wait.wait(), IDLE_POLL_SECONDS)
         self._work_may_wait.clear()  # before polling: what is published from now on wakes the next poll
-        await super()._poll_iteration()
+        try:
+            await super()._poll_iteration()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # Redis restarting, or away for a while: keep trying, the store keeps every delivery.
+            # A job whose end arq could not record is taken again later; its run finds the
+            # delivery finished in the store and does nothing.
+            if not self._redis_away:
+                log.warning(
+                    "lost Redis (%s: %s); polling again every %gs until it is back",
+                    type(exc).__name__,
+                    exc,
+                    REDIS_RETRY_SECONDS,
+                )
+                self._redis_away = True
+            await asyncio.sleep(REDIS_RETRY_SECONDS)
+            return
+        if self._redis_away:
+            log.info("Redis is back")
+            self._redis_away = False
 
     async def _listen(self, work_may_wait: asyncio.Event) -> None:
         """Set `work_may_wait` for each message on JOBS_CHANNEL, subscribing again after an error.

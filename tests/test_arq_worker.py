@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import socket
+import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +218,82 @@ async def test_a_claim_takes_no_more_jobs_than_free_slots(
         await asyncio.gather(*worker.tasks.values())
     finally:
         await worker.close()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on a free loopback port, to stop and start again."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder = binary, folder
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not listen on port {self.port} within 10 s")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed: this test stops and starts a Redis of its own"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PrivateRedis(binary, tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_the_worker_rides_out_a_redis_outage(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(arq_worker, "REDIS_RETRY_SECONDS", 0.1)
+    monkeypatch.setattr(arq_worker, "RESUBSCRIBE_SECONDS", 0.1)
+    caplog.set_level(logging.INFO, logger="engine.arq_worker")
+    ran = Ran()
+    worker = delivery_worker(private_redis.url, ran, "a")
+    running = asyncio.create_task(worker.async_run())
+    queue = await ArqQueue.connect(private_redis.url)
+    try:
+        await queue.enqueue(["before"])
+        await wait_until(ran_exactly(ran, ["before"]))
+
+        private_redis.stop()
+        await asyncio.sleep(1.0)
+        assert not running.done(), "the worker stopped when Redis went away"
+        private_redis.start()
+        await queue.enqueue(["after"])
+        await wait_until(ran_exactly(ran, ["before", "after"]))
+
+        assert not running.done()
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "engine.arq_worker"]
+        lost = [message for level, message in said if message.startswith("lost Redis")]
+        assert len(lost) == 1, said
+        assert ("INFO", "Redis is back") in said
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+        await queue.close()
