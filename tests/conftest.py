@@ -16,8 +16,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio as aioredis
 
 from engine import database
+from engine.queue import ArqQueue
 from engine.store import Store
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -109,6 +111,22 @@ async def fresh_redis_url(redis_url: str) -> AsyncIterator[str]:
                 await leases.delete(f"stockaj-test-lease:{index}")
     finally:
         await leases.aclose()
+
+
+@pytest.fixture
+async def redis(fresh_redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's own Redis database."""
+    client = aioredis.Redis.from_url(fresh_redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def arq_queue(fresh_redis_url: str) -> AsyncIterator[ArqQueue]:
+    """The receivers' queue on the test's own Redis database."""
+    queue = await ArqQueue.connect(fresh_redis_url)
+    yield queue
+    await queue.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

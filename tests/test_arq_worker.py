@@ -66,20 +66,6 @@ def delivery_worker(url: str, ran: Ran, name: str, max_jobs: int = 4) -> Deliver
 
 
 @pytest.fixture
-async def redis(fresh_redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(fresh_redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(fresh_redis_url: str) -> AsyncIterator[ArqQueue]:
-    queue = await ArqQueue.connect(fresh_redis_url)
-    yield queue
-    await queue.close()
-
-
-@pytest.fixture
 async def running(fresh_redis_url: str) -> AsyncIterator[Callable[[DeliveryWorker], None]]:
     """Runs workers until the test ends."""
     workers: list[tuple[DeliveryWorker, asyncio.Task[None]]] = []
@@ -118,7 +104,10 @@ def ran_exactly(ran: Ran, expected: list[str]) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_two_workers_run_each_job_once_and_share_them(
-    fresh_redis_url: str, redis: aioredis.Redis, queue: ArqQueue, running: Callable[[DeliveryWorker], None]
+    fresh_redis_url: str,
+    redis: aioredis.Redis,
+    arq_queue: ArqQueue,
+    running: Callable[[DeliveryWorker], None],
 ) -> None:
     ran = Ran(seconds=0.01)
     running(delivery_worker(fresh_redis_url, ran, "a"))
@@ -126,7 +115,7 @@ async def test_two_workers_run_each_job_once_and_share_them(
     await wait_until(subscribed(redis, 2))
     ids = [f"d-{n:02d}" for n in range(40)]
     for n in range(0, 40, 5):
-        await queue.enqueue(ids[n : n + 5])
+        await arq_queue.enqueue(ids[n : n + 5])
 
     async def all_done() -> bool:
         return len(ran.all()) >= 40 and await redis.zcard(default_queue_name) == 0
@@ -142,7 +131,7 @@ async def test_two_workers_run_each_job_once_and_share_them(
 async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
     fresh_redis_url: str,
     redis: aioredis.Redis,
-    queue: ArqQueue,
+    arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -153,7 +142,7 @@ async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
     await asyncio.sleep(0.2)  # the worker's first polls are over: it waits
 
     started = time.monotonic()
-    await queue.enqueue(["d-1"])
+    await arq_queue.enqueue(["d-1"])
     await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
     assert time.monotonic() - started < 2.0
 
@@ -161,7 +150,7 @@ async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
 async def test_the_worker_subscribes_again_after_losing_its_connection(
     fresh_redis_url: str,
     redis: aioredis.Redis,
-    queue: ArqQueue,
+    arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -176,7 +165,7 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
     assert await redis.client_kill_filter(_type="pubsub") == 1
     await wait_until(subscribed(redis, 1))
     await asyncio.sleep(0.2)
-    await queue.enqueue(["d-1"])
+    await arq_queue.enqueue(["d-1"])
     await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "engine.arq_worker"]
     assert [level for level, _ in said] == ["WARNING", "INFO"]
@@ -185,9 +174,9 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
 
 
 async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
-    fresh_redis_url: str, redis: aioredis.Redis, queue: ArqQueue
+    fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
-    await queue.enqueue(["running", "later", "ready"])
+    await arq_queue.enqueue(["running", "later", "ready"])
     await redis.set(in_progress_key_prefix + "running", b"1", px=60_000)
     await redis.zadd(default_queue_name, {"later": (time.time() + 60) * 1000})
     ran = Ran()
@@ -205,9 +194,9 @@ async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
 
 
 async def test_a_claim_takes_no_more_jobs_than_free_slots(
-    fresh_redis_url: str, redis: aioredis.Redis, queue: ArqQueue
+    fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
-    await queue.enqueue(["d-1", "d-2", "d-3"])
+    await arq_queue.enqueue(["d-1", "d-2", "d-3"])
     ran = Ran(seconds=0.05)
     worker = delivery_worker(fresh_redis_url, ran, "a", max_jobs=2)
     worker._pool = ArqRedis.from_url(fresh_redis_url)

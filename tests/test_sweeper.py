@@ -77,20 +77,6 @@ async def in_process(worker: Worker) -> AsyncIterator[InProcessQueue]:
 
 
 @pytest.fixture
-async def arq_queue(fresh_redis_url: str) -> AsyncIterator[ArqQueue]:
-    queue = await ArqQueue.connect(fresh_redis_url)
-    yield queue
-    await queue.close()
-
-
-@pytest.fixture
-async def redis(fresh_redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(fresh_redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
 
