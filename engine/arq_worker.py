@@ -168,4 +168,12 @@ class DeliveryWorker(Worker):
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-        await super().close()
+        try:
+            await super().close()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # Stopping while Redis is away: arq could not delete its health-check key (it
+            # expires by itself); the deliveries in hand are recorded in the store.
+            log.warning("stopping without Redis (%s: %s)", type(exc).__name__, exc)
+            if self._pool is not None:
+                await self._pool.aclose()
+                self._pool = None

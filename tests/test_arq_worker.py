@@ -281,6 +281,12 @@ async def test_the_worker_rides_out_a_redis_outage(
         lost = [message for level, message in said if message.startswith("lost Redis")]
         assert len(lost) == 1, said
         assert ("INFO", "Redis is back") in said
+
+        private_redis.stop()  # and it stops cleanly while Redis is away
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+        assert any(r.getMessage().startswith("stopping without Redis") for r in caplog.records)
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
