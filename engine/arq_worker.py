@@ -5,11 +5,11 @@ and pipeline"):
 
 - **Polling when told.** arq polls the queue every `poll_delay`; at the 10 ms a 20 ms
   latency target needs, two idle workers kept a tenth of a core each busy polling on
-  the 2-core machine. `DeliveryWorker` instead subscribes to `JOBS_CHANNEL`, on which
-  `ArqQueue.enqueue` publishes, and polls when a message arrives, when one of its jobs
-  ends while it was full, and otherwise every IDLE_POLL_SECONDS: that poll finds jobs
-  a retry deferred (arq re-scores them in the queue, without a message) and keeps the
-  worker working while the subscription is down.
+  the 2-core machine. `DeliveryWorker` instead subscribes to its database's
+  `jobs_channel`, on which `ArqQueue.enqueue` publishes, and polls when a message
+  arrives, when one of its jobs ends while it was full, and otherwise every
+  IDLE_POLL_SECONDS: that poll finds jobs a retry deferred (arq re-scores them in the
+  queue, without a message) and keeps the worker working while the subscription is down.
 - **One claim per poll.** arq's `start_jobs` claims each job it polled with WATCH,
   EXISTS, ZSCORE and MULTI/PSETEX/EXEC, four round trips, and three for each job that
   another worker took first, which with two workers polling the same queue is half of
@@ -37,7 +37,7 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
 
-from engine.queue import JOBS_CHANNEL
+from engine.queue import jobs_channel
 
 # The longest a worker goes without polling: deferred retries, and no subscription.
 IDLE_POLL_SECONDS = 0.25
@@ -111,7 +111,7 @@ class DeliveryWorker(Worker):
             self._redis_away = False
 
     async def _listen(self, work_may_wait: asyncio.Event) -> None:
-        """Set `work_may_wait` for each message on JOBS_CHANNEL, subscribing again after an error.
+        """Set `work_may_wait` for each message on `jobs_channel`, subscribing again after an error.
 
         The first failure is a warning; while Redis stays away, the attempts after it log at
         DEBUG, and subscribing again is logged once.
@@ -120,7 +120,7 @@ class DeliveryWorker(Worker):
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(JOBS_CHANNEL)
+                    await pubsub.subscribe(jobs_channel(self.pool))
                     work_may_wait.set()  # jobs may have come while not subscribed
                     if failing:
                         log.info("subscribed to new jobs again")

@@ -3,8 +3,8 @@
 - `ArqQueue` (`REDIS_URL` set): jobs for `stockaj-rules worker` processes, the
   job id being the delivery id, so enqueueing a delivery twice is a no-op.
   A batch of ids is enqueued with one Lua script call (arq's own job format),
-  instead of arq's three round trips per job, which also publishes on
-  `JOBS_CHANNEL` so that idle workers poll at once (`engine.arq_worker`).
+  instead of arq's three round trips per job, which also publishes on the
+  database's `jobs_channel` so that idle workers poll at once (`engine.arq_worker`).
 - `InProcessQueue` (the embedded default): asyncio tasks in the `serve`
   process run the same `process` function.
 
@@ -24,11 +24,13 @@ from typing import Protocol
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio import Redis
 
 PROCESS_FUNCTION = "process_delivery"
 JOB_EXPIRES_MS = 24 * 3600 * 1000
 # Published to (the number of jobs added) whenever jobs are enqueued: the workers' wake-up call.
-JOBS_CHANNEL = "stockaj-rules:jobs-enqueued"
+# Redis shares pub/sub channels across its databases, so the database number is part of the name.
+JOBS_CHANNEL_PREFIX = "stockaj-rules:jobs-enqueued:db"
 # In-process workers waiting for the receiver (InProcessQueue.yield_to): the longest wait.
 YIELD_SECONDS = 0.1
 # Loop turns a slot lets pass after the receiver went quiet, before it starts a delivery.
@@ -80,6 +82,7 @@ class ArqQueue:
     def __init__(self, redis: ArqRedis) -> None:
         self._redis = redis
         self._script = redis.register_script(_ENQUEUE_SCRIPT)
+        self._channel = jobs_channel(redis)
 
     @classmethod
     async def connect(cls, redis_url: str) -> ArqQueue:
@@ -99,7 +102,7 @@ class ArqQueue:
             default_queue_name,
             str(JOB_EXPIRES_MS),
             str(now_ms),
-            JOBS_CHANNEL,
+            self._channel,
         ]
         try:
             await self._script(keys=keys, args=argv)
@@ -115,6 +118,11 @@ class ArqQueue:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def jobs_channel(redis: Redis) -> str:
+    """The channel on which enqueues into this client's Redis database are announced."""
+    return f"{JOBS_CHANNEL_PREFIX}{redis.connection_pool.connection_kwargs.get('db', 0)}"
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,7 @@ from arq.constants import default_queue_name, in_progress_key_prefix
 
 from engine import arq_worker
 from engine.arq_worker import DeliveryWorker
-from engine.queue import JOBS_CHANNEL, PROCESS_FUNCTION, ArqQueue
+from engine.queue import PROCESS_FUNCTION, ArqQueue, jobs_channel
 
 pytestmark = [
     pytest.mark.redis,
@@ -90,7 +90,7 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 
 
 def subscribed(redis: aioredis.Redis, expected: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        [(_, count)] = await redis.pubsub_numsub(JOBS_CHANNEL)
+        [(_, count)] = await redis.pubsub_numsub(jobs_channel(redis))
         return int(count) == expected
 
     return check
@@ -145,6 +145,21 @@ async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
     await arq_queue.enqueue(["d-1"])
     await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
     assert time.monotonic() - started < 2.0
+
+
+async def test_enqueues_are_announced_on_a_channel_of_their_own_database(
+    fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
+) -> None:
+    # Redis shares pub/sub channels across databases: installations (and test runs) on
+    # other database numbers of the same Redis must not wake these workers.
+    database = int(fresh_redis_url.rsplit("/", 1)[1])
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(f"stockaj-rules:jobs-enqueued:db{database}")
+        await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        await arq_queue.enqueue(["d-1", "d-2"])
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+    assert message is not None
+    assert message["data"] == b"2"  # the number of jobs added
 
 
 async def test_the_worker_subscribes_again_after_losing_its_connection(
