@@ -51,7 +51,7 @@ for i, job_id in ipairs(ARGV) do
   end
 end
 if added > 0 then
-  redis.call('publish', KEYS[6], added)
+  redis.pcall('publish', KEYS[6], added)  -- a Redis that forbids PUBLISH still takes the jobs
 end
 return added
 """

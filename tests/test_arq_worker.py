@@ -307,3 +307,35 @@ async def test_the_worker_rides_out_a_redis_outage(
         await asyncio.gather(running, return_exceptions=True)
         await worker.close()
         await queue.close()
+
+
+async def test_where_redis_forbids_pub_sub_jobs_are_still_taken_and_found_by_polling(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(arq_worker, "IDLE_POLL_SECONDS", 0.1)
+    caplog.set_level(logging.INFO, logger="engine.arq_worker")
+    admin = aioredis.Redis.from_url(private_redis.url)
+    await admin.acl_setuser(
+        "limited",
+        enabled=True,
+        passwords=["+limited-pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-publish", "-subscribe"],
+    )
+    await admin.aclose()
+    limited_url = private_redis.url.replace("redis://", "redis://limited:limited-pw@")
+    ran = Ran()
+    worker = delivery_worker(limited_url, ran, "a")
+    running = asyncio.create_task(worker.async_run())
+    queue = await ArqQueue.connect(limited_url)
+    try:
+        await queue.enqueue(["d-1"])  # the script's PUBLISH is refused; the job is queued anyway
+        await wait_until(ran_exactly(ran, ["d-1"]))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [w for w in warnings if w.startswith("not subscribed to new jobs")], warnings
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+        await queue.close()
