@@ -462,7 +462,7 @@ class Store:
         """
         if not ends:
             return
-        if self._turns is None and all(end.first_run for end in ends):
+        if self.engine.dialect.name == "postgresql" and all(end.first_run for end in ends):
             await self._finish_first_runs_unnest(ends)
             return
         ends = sorted(ends, key=lambda end: end.delivery_id)  # one lock order for every writer
