@@ -14,10 +14,7 @@ enqueues it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 from sqlalchemy.exc import StatementError
@@ -25,6 +22,7 @@ from sqlalchemy.exc import StatementError
 from actions.base import Clock, utc_now
 from engine.metrics import Metrics
 from engine.queue import DeliveryQueue, QueueUnavailable
+from engine.receiver_activity import ReceiverActivity
 from engine.store import NewDelivery, Store
 from engine.tables import ID_LENGTH
 
@@ -32,10 +30,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 PING_TIMEOUT_SECONDS = 2.0
-# How long the receiver must have been idle before in-process workers start more deliveries.
-QUIET_AFTER_SECONDS = 0.002
-# Loop turns after that in which no request may start, before the receiver counts as quiet.
-CONFIRM_TURNS = 3
 
 _Waiting = tuple[NewDelivery, "asyncio.Future[bool]"]
 
@@ -64,14 +58,8 @@ class DeliveryIntake:
         self._to_enqueue: list[str] = []
         self._write_wanted = asyncio.Event()
         self._enqueue_wanted = asyncio.Event()
-        # Set while the receiver is idle (see `receiving`): in-process workers yield to it
-        # otherwise (InProcessQueue.yield_to).
-        self.quiet = asyncio.Event()
-        self.quiet.set()
-        self._receiving = 0
-        self._started = 0
-        self._last_answer = 0.0
-        self._quiet_check: asyncio.Handle | None = None
+        # The receiver wraps each request in `activity.receiving()`; in-process workers yield to it.
+        self.activity = ReceiverActivity()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -99,59 +87,8 @@ class DeliveryIntake:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._quiet_check is not None:
-            self._quiet_check.cancel()
-            self._quiet_check = None
+        self.activity.close()
         self._fail(waiting, "the receiver is stopping")
-
-    @contextlib.contextmanager
-    def receiving(self) -> Iterator[None]:
-        """Around the handling of one webhook request, from its body to its answer.
-
-        `quiet` is clear while a request is in hand. It is set again once none has been for
-        QUIET_AFTER_SECONDS and none started during the few loop turns after that: between
-        two requests of a burst there is always a moment with none in hand (the next is
-        still being read), and a loop that was busy with other work has not read what
-        arrived meanwhile. At a steady 200 deliveries/s the gaps are ~5 ms, and workers
-        start in each.
-        """
-        self._receiving += 1
-        self._started += 1
-        self.quiet.clear()
-        try:
-            yield
-        finally:
-            self._receiving -= 1
-            if not self._receiving:
-                self._last_answer = time.monotonic()
-                if self._quiet_check is None:
-                    self._check_quiet_in(QUIET_AFTER_SECONDS)
-
-    def _check_quiet_in(self, seconds: float) -> None:
-        self._quiet_check = asyncio.get_running_loop().call_later(seconds, self._check_quiet)
-
-    def _check_quiet(self) -> None:
-        self._quiet_check = None
-        if self._receiving:
-            return  # the request in hand checks again when it ends
-        idle = time.monotonic() - self._last_answer
-        if idle < QUIET_AFTER_SECONDS:
-            self._check_quiet_in(QUIET_AFTER_SECONDS - idle)
-        else:
-            self._confirm_quiet(self._started, CONFIRM_TURNS)
-
-    def _confirm_quiet(self, started: int, turns: int) -> None:
-        """Quiet if no request starts during `turns` more loop turns (the loop reads its sockets)."""
-        self._quiet_check = None
-        if self._receiving:
-            return  # the request in hand checks again when it ends
-        if self._started != started:
-            self._check_quiet()  # one came and went meanwhile: count from its answer
-            return
-        if turns:
-            self._quiet_check = asyncio.get_running_loop().call_soon(self._confirm_quiet, started, turns - 1)
-        else:
-            self.quiet.set()
 
     async def submit(self, delivery: NewDelivery) -> bool:
         """True when stored now, False when this delivery id was stored before."""

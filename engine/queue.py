@@ -26,12 +26,14 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from engine.receiver_activity import ReceiverActivity
+
 PROCESS_FUNCTION = "process_delivery"
 JOB_EXPIRES_MS = 24 * 3600 * 1000
 # Published to (the number of jobs added) whenever jobs are enqueued: the workers' wake-up call.
 # Redis shares pub/sub channels across its databases, so the database number is part of the name.
 JOBS_CHANNEL_PREFIX = "stockaj-rules:jobs-enqueued:db"
-# In-process workers waiting for the receiver (InProcessQueue.yield_to): the longest wait.
+# In-process workers waiting for a busy receiver (InProcessQueue.yield_to): the longest wait.
 YIELD_SECONDS = 0.1
 # Loop turns a slot lets pass after the receiver went quiet, before it starts a delivery.
 SETTLE_TURNS = 3
@@ -168,18 +170,19 @@ class InProcessQueue:
             asyncio.create_task(self._consume(n), name=f"delivery-worker-{n}") for n in range(concurrency)
         ]
         self._timers: set[asyncio.TimerHandle] = set()
-        self._receiver_quiet: asyncio.Event | None = None
+        self._receiver: ReceiverActivity | None = None
         self._starting = asyncio.Lock()
         self._last_start = time.monotonic()
 
-    def yield_to(self, receiver_quiet: asyncio.Event) -> None:
-        """Start deliveries only while the receiver in this process is quiet (`DeliveryIntake.receiving`).
+    def yield_to(self, receiver: ReceiverActivity) -> None:
+        """While the receiver in this process is busy, start deliveries only when it is quiet.
 
         Receiver and workers share one core: during a burst the webhook answers come first,
-        and the backlog is processed once it is over. A delivery still starts at least
-        every YIELD_SECONDS, so a burst that never ends cannot starve the workers.
+        and the backlog is processed once it is over (`engine.receiver_activity`). A delivery
+        still starts at least every YIELD_SECONDS, so a burst that never ends cannot starve
+        the workers.
         """
-        self._receiver_quiet = receiver_quiet
+        self._receiver = receiver
 
     async def enqueue(self, delivery_ids: Sequence[str]) -> None:
         self._offer(delivery_ids)
@@ -228,24 +231,26 @@ class InProcessQueue:
                 self._later(delivery_id, retry_in)
 
     async def _receivers_turn(self) -> None:
-        """Wait until the receiver is quiet, or YIELD_SECONDS since the last start that waited.
+        """Wait while the receiver is busy, at most YIELD_SECONDS since the last start that waited.
 
         Slots waiting here go one at a time, and each looks again after the loop has taken
         in whatever arrived meanwhile, so a short pause in a burst starts one delivery,
         not one per slot.
         """
-        quiet = self._receiver_quiet
-        if quiet is None or quiet.is_set():
+        receiver = self._receiver
+        if receiver is None or not receiver.busy():
             return
         async with self._starting:
             while True:
                 deadline = self._last_start + YIELD_SECONDS
+                # Wake up at least once a window: the receiver may stop being busy without a pause.
+                wait = min(deadline - time.monotonic(), receiver.window_seconds)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(quiet.wait(), max(0.0, deadline - time.monotonic()))
-                if quiet.is_set():
+                    await asyncio.wait_for(receiver.quiet.wait(), max(0.0, wait))
+                if receiver.quiet.is_set():
                     for _ in range(SETTLE_TURNS):
                         await asyncio.sleep(0)  # uvicorn reads what arrived, its handlers start
-                if quiet.is_set() or time.monotonic() >= deadline:
+                if not receiver.busy() or time.monotonic() >= deadline:
                     self._last_start = time.monotonic()
                     return
 

@@ -112,7 +112,7 @@ def create_app(parts: ReceiverParts) -> Quart:
 
     @app.post(WEBHOOK_PATH)
     async def receive() -> Response:
-        with parts.intake.receiving():
+        with parts.intake.activity.receiving():
             return await _receive()
 
     async def _receive() -> Response:

@@ -172,7 +172,7 @@ async def open_service(
         service.intake = DeliveryIntake(store, queue, metrics, requeue_after)
         service.intake.start()
         if isinstance(queue, InProcessQueue):
-            queue.yield_to(service.intake.quiet)  # one process, one core: webhook answers first
+            queue.yield_to(service.intake.activity)  # one process, one core: webhook answers first
     if process_in_process and background:
         service.tasks.append(asyncio.create_task(sweeper.run(sweep_interval(settings)), name="sweeper"))
     return service

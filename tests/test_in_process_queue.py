@@ -1,11 +1,15 @@
-"""InProcessQueue: in-process workers yield to the receiver of the same process."""
+"""InProcessQueue: in-process workers yield to a busy receiver of the same process."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 from engine.queue import YIELD_SECONDS, InProcessQueue
+from engine.receiver_activity import ReceiverActivity
+
+WINDOW = 0.01
 
 
 class Recorder:
@@ -44,49 +48,94 @@ async def test_without_a_receiver_deliveries_start_at_once() -> None:
         await queue.close()
 
 
-async def test_deliveries_wait_while_the_receiver_has_requests_waiting() -> None:
+@contextlib.contextmanager
+def requests_queued_up(activity: ReceiverActivity, count: int = 8) -> Iterator[None]:
+    """A burst: `count` requests in hand at once, waiting for their writes."""
+    with contextlib.ExitStack() as in_hand:
+        for _ in range(count):
+            in_hand.enter_context(activity.receiving())
+        yield
+
+
+async def test_deliveries_wait_while_the_receiver_has_requests_queued_up() -> None:
     process = Recorder()
     queue = InProcessQueue(process, concurrency=4)
-    receiver_quiet = asyncio.Event()  # a burst: requests waiting for their writes
-    queue.yield_to(receiver_quiet)
+    activity = ReceiverActivity(window_seconds=WINDOW)
+    queue.yield_to(activity)
     try:
-        await queue.enqueue(["a", "b", "c", "d", "e"])
-        await _settle()
-        assert process.started == []
+        with requests_queued_up(activity):
+            await asyncio.sleep(WINDOW)
+            await queue.enqueue(["a", "b", "c", "d", "e"])
+            await _settle()
+            assert process.started == []
 
-        receiver_quiet.set()  # the burst is over: every task takes its turn
+        # The burst is over: every task takes its turn.
         await _until(lambda: len(process.started) == 5)
         assert sorted(process.started) == ["a", "b", "c", "d", "e"]
     finally:
         await queue.close()
+        activity.close()
 
 
 async def test_a_pause_in_a_burst_starts_one_delivery_not_one_per_task() -> None:
     process = Recorder(seconds_each=0.01)
     queue = InProcessQueue(process, concurrency=4)
-    receiver_quiet = asyncio.Event()
-    queue.yield_to(receiver_quiet)
+    activity = ReceiverActivity(window_seconds=WINDOW)
+    queue.yield_to(activity)
     try:
-        await queue.enqueue(["a", "b", "c", "d", "e"])
-        await _settle()
-        receiver_quiet.set()  # the receiver paused
-        await _until(lambda: len(process.started) >= 1)
-        receiver_quiet.clear()  # and the next request of the burst arrived
-        await _settle(YIELD_SECONDS / 3)
+        with requests_queued_up(activity):
+            await asyncio.sleep(WINDOW)
+            await queue.enqueue(["a", "b", "c", "d", "e"])
+            await _settle()
+        await _until(lambda: len(process.started) >= 1)  # the receiver paused
+        with requests_queued_up(activity):  # and the next requests of the burst arrived
+            await _settle(YIELD_SECONDS / 3)
 
-        assert process.started == ["a"]
+            assert process.started == ["a"]
     finally:
         await queue.close()
+        activity.close()
 
 
 async def test_a_burst_that_never_ends_still_lets_one_delivery_through_now_and_then() -> None:
     process = Recorder()
     queue = InProcessQueue(process, concurrency=4)
-    queue.yield_to(asyncio.Event())  # never quiet
+    activity = ReceiverActivity(window_seconds=WINDOW)
+    queue.yield_to(activity)
     try:
-        await queue.enqueue([f"d{n}" for n in range(10)])
-        await _settle(YIELD_SECONDS * 3.5)
-        # One task, one delivery per YIELD_SECONDS (fewer on a loaded machine): never all ten.
-        assert 1 <= len(process.started) <= 4
+        with requests_queued_up(activity):
+            await asyncio.sleep(WINDOW)
+            await queue.enqueue([f"d{n}" for n in range(10)])
+            await _settle(YIELD_SECONDS * 3.5)
+            # One task, one delivery per YIELD_SECONDS (fewer on a loaded machine): never all ten.
+            assert 1 <= len(process.started) <= 4
     finally:
         await queue.close()
+        activity.close()
+
+
+async def test_a_steady_stream_the_receiver_keeps_up_with_does_not_hold_deliveries_back() -> None:
+    """Requests one after the other leave the receiver never quiet, but never with a queue."""
+    process = Recorder()
+    queue = InProcessQueue(process, concurrency=4)
+    activity = ReceiverActivity(window_seconds=WINDOW)
+    queue.yield_to(activity)
+    streaming = True
+
+    async def stream() -> None:
+        while streaming:
+            with activity.receiving():
+                await asyncio.sleep(0.001)
+
+    streamer = asyncio.create_task(stream())
+    try:
+        await asyncio.sleep(WINDOW)
+        await queue.enqueue([f"d{n}" for n in range(10)])
+        # Held back, they would start one per YIELD_SECONDS.
+        await _until(lambda: len(process.started) == 10, within=YIELD_SECONDS * 2)
+        assert not activity.quiet.is_set()
+    finally:
+        streaming = False
+        await streamer
+        await queue.close()
+        activity.close()

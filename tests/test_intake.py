@@ -30,10 +30,11 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from engine import database
-from engine.intake import QUIET_AFTER_SECONDS, DeliveryIntake, StoreUnavailable
+from engine.intake import DeliveryIntake, StoreUnavailable
 from engine.metrics import Metrics
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
 from engine.receiver import WEBHOOK_PATH, ReceiverParts, create_app
+from engine.receiver_activity import QUIET_AFTER_SECONDS
 from engine.signing import sign
 from engine.store import NewDelivery, Store
 from engine.sweeper import Sweeper
@@ -181,14 +182,15 @@ async def test_group_commit_stores_100_concurrent_posts_in_a_few_transactions(da
         assert sorted(r.processed) == [f"dlv-{n:03}" for n in range(100)]
 
 
-async def test_the_intake_is_quiet_only_once_no_request_was_in_hand_for_a_while(database_url: str) -> None:
+async def test_the_receiver_is_quiet_only_once_no_request_was_in_hand_for_a_while(database_url: str) -> None:
     async with receiver(database_url) as r:
-        assert r.intake.quiet.is_set()
+        quiet = r.intake.activity.quiet
+        assert quiet.is_set()
         seen_busy: list[bool] = []
         add_deliveries = r.store.add_deliveries
 
         async def watched(batch: Sequence[NewDelivery], due_at: datetime) -> set[str]:
-            seen_busy.append(not r.intake.quiet.is_set())
+            seen_busy.append(not quiet.is_set())
             return await add_deliveries(batch, due_at)
 
         r.store.add_deliveries = watched  # type: ignore[method-assign]
@@ -196,11 +198,11 @@ async def test_the_intake_is_quiet_only_once_no_request_was_in_hand_for_a_while(
 
         assert seen_busy
         assert all(seen_busy)
-        with r.intake.receiving():
-            assert not r.intake.quiet.is_set()
-        assert not r.intake.quiet.is_set()  # just answered: the next request of a burst may be coming
+        with r.intake.activity.receiving():
+            assert not quiet.is_set()
+        assert not quiet.is_set()  # just answered: the next request of a burst may be coming
         started = time.monotonic()
-        await wait_for(r.intake.quiet.is_set)
+        await wait_for(quiet.is_set)
         assert time.monotonic() - started >= QUIET_AFTER_SECONDS
 
 
@@ -252,26 +254,6 @@ async def test_a_row_the_store_refuses_fails_only_its_own_request(postgres_datab
         assert answers[:2] + answers[3:] == [True] * 5
         assert isinstance(answers[2], StoreUnavailable)
         assert await r.rows() == 5
-
-
-async def test_the_intake_goes_quiet_while_the_loop_is_busy_with_long_steps(tmp_path: Path) -> None:
-    async with receiver(f"sqlite+aiosqlite:///{tmp_path / 'stockaj.db'}") as r:
-        busy = True
-
-        async def long_steps() -> None:
-            while busy:
-                time.sleep(0.005)  # noqa: ASYNC251 - a worker matching many rules: 5 ms, no yield
-                await asyncio.sleep(0)
-
-        stepping = asyncio.create_task(long_steps())
-        try:
-            with r.intake.receiving():
-                assert not r.intake.quiet.is_set()
-            # No request comes: the workers must not wait for a loop that is never idle.
-            await wait_for(r.intake.quiet.is_set, within=2.0)
-        finally:
-            busy = False
-            await stepping
 
 
 async def test_a_sqlite_write_lock_held_by_another_process_is_waited_for_off_the_event_loop(
