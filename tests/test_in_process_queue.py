@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from engine.queue import YIELD_SECONDS, InProcessQueue
 from engine.receiver_activity import ReceiverActivity
@@ -48,6 +48,19 @@ async def test_without_a_receiver_deliveries_start_at_once() -> None:
         await queue.close()
 
 
+@contextlib.asynccontextmanager
+async def beside_a_receiver(process: Recorder) -> AsyncIterator[tuple[InProcessQueue, ReceiverActivity]]:
+    """An InProcessQueue of 4 tasks yielding to a receiver's activity, as `serve` builds them."""
+    queue = InProcessQueue(process, concurrency=4)
+    activity = ReceiverActivity(window_seconds=WINDOW)
+    queue.yield_to(activity)
+    try:
+        yield queue, activity
+    finally:
+        await queue.close()
+        activity.close()
+
+
 @contextlib.contextmanager
 def requests_queued_up(activity: ReceiverActivity, count: int = 8) -> Iterator[None]:
     """A burst: `count` requests in hand at once, waiting for their writes."""
@@ -59,10 +72,7 @@ def requests_queued_up(activity: ReceiverActivity, count: int = 8) -> Iterator[N
 
 async def test_deliveries_wait_while_the_receiver_has_requests_queued_up() -> None:
     process = Recorder()
-    queue = InProcessQueue(process, concurrency=4)
-    activity = ReceiverActivity(window_seconds=WINDOW)
-    queue.yield_to(activity)
-    try:
+    async with beside_a_receiver(process) as (queue, activity):
         with requests_queued_up(activity):
             await asyncio.sleep(WINDOW)
             await queue.enqueue(["a", "b", "c", "d", "e"])
@@ -72,17 +82,11 @@ async def test_deliveries_wait_while_the_receiver_has_requests_queued_up() -> No
         # The burst is over: every task takes its turn.
         await _until(lambda: len(process.started) == 5)
         assert sorted(process.started) == ["a", "b", "c", "d", "e"]
-    finally:
-        await queue.close()
-        activity.close()
 
 
 async def test_a_pause_in_a_burst_starts_one_delivery_not_one_per_task() -> None:
     process = Recorder(seconds_each=0.01)
-    queue = InProcessQueue(process, concurrency=4)
-    activity = ReceiverActivity(window_seconds=WINDOW)
-    queue.yield_to(activity)
-    try:
+    async with beside_a_receiver(process) as (queue, activity):
         with requests_queued_up(activity):
             await asyncio.sleep(WINDOW)
             await queue.enqueue(["a", "b", "c", "d", "e"])
@@ -92,50 +96,37 @@ async def test_a_pause_in_a_burst_starts_one_delivery_not_one_per_task() -> None
             await _settle(YIELD_SECONDS / 3)
 
             assert process.started == ["a"]
-    finally:
-        await queue.close()
-        activity.close()
 
 
 async def test_a_burst_that_never_ends_still_lets_one_delivery_through_now_and_then() -> None:
     process = Recorder()
-    queue = InProcessQueue(process, concurrency=4)
-    activity = ReceiverActivity(window_seconds=WINDOW)
-    queue.yield_to(activity)
-    try:
+    async with beside_a_receiver(process) as (queue, activity):
         with requests_queued_up(activity):
             await asyncio.sleep(WINDOW)
             await queue.enqueue([f"d{n}" for n in range(10)])
             await _settle(YIELD_SECONDS * 3.5)
             # One task, one delivery per YIELD_SECONDS (fewer on a loaded machine): never all ten.
             assert 1 <= len(process.started) <= 4
-    finally:
-        await queue.close()
-        activity.close()
 
 
 async def test_a_steady_stream_the_receiver_keeps_up_with_does_not_hold_deliveries_back() -> None:
     """Requests one after the other leave the receiver never quiet, but never with a queue."""
     process = Recorder()
-    queue = InProcessQueue(process, concurrency=4)
-    activity = ReceiverActivity(window_seconds=WINDOW)
-    queue.yield_to(activity)
     streaming = True
 
-    async def stream() -> None:
+    async def stream(activity: ReceiverActivity) -> None:
         while streaming:
             with activity.receiving():
                 await asyncio.sleep(0.001)
 
-    streamer = asyncio.create_task(stream())
-    try:
-        await asyncio.sleep(WINDOW)
-        await queue.enqueue([f"d{n}" for n in range(10)])
-        # Held back, they would start one per YIELD_SECONDS.
-        await _until(lambda: len(process.started) == 10, within=YIELD_SECONDS * 2)
-        assert not activity.quiet.is_set()
-    finally:
-        streaming = False
-        await streamer
-        await queue.close()
-        activity.close()
+    async with beside_a_receiver(process) as (queue, activity):
+        streamer = asyncio.create_task(stream(activity))
+        try:
+            await asyncio.sleep(WINDOW)
+            await queue.enqueue([f"d{n}" for n in range(10)])
+            # Held back, they would start one per YIELD_SECONDS.
+            await _until(lambda: len(process.started) == 10, within=YIELD_SECONDS * 2)
+            assert not activity.quiet.is_set()
+        finally:
+            streaming = False
+            await streamer
