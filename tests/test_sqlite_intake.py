@@ -27,6 +27,18 @@ def stored(path: Path) -> set[str]:
     return ids
 
 
+async def test_the_intake_connection_syncs_every_commit_to_disk(tmp_path: Path) -> None:
+    """The receiver answers once this commit returns: it must be on disk (synchronous=FULL)."""
+    path = tmp_path / "store.db"
+    make_database(path)
+    writer = SQLiteIntakeWriter(str(path))
+    try:
+        await writer.insert_returning(INSERT, ["dlv-1"])
+        assert writer._open().execute("PRAGMA synchronous").fetchone() == (2,)
+    finally:
+        writer.close()
+
+
 async def test_a_batch_is_committed_and_a_duplicate_returns_nothing(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     make_database(path)

@@ -1,7 +1,7 @@
 """The naive receiver: verify, then one SQLAlchemy ORM session insert + commit per request.
 
 What a first cut of the receiver would do: no batching, an `AsyncSession` per
-request, SQLite in WAL mode (synchronous=NORMAL and a busy timeout, as the
+request, SQLite in WAL mode (synchronous=FULL and a busy timeout, as the
 engine sets them) behind SQLAlchemy's default pool (5 + 10 connections for a
 file database). A duplicate delivery id is the primary key's IntegrityError.
 The database file comes from `BENCH_NAIVE_DB`, the secret from `BENCH_SECRET`.
@@ -33,7 +33,7 @@ Session = async_sessionmaker(engine, expire_on_commit=False)
 def _pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
