@@ -11,7 +11,9 @@ jobs' leases within `job_lease_seconds`, and another worker takes them over.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from engine.arq_worker import DeliveryWorker
 from engine.config import Settings
+from engine.errors import ConfigurationError
 from engine.logs import configure_logging
 from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
 from engine.receiver import create_app
@@ -41,8 +44,36 @@ def serve(settings: Settings, host: str, port: int) -> None:
     uvloop.run(_serve(settings, host, port))
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The receiver's socket, bound before anything else starts: a port in use is one clear line."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}; fix HOST (or --host)") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fix = "choose another PORT (or --port), or stop the process that uses it"
+        elif exc.errno == errno.EACCES:
+            fix = "ports below 1024 need privileges: choose another PORT (or --port)"
+        else:
+            fix = "fix HOST (or --host): it must be an address of this machine"
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {fix}") from None
+    return sock
+
+
 async def _serve(settings: Settings, host: str, port: int) -> None:
-    service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
+    sock = listening_socket(host, port)
+    try:
+        service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(service.receiver_parts())
     # Closed at the lifespan's shutdown, after the last request: uvicorn raises the signal it
     # stopped on again as soon as it returns, which would end the process before a `finally`
@@ -61,7 +92,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         server_header=False,
     )
     try:
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await service.close()
 

@@ -716,6 +716,36 @@ def test_serve_without_its_rules_folder_says_so_and_exits_2(tmp_path: Path) -> N
     ]
 
 
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"STOCKAJ_WEBHOOK_SECRET": WEBHOOK_SECRET, "RULES_DIR": str(tmp_path / "rules")}
+
+        completed = shell("serve", "--port", str(port), env=env, cwd=tmp_path)
+
+    assert completed.returncode == 2
+    assert one_line(completed.stderr) == (
+        f"configuration error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "choose another PORT (or --port), or stop the process that uses it"
+    )
+    assert not (tmp_path / "stockaj-rules.db").exists()  # refused before anything started
+
+
+def test_serve_on_an_address_not_of_this_machine_says_fix_host(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    env = {"STOCKAJ_WEBHOOK_SECRET": WEBHOOK_SECRET, "RULES_DIR": str(tmp_path / "rules")}
+
+    completed = shell("serve", "--host", "192.0.2.1", "--port", str(_free_port()), env=env, cwd=tmp_path)
+
+    assert completed.returncode == 2
+    line = one_line(completed.stderr)
+    assert line.startswith("configuration error: cannot listen on 192.0.2.1:"), line
+    assert line.endswith("fix HOST (or --host): it must be an address of this machine"), line
+
+
 def test_serve_with_an_unreachable_postgresql_is_one_line_without_the_password(tmp_path: Path) -> None:
     env = {
         "STOCKAJ_WEBHOOK_SECRET": WEBHOOK_SECRET,
