@@ -3,10 +3,18 @@
 aiosqlite runs each statement in a thread of its own and hands the result back
 to the event loop, and under load every hand-over waits for the GIL that the
 loop holds. An intake batch is one INSERT and a COMMIT on a WAL database, whose
-one fsync (synchronous=FULL) took 0.1 to 0.5 ms on the benchmark machine's disk: a
-fraction of a millisecond for the whole batch. So it runs on the loop, on a second
-connection to the same file, while the store's urgent turn keeps this process's
-other transactions out. Measured under wrk, this
+one fsync took 0.1 to 0.5 ms on the benchmark machine's disk: a fraction of a
+millisecond for the whole batch. So it runs on the loop, on a second connection
+to the same file, while the store's urgent turn keeps this process's other
+transactions out.
+
+This connection, alone, syncs every commit (synchronous=FULL): the receiver answers
+2xx once the commit returns, and Stockaj does not send an acknowledged delivery
+again, so it must survive a power loss. The WAL is written in order, so that sync
+also makes every earlier commit of the workers durable. The workers' own commits
+(synchronous=NORMAL) may roll back in a power loss, which can run an action again,
+as a crash between the action and its record would. Syncing those too pushed
+`serve` past its capacity at 400 deliveries/s (bench/README.md). Measured under wrk, this
 connection against the store's aiosqlite one, runs alternating: 1,885 vs 1,454
 and 2,300 vs 1,658 requests/s (bench/README.md).
 
@@ -40,6 +48,7 @@ class SQLiteIntakeWriter:
             # Used from the loop and, when the lock is taken, from one thread at a time.
             connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             sqlite_pragmas(connection, None)
+            connection.execute("PRAGMA synchronous=FULL")  # see the module's docstring
             connection.execute("PRAGMA busy_timeout=0")
             self._connection = connection
         return self._connection

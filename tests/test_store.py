@@ -837,15 +837,6 @@ async def test_foreign_keys_are_enforced(store: Store) -> None:
         await store.save_action_run("never-stored", action_run())
 
 
-async def test_sqlite_syncs_every_commit_to_disk(store: Store) -> None:
-    """An acknowledged delivery must survive a power loss, not only a crash: synchronous=FULL."""
-    if store.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL syncs at commit by its own default (synchronous_commit=on)")
-    async with store.engine.connect() as connection:
-        assert (await connection.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
-        assert (await connection.execute(text("PRAGMA synchronous"))).scalar_one() == 2  # FULL
-
-
 # --- queue lag ---------------------------------------------------------------------------------
 
 
