@@ -44,8 +44,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
     uvloop.run(_serve(settings, host, port))
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The receiver's socket, bound before anything else starts: a port in use is one clear line."""
+def bound_socket(host: str, port: int) -> socket.socket:
+    """The receiver's socket, bound (uvicorn listens on it) before anything else starts: a port
+    in use is one clear line, not a failure after the service opened."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except OSError as exc:
@@ -68,7 +69,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
-    sock = listening_socket(host, port)
+    sock = bound_socket(host, port)
     try:
         service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
     except BaseException:
