@@ -2,7 +2,7 @@
 
 What a first cut of the receiver would do: no batching, an `AsyncSession` per
 request, SQLite in WAL mode (synchronous=FULL and a busy timeout, as the
-engine sets them) behind SQLAlchemy's default pool (5 + 10 connections for a
+engine's receiver connection sets them) behind SQLAlchemy's default pool (5 + 10 connections for a
 file database). A duplicate delivery id is the primary key's IntegrityError.
 The database file comes from `BENCH_NAIVE_DB`, the secret from `BENCH_SECRET`.
 """
