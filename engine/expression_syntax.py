@@ -193,13 +193,17 @@ def _slip(text: str, lines: Lines) -> ExpressionProblem | None:
         for slip in (glued[:3], glued[:2], token.string):
             if slip in _SLIPS and token.type in (tokenize.OP, tokenize.ERRORTOKEN):
                 return lines.problem(f"unexpected '{slip}': {_SLIPS[slip]}", start, start + len(slip))
-        if token.type == tokenize.NAME and token.string.lower() in ("and", "or", "not", "in", "is"):
-            if token.string != token.string.lower():
-                return lines.problem(
-                    f"unexpected '{token.string}': write `{token.string.lower()}` in small letters",
-                    start,
-                    end,
-                )
+        lower = token.string.lower()
+        if (
+            token.type == tokenize.NAME
+            and lower in ("and", "or", "not", "in", "is")
+            and token.string != lower
+        ):
+            return lines.problem(
+                f"unexpected '{token.string}': write `{token.string.lower()}` in small letters",
+                start,
+                end,
+            )
         if index and _side_by_side(tokens[index - 1], token):
             first = lines.char_offset(*tokens[index - 1].start)
             words = tokens[index - 1].type == tokenize.NAME
@@ -208,9 +212,7 @@ def _slip(text: str, lines: Lines) -> ExpressionProblem | None:
     return None
 
 
-_JOIN_HINT = (
-    'compare with == != < <= > >= or in, join conditions with and / or, and quote text ("overdue")'
-)
+_JOIN_HINT = 'compare with == != < <= > >= or in, join conditions with and / or, and quote text ("overdue")'
 
 
 def _side_by_side(before: tokenize.TokenInfo, token: tokenize.TokenInfo) -> bool:
