@@ -24,6 +24,8 @@ from typing import Any
 
 import datalogic_py as dl
 
+from engine.expression_explain import explain as explain_expression
+from engine.expressions import CompiledExpression
 from engine.sources import JsonPath
 
 FAMILIES = ["Core"]
@@ -106,12 +108,17 @@ class DeliveryData:
 
 
 class Condition:
-    """A rule's `when`, compiled once when rules load."""
+    """A rule's `when`, compiled once when rules load.
 
-    __slots__ = ("_guarded_rule", "_logic_json", "_reads", "logic")
+    `expression` is set when the author wrote an expression: `logic` is its
+    compiled JsonLogic, and explanations show the expression.
+    """
 
-    def __init__(self, logic: Any) -> None:
+    __slots__ = ("_guarded_rule", "_logic_json", "_reads", "expression", "logic")
+
+    def __init__(self, logic: Any, expression: CompiledExpression | None = None) -> None:
         self.logic = logic
+        self.expression = expression
         self._logic_json = json.dumps(logic)
         self._guarded_rule = _guarded.compile(json.dumps(_default_scoped_reads(logic)))
         facts = _standard.compile(self._logic_json).facts()
@@ -133,7 +140,10 @@ class Condition:
         context = data.json if self._reads is None else json.dumps(_only(data.value, self._reads))
         trace = json.loads(_standard.evaluate_with_trace(self._logic_json, context))
         values = _TraceValues(trace)
-        text = _render(self.logic, "", values, top=True)
+        if self.expression is not None:
+            text = explain_expression(self.expression, values.by_pointer)
+        else:
+            text = _render(self.logic, "", values, top=True)
         if trace.get("error"):
             return f"{text} -> error: {trace['error']}"
         return f"{text} -> {_literal(trace.get('result'))}"

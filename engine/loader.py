@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from actions.registry import ActionRegistry
 from engine import conditions
 from engine.errors import SourceErrors, SourceProblem
+from engine.expressions import CompiledExpression, compile_expression
 from engine.params import bind_action
 from engine.rules import Rule, RuleSet, RuleSpec, Throttle, parse_duration
+from engine.scalar_positions import position_in
 from engine.sources import JsonPath, SourceDocument, find_source_files, read_document
 from engine.templates import compile_value
 from engine.validation import FieldProblem, describe, describe_value
@@ -97,12 +99,17 @@ def _load_rule(
     except ValidationError as exc:
         found += describe(exc, RuleSpec, _EXPECTATIONS)
 
-    condition = None
+    condition, failed = None, False
     if "when" in item and item["when"] is not None:
-        checked = conditions.check(item["when"])
-        found += [FieldProblem(("when", *p.loc), p.message) for p in checked]
-        if not checked:
-            condition = conditions.Condition(item["when"])
+        logic, expression = item["when"], None
+        if isinstance(logic, str):  # an expression: never a truthy JsonLogic text constant
+            expression = _compile_when(document, (*loc, "when"), logic, rule_id, problems)
+            logic, failed = (expression.logic, False) if expression else (None, True)
+        if not failed:
+            checked = conditions.check(logic)
+            found += [FieldProblem(("when", *p.loc), p.message) for p in checked]
+            if not checked:
+                condition = conditions.Condition(logic, expression)
 
     actions = []
     for index, action in enumerate(item.get("actions") or []):
@@ -128,7 +135,7 @@ def _load_rule(
                 template_line=problem.template_line,
             )
         )
-    if found or spec is None:
+    if found or failed or spec is None:
         return None
     where = document.position(loc)
     return Rule(
@@ -141,3 +148,20 @@ def _load_rule(
         throttle=throttle,
         source=f"{document.path}:{where.line}",
     )
+
+
+def _compile_when(
+    document: SourceDocument,
+    loc: JsonPath,
+    text: str,
+    rule_id: str | None,
+    problems: list[SourceProblem],
+) -> CompiledExpression | None:
+    """The compiled expression, or None with each problem added at its line and column in the file."""
+    compiled = compile_expression(text)
+    if isinstance(compiled, CompiledExpression):
+        return compiled
+    for problem in compiled:
+        where = position_in(document, loc, problem.start)
+        problems.append(SourceProblem(document.path, where.line, where.column, problem.message, rule_id))
+    return None

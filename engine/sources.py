@@ -56,6 +56,17 @@ class Position:
     column: int  # 1-based
 
 
+@dataclass(frozen=True, slots=True)
+class ScalarMark:
+    """Where a scalar starts in the text (a character index) and its YAML style.
+
+    `style` is None (plain), "'", '"' (JSON strings too), "|" or ">".
+    """
+
+    index: int
+    style: str | None
+
+
 @dataclass(slots=True)
 class SourceDocument:
     """One parsed file: `value` is plain JSON-shaped data."""
@@ -65,6 +76,7 @@ class SourceDocument:
     value: Any
     _values: dict[JsonPath, Position] | None = field(default=None, repr=False)
     _keys: dict[JsonPath, Position] = field(default_factory=dict, repr=False)
+    _scalars: dict[JsonPath, ScalarMark] = field(default_factory=dict, repr=False)
 
     def position(self, loc: JsonPath, *, key: bool = False) -> Position:
         """Where `loc` stands; `key=True` prefers the mapping key over its value.
@@ -73,7 +85,7 @@ class SourceDocument:
         first line when nothing is known.
         """
         if self._values is None:
-            self._values, self._keys = _positions(self.text)
+            self._values, self._keys, self._scalars = _positions(self.text)
         if key and loc in self._keys:
             return self._keys[loc]
         for end in range(len(loc), -1, -1):
@@ -81,6 +93,11 @@ class SourceDocument:
             if found is not None:
                 return found
         return Position(1, 1)
+
+    def scalar(self, loc: JsonPath) -> ScalarMark | None:
+        """The start and style of the text value at `loc` (None when it is not a scalar)."""
+        self.position(loc)
+        return self._scalars.get(loc)
 
     def problem(
         self,
@@ -252,29 +269,34 @@ def _check_shape(document: SourceDocument) -> SourceProblem | None:
     return None
 
 
-def _positions(text: str) -> tuple[dict[JsonPath, Position], dict[JsonPath, Position]]:
+def _positions(
+    text: str,
+) -> tuple[dict[JsonPath, Position], dict[JsonPath, Position], dict[JsonPath, ScalarMark]]:
     """Map every path to the position of its value and, for mapping entries, its key."""
     values: dict[JsonPath, Position] = {}
     keys: dict[JsonPath, Position] = {}
+    scalars: dict[JsonPath, ScalarMark] = {}
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
     except (yaml.YAMLError, RecursionError):
-        return values, keys
+        return values, keys, scalars
     finally:
         loader.dispose()
     stack: list[tuple[yaml.Node, JsonPath]] = [(root, ())] if root is not None else []
     while stack:
         node, loc = stack.pop()
         values[loc] = _mark(node)
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.ScalarNode):
+            scalars[loc] = ScalarMark(node.start_mark.index, node.style or None)
+        elif isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 child = (*loc, str(key_node.value))
                 keys[child] = _mark(key_node)
                 stack.append((value_node, child))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, (*loc, index)) for index, item in enumerate(node.value))
-    return values, keys
+    return values, keys, scalars
 
 
 def _mark(node: yaml.Node) -> Position:
