@@ -177,6 +177,10 @@ class Compiler:
 
     def _index(self, node: ast.Subscript) -> str:
         index = node.slice
+        if isinstance(index, ast.UnaryOp) and isinstance(index.op, ast.USub):
+            raise self.fail(index, "expected an item number from 0 (the first item), found a negative one")
+        if isinstance(index, ast.Slice):
+            raise self.fail(index, "slices [a:b] are not available; read one item such as data.items[0]")
         if (
             isinstance(index, ast.Constant)
             and isinstance(index.value, int)

@@ -217,8 +217,10 @@ _JOIN_HINT = 'compare with == != < <= > >= or in, join conditions with and / or,
 
 def _side_by_side(before: tokenize.TokenInfo, token: tokenize.TokenInfo) -> bool:
     """Prose or trailing text: a word right after a value (`quantity is low`, `5 items`)."""
-    if token.type != tokenize.NAME or token.string in _JOINING_WORDS:
+    if token.type not in (tokenize.NAME, tokenize.NUMBER, tokenize.STRING) or token.string in _JOINING_WORDS:
         return False
+    if token.type == tokenize.STRING and before.type == tokenize.STRING:
+        return False  # "a" "b" is one text
     if before.type == tokenize.NAME:
         return before.string not in _JOINING_WORDS
     return before.type in (tokenize.NUMBER, tokenize.STRING) or before.string in (")", "]")
@@ -240,6 +242,8 @@ def _syntax_problem(exc: SyntaxError, text: str, lines: Lines) -> ExpressionProb
         )
     end = min(end, len(text))
     found = text[start:end].strip() or text[start : start + 1]
+    if "too many nested" in message:
+        return lines.problem(_TOO_DEEP, start, end)
     if message.startswith("unterminated string"):
         return lines.problem("a quoted text is never closed; add the closing quote", start, end)
     if "was never closed" in message:

@@ -48,7 +48,7 @@ def compile_expression(text: str) -> CompiledExpression | list[ExpressionProblem
         return sorted(compiler.problems, key=lambda p: p.start)
     if not compiler.reads:
         start, end = compiler.lines.span(tree.body)
-        what = "true" if _constant_truth(logic) else "false"
+        what = _constant_truth(logic)
         return [
             compiler.lines.problem(
                 f"this condition reads no field, so it is always {what}; compare a field, such as "
@@ -60,8 +60,10 @@ def compile_expression(text: str) -> CompiledExpression | list[ExpressionProblem
     return CompiledExpression(text, logic, _pointers(logic, compiler.parts))
 
 
-def _constant_truth(logic: Any) -> bool:
-    return bool(logic) if not isinstance(logic, dict) else True
+def _constant_truth(logic: Any) -> str:
+    if isinstance(logic, dict):
+        return "the same"
+    return "true" if logic else "false"
 
 
 def _pointers(logic: Any, parts: Mapping[int, Part]) -> dict[str, Part]:
