@@ -222,7 +222,7 @@ def test_every_problem_of_an_expression_is_reported_at_once() -> None:
 def test_columns_count_characters_not_bytes() -> None:
     [(message, line, column, covers)] = _problems('data.name == "Zoë" && data.ok')
     assert (line, column, covers) == (1, 20, "&&")
-    [(message, line, column, covers)] = _problems('data.name == "Zoë" and size == 1')
+    [(_message, line, column, covers)] = _problems('data.name == "Zoë" and size == 1')
     assert (column, covers) == (24, "size")
 
 
@@ -294,7 +294,8 @@ def test_truthiness_is_pythons() -> None:
 def test_plus_on_text_is_arithmetic_and_fails_on_words() -> None:
     assert _verdict('data.a + "2" == 3', {"a": 1})[0] is True
     fired, missing, error = _verdict('data.a + "b" == 3', {"a": "c"})
-    assert (fired, missing) == (False, None) and error is not None
+    assert (fired, missing) == (False, None)
+    assert error is not None
 
 
 def test_all_over_an_empty_list_is_false_as_in_jsonlogic() -> None:
@@ -343,7 +344,8 @@ def test_explanations_of_calls_chains_and_several_lines() -> None:
 
 def test_long_values_are_cut_short() -> None:
     text = _explain("data.tags == 1", {"tags": ["x" * 10] * 20})
-    assert "…)" in text and len(text) < 140
+    assert "…)" in text
+    assert len(text) < 140
 
 
 # ---------------------------------------------------------------- rendering JsonLogic as expressions
@@ -391,4 +393,5 @@ def test_loose_equality_renders_when_asked() -> None:
 
 def test_problem_type_is_exported() -> None:
     found = compile_expression("data.a &&")
-    assert isinstance(found, list) and isinstance(found[0], ExpressionProblem)
+    assert isinstance(found, list)
+    assert isinstance(found[0], ExpressionProblem)
