@@ -220,7 +220,7 @@ def test_every_problem_of_an_expression_is_reported_at_once() -> None:
 
 
 def test_columns_count_characters_not_bytes() -> None:
-    [(message, line, column, covers)] = _problems('data.name == "Zoë" && data.ok')
+    [(_message, line, column, covers)] = _problems('data.name == "Zoë" && data.ok')
     assert (line, column, covers) == (1, 20, "&&")
     [(_message, line, column, covers)] = _problems('data.name == "Zoë" and size == 1')
     assert (column, covers) == (24, "size")
