@@ -276,13 +276,17 @@ def _positions(
     values: dict[JsonPath, Position] = {}
     keys: dict[JsonPath, Position] = {}
     scalars: dict[JsonPath, ScalarMark] = {}
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-    except (yaml.YAMLError, RecursionError):
+    # libyaml refuses JSON's surrogate pairs ("\ud83d\ude00"), which the pure-Python reader takes.
+    for loader in (_Loader(text), yaml.SafeLoader(text)):
+        try:
+            root = loader.get_single_node()
+            break
+        except (yaml.YAMLError, RecursionError):
+            continue
+        finally:
+            loader.dispose()
+    else:
         return values, keys, scalars
-    finally:
-        loader.dispose()
     stack: list[tuple[yaml.Node, JsonPath]] = [(root, ())] if root is not None else []
     while stack:
         node, loc = stack.pop()
