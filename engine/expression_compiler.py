@@ -263,10 +263,12 @@ class Compiler:
                 return self.emit(node, {"none": self._list_test(operand, scope)}, "value")
             return self.emit(node, {"!": [self.test(operand, scope)]}, "value")
         if isinstance(node.op, ast.USub):
+            self.no_list(node.operand)
             value = self.expr(node.operand, scope)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return -value
-            return self.emit(node, {"-": [value]}, "value")
+            # 0 - x: JsonLogic's one-value `-` spreads a list ([1, 2] -> 1 - 2).
+            return self.emit(node, {"-": [0, value]}, "value")
         if isinstance(node.op, ast.Invert):
             raise self.fail(node, "unexpected '~': write `not` to negate a condition")
         raise self.fail(node, "unexpected '+' before a value; remove it")
@@ -277,11 +279,18 @@ class Compiler:
         operator = _ARITHMETIC.get(type(node.op))
         if operator is None:
             raise self.fail(node, operator_hint(node.op))
+        self.no_list(node.left, node.right)
         left, right = self.each([node.left, node.right], scope)
         flattens = isinstance(node.left, ast.BinOp) and type(node.left.op) is type(node.op)
         if operator in ("+", "*") and flattens and isinstance(left, dict):
             return self.emit(node, {operator: [*left[operator], right]}, "value")
         return self.emit(node, {operator: [left, right]}, "value")
+
+    def no_list(self, *nodes: ast.expr) -> None:
+        """Arithmetic on a written-out list is never meant (JsonLogic would spread it into arguments)."""
+        for node in nodes:
+            if isinstance(node, ast.List):
+                raise self.fail(node, "expected a number in arithmetic, found a list")
 
     def _if(self, node: ast.IfExp, scope: _Scope | None) -> Any:
         test, body, orelse = self.each([node.test, node.body, node.orelse], scope)

@@ -124,8 +124,8 @@ class _Renderer:
 
     def arithmetic(self, op: str, items: list[Any], scope: tuple[str, str] | None) -> tuple[str, int]:
         level = _ARITHMETIC[op]
-        if op == "-" and len(items) == 1:
-            return f"-{self.operand(items[0], scope, _UNARY)}", _UNARY
+        if op == "-" and (len(items) == 1 or (len(items) == 2 and _is_zero(items[0]))):
+            return f"-{self.operand(items[-1], scope, _UNARY)}", _UNARY
         if len(items) < 2 or (len(items) > 2 and op not in ("+", "*")):
             raise NoExpression(f"'{op}' with {len(items)} values has no expression form")
         first = self.operand(items[0], scope, level)
@@ -161,6 +161,10 @@ class _Renderer:
         name = _loop_name(scope)
         body = self.operand(rest[0], (name, "current"), _IF)
         return f"sum({body} for {name} in {self.operand(source, scope, _OR)})", _ATOM
+
+
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value == 0
 
 
 def _loop_name(scope: tuple[str, str] | None) -> str:

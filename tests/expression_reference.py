@@ -231,7 +231,12 @@ def _count(value: Any) -> int:
 
 
 def _word_against_flag(text: Any, other: Any) -> bool:
-    return isinstance(text, str) and text != "" and not _NUMBER.fullmatch(text) and (other is None or isinstance(other, bool))
+    return (
+        isinstance(text, str)
+        and text != ""
+        and not _NUMBER.fullmatch(text)
+        and (other is None or isinstance(other, bool))
+    )
 
 
 def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:

@@ -63,7 +63,7 @@ FORMS: list[tuple[str, Any]] = [
         "data.a - data.b * 2 / 3 % 4",
         {"-": [{"var": "data.a"}, {"%": [{"/": [{"*": [{"var": "data.b"}, 2]}, 3]}, 4]}]},
     ),
-    ("-data.a < 0", {"<": [{"-": [{"var": "data.a"}]}, 0]}),
+    ("-data.a < 0", {"<": [{"-": [0, {"var": "data.a"}]}, 0]}),
     # len, | length
     ("len(data.items) > 5", {">": [{"reduce": [{"var": "data.items"}, ITEMS_COUNT, 0]}, 5]}),
     ("data.items | length > 5", {">": [{"reduce": [{"var": "data.items"}, ITEMS_COUNT, 0]}, 5]}),
@@ -197,6 +197,8 @@ HINTS: list[tuple[str, str, int, int, str]] = [
     ("false", "always false", 1, 1, "false"),
     ("data.a == 99999999999999999999", "expected a number of at most", 1, 11, "99999999999999999999"),
     ("~data.a", "write `not`", 1, 1, "~data.a"),
+    ("data.a + [1] > 0", "found a list", 1, 10, "[1]"),
+    ("-[1, 2] < data.a", "found a list", 1, 2, "[1, 2]"),
     ("+data.a", "remove it", 1, 1, "+data.a"),
     ("data.a if data.b", "expected 'else'", 1, 1, "data.a if data.b"),
     ("data.a > 1 and\n  data.b !! 2", "write `not`", 2, 10, "!"),

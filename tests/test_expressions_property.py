@@ -26,7 +26,7 @@ from engine.expressions import CompiledExpression, compile_expression
 from expression_reference import verdict as reference_verdict
 
 # The suite runs a few hundred examples; set EXPRESSION_EXAMPLES for a longer search.
-EXAMPLES = int(os.environ.get("EXPRESSION_EXAMPLES", "600"))
+EXAMPLES = int(os.environ.get("EXPRESSION_EXAMPLES", "400"))
 PAYLOADS_PER_EXPRESSION = 6
 
 NUMBERS = st.sampled_from(["0", "1", "2", "3", "5", "10", "-2", "2.5", "0.5"])
@@ -69,7 +69,12 @@ def _values(paths: st.SearchStrategy[str], depth: int) -> st.SearchStrategy[str]
     return st.one_of(
         leaf,
         st.builds(lambda a, op, b: f"({a} {op} {b})", inner, ARITHMETIC, inner),
-        st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(["/", "%"]), NUMBERS.filter(lambda n: float(n) != 0)),
+        st.builds(
+            lambda a, op, b: f"({a} {op} {b})",
+            inner,
+            st.sampled_from(["/", "%"]),
+            NUMBERS.filter(lambda n: float(n) != 0),
+        ),
         st.builds(lambda a: f"-{a}", inner),
         st.builds(lambda a, c, b: f"({a} if {c} else {b})", inner, _conditions(paths, depth - 1), inner),
         st.just("sum(i.q for i in data.items)"),
@@ -93,7 +98,12 @@ def _conditions(paths: st.SearchStrategy[str], depth: int) -> st.SearchStrategy[
     lists = st.sampled_from(["data.items", "data.tags", "data.renter", "data.s"])
     leaf = st.one_of(
         leaf,
-        st.builds(lambda f, t, lst: f"{f}({t} for i in {lst})", st.sampled_from(["any", "all", "not any"]), item_test, lists),
+        st.builds(
+            lambda f, t, lst: f"{f}({t} for i in {lst})",
+            st.sampled_from(["any", "all", "not any"]),
+            item_test,
+            lists,
+        ),
     )
     if depth == 0:
         return leaf
@@ -138,7 +148,13 @@ PAYLOADS = st.fixed_dictionaries(
         "tags": _field(st.lists(st.sampled_from(["vip", "x", "5", "a"]), max_size=3)),
         "items": _field(st.lists(_ITEM, max_size=3)),
         "renter": _field(
-            st.fixed_dictionaries({}, optional={"name": st.sampled_from(["Zoë", "vip"]), "tags": st.lists(st.sampled_from(["vip", "x"]), max_size=2)})
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "name": st.sampled_from(["Zoë", "vip"]),
+                    "tags": st.lists(st.sampled_from(["vip", "x"]), max_size=2),
+                },
+            )
         ),
     }
 ).map(lambda fields: {key: value for key, value in fields.items() if value != _ABSENT})
@@ -158,18 +174,24 @@ def _compiled(text: str) -> CompiledExpression | None:
     compiled = compile_expression(text)
     if isinstance(compiled, CompiledExpression):
         return compiled
-    # Only an expression of literals alone may be refused (it reads no field).
-    assert all("reads no field" in problem.message for problem in compiled), (text, compiled)
+    # Refused only for what the generator may write and the compiler knows to be wrong.
+    for problem in compiled:
+        assert any(reason in problem.message for reason in _REFUSALS), (text, compiled)
+        event(f"refused: {problem.message.split(';')[0][:40]}")
     return None
 
 
-@pytest.mark.timeout(max(60, EXAMPLES // 10))
+_REFUSALS = ("reads no field", "found a list")
+
+
+@pytest.mark.timeout(max(180, EXAMPLES // 10))
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EXPRESSIONS, st.lists(PAYLOADS, min_size=PAYLOADS_PER_EXPRESSION, max_size=PAYLOADS_PER_EXPRESSION))
-def test_compiled_jsonlogic_gives_the_verdict_of_a_direct_reading(text: str, payloads: list[dict[str, Any]]) -> None:
+def test_compiled_jsonlogic_gives_the_verdict_of_a_direct_reading(
+    text: str, payloads: list[dict[str, Any]]
+) -> None:
     compiled = _compiled(text)
     if compiled is None:
-        event("refused: reads no field")
         return
     for data in payloads:
         context = {"event": "item.low_stock", "data": data, "payload": {"data": data}}
