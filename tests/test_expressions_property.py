@@ -17,13 +17,13 @@ import os
 from typing import Any
 
 import pytest
+from expression_reference import verdict as reference_verdict
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from engine.conditions import Condition, DeliveryData, Verdict, new_session
 from engine.expression_render import to_expression
 from engine.expressions import CompiledExpression, compile_expression
-from expression_reference import verdict as reference_verdict
 
 # The suite runs a few hundred examples; set EXPRESSION_EXAMPLES for a longer search.
 EXAMPLES = int(os.environ.get("EXPRESSION_EXAMPLES", "400"))
