@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ast
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from engine.expression_hints import CONTEXT_NAMES, call_hint, describe, operator_hint, refusal, unknown_name
-from engine.expression_syntax import ExpressionProblem, Lines
+from engine.expression_syntax import MAX_DEPTH, TOO_DEEP, ExpressionProblem, Lines
 
 LITERAL_NAMES: Mapping[str, Any] = {"true": True, "false": False, "null": None}
 _COMPARISONS: Mapping[type[ast.cmpop], str] = {
@@ -74,6 +73,7 @@ class Compiler:
         self.problems: list[ExpressionProblem] = []
         self.parts: dict[int, Part] = {}
         self.reads = 0
+        self.depth = 0
         self._kept: list[Any] = []  # recorded nodes stay alive, so their ids stay theirs
         self._handlers: dict[type[ast.AST], Callable[[Any, _Scope | None], Any]] = {
             ast.Constant: self._constant,
@@ -105,7 +105,13 @@ class Compiler:
         handler = self._handlers.get(type(node))
         if handler is None:
             raise self.fail(node, refusal(node, self.lines.text))
-        return handler(node, scope)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.fail(node, TOO_DEEP)
+            return handler(node, scope)
+        finally:
+            self.depth -= 1
 
     def each(self, nodes: list[ast.expr], scope: _Scope | None) -> list[Any]:
         """Compile every node, recording the problems of all before giving up."""
@@ -171,9 +177,14 @@ class Compiler:
         return node, keys[::-1]
 
     def _attribute_name(self, node: ast.Attribute) -> str:
+        if node.attr.isascii():
+            return node.attr
         # The parser normalises names (NFKC); payload keys are read as the author wrote them.
-        match = re.search(r"[^\s.]+$", self.lines.text[: self.lines.span(node)[1]])
-        return match.group(0) if match else node.attr
+        text, end = self.lines.text, self.lines.span(node)[1]
+        start = end
+        while start > 0 and not text[start - 1].isspace() and text[start - 1] != ".":
+            start -= 1
+        return text[start:end] or node.attr
 
     def _index(self, node: ast.Subscript) -> str:
         index = node.slice

@@ -49,15 +49,16 @@ class Lines:
     def __init__(self, text: str) -> None:
         self.text = text
         self.starts = [0, *(m.end() for m in re.finditer("\n", text))]
+        self.ascii = text.isascii()  # then a byte column is a character column
 
     def offset(self, lineno: int, byte_column: int) -> int:
         """The character offset of `ast` position (1-based line, UTF-8 byte column)."""
         lineno = min(max(lineno, 1), len(self.starts))
         start = self.starts[lineno - 1]
         end = self.starts[lineno] if lineno < len(self.starts) else len(self.text)
+        if self.ascii:
+            return min(start + byte_column, end)
         line = self.text[start:end]
-        if line.isascii():
-            return start + min(byte_column, len(line))
         return start + len(line.encode()[:byte_column].decode(errors="ignore"))
 
     def char_offset(self, lineno: int, column: int) -> int:
@@ -108,24 +109,14 @@ def parse(text: str) -> ast.Expression | ExpressionProblem:
     except SyntaxError as exc:
         return _slip(text, lines) or _unmatched_closing(text, lines) or _syntax_problem(exc, text, lines)
     except (RecursionError, MemoryError, ValueError):  # ValueError: a NUL character
-        return _slip(text, lines) or lines.problem(_TOO_DEEP, 0, len(text))
-    return _unmatched_closing(text, lines) or _too_deep(tree, lines) or tree
+        return _slip(text, lines) or lines.problem(TOO_DEEP, 0, len(text))
+    return _unmatched_closing(text, lines) or tree
 
 
-_TOO_DEEP = (
+TOO_DEEP = (
     f"expected at most {MAX_DEPTH} levels of nesting, found more; "
     "flatten the condition or split it into several rules"
 )
-
-
-def _too_deep(tree: ast.Expression, lines: Lines) -> ExpressionProblem | None:
-    stack: list[tuple[ast.AST, int]] = [(tree.body, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return lines.problem(_TOO_DEEP, *lines.span(node))
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-    return None
 
 
 def _tokens(text: str) -> list[tokenize.TokenInfo]:
@@ -144,22 +135,29 @@ def _tokens(text: str) -> list[tokenize.TokenInfo]:
     return found
 
 
+_SPECIAL = re.compile(r"[\"'#()\[\]{}]")
+
+
 def _unmatched_closing(text: str, lines: Lines) -> ExpressionProblem | None:
-    depth = 0
-    for token in _tokens(text):
-        if token.type != tokenize.OP:
+    """A closing bracket with no opening one in `text` (it would close the parser's own)."""
+    depth, at = 0, 0
+    while (found := _SPECIAL.search(text, at)) is not None:
+        at, char = found.start(), found.group()
+        if char in "\"'":  # skip a text literal, triple-quoted or not; a backslash escapes
+            quote = text[at : at + 3] if text[at : at + 3] in ('"""', "'''") else char
+            at += len(quote)
+            while at < len(text) and not text.startswith(quote, at):
+                at += 2 if text[at] == "\\" else 1
+            at += len(quote)
             continue
-        if token.string in _OPENING:
-            depth += 1
-        elif token.string in (")", "]", "}"):
-            depth -= 1
-            if depth < 0:
-                start = lines.char_offset(*token.start)
-                return lines.problem(
-                    f"unmatched '{token.string}'; remove it or add the opening bracket",
-                    start,
-                    start + 1,
-                )
+        if char == "#":
+            newline = text.find("\n", at)
+            at = len(text) if newline < 0 else newline
+            continue
+        depth += 1 if char in _OPENING else -1
+        if depth < 0:
+            return lines.problem(f"unmatched '{char}'; remove it or add the opening bracket", at, at + 1)
+        at += 1
     return None
 
 
@@ -243,7 +241,7 @@ def _syntax_problem(exc: SyntaxError, text: str, lines: Lines) -> ExpressionProb
     end = min(end, len(text))
     found = text[start:end].strip() or text[start : start + 1]
     if "too many nested" in message:
-        return lines.problem(_TOO_DEEP, start, end)
+        return lines.problem(TOO_DEEP, start, end)
     if message.startswith("unterminated string"):
         return lines.problem("a quoted text is never closed; add the closing quote", start, end)
     if "was never closed" in message:
