@@ -81,7 +81,11 @@ class RuleSpec(BaseModel):
             }
         ),
     ] = Field(description="Event names; 'rent.*' matches a prefix, '*' matches all.")
-    when: JsonValue = Field(default=None, description="JsonLogic condition; absent means always.")
+    when: JsonValue = Field(
+        default=None,
+        description="Condition: an expression (data.quantity <= data.minimum_quantity) or JsonLogic; "
+        "absent means always.",
+    )
     actions: list[ActionSpec] = Field(min_length=1, description="Run in order.")
     enabled: bool = True
     throttle: ThrottleSpec | None = None
