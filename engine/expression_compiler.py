@@ -61,6 +61,7 @@ class _Scope:
     name: str
     prefix: str  # "" for some/all/none (the item is the data), "current" for reduce
     label: str  # "any(...)", for messages
+    outer: tuple[str, ...] = ()  # the loop variables around this one, out of reach in JsonLogic
 
 
 class Invalid(Exception):
@@ -213,7 +214,7 @@ class Compiler:
         if scope is not None and name == scope.name:
             self.reads += 1
             return ".".join([scope.prefix, *keys] if scope.prefix else keys)
-        if scope is not None and (name in CONTEXT_NAMES or name.startswith("item")):
+        if scope is not None and (name in CONTEXT_NAMES or name in scope.outer):
             raise self.fail(
                 root,
                 f"inside {scope.label} only {scope.name} and its fields can be read, found {name}; "
@@ -392,7 +393,8 @@ class Compiler:
         if not isinstance(loop.target, ast.Name) or loop.target.id in (*CONTEXT_NAMES, *LITERAL_NAMES):
             raise self.fail(loop.target, f"expected a new name after `for`, such as {_EXAMPLE}")
         items = self.expr(loop.iter, scope)
-        inner = _Scope(loop.target.id, prefix, f"{name}(...)")
+        outer = (*scope.outer, scope.name) if scope else ()
+        inner = _Scope(loop.target.id, prefix, f"{name}(...)", outer)
         body = self.test(generator.elt, inner) if prefix == "" else self.expr(generator.elt, inner)
         return items, body
 

@@ -175,6 +175,13 @@ HINTS: list[tuple[str, str, int, int, str]] = [
     ("len(data.a, data.b)", "expected one value in len(...)", 1, 1, "len(data.a, data.b)"),
     ("any(data.flags)", "expected any(test for item in list)", 1, 1, "any(data.flags)"),
     ("any(i.q > data.t for i in data.items)", "inside any(...) only i and its fields", 1, 11, "data"),
+    (
+        "any(any(t == o.x for t in o.tags) for o in data.items)",
+        "inside any(...) only t and its fields",
+        1,
+        14,
+        "o",
+    ),
     ("any(i.q for i in data.items if i.ok)", "write the test before `for`", 1, 32, "i.ok"),
     ("data.a | upper", "after | write default(value) or length", 1, 1, "data.a | upper"),
     ("data.a | default(data.b)", "written-out value in default", 1, 18, "data.b"),
