@@ -1,9 +1,8 @@
 """The walk from a Python syntax tree to JsonLogic, behind engine.expressions.
 
-`Compiler.expr` dispatches on a whitelist of node types; any other node is
-refused with a hint from engine.expression_hints. Each JsonLogic object it
-emits for a piece of the text is recorded with that piece's span (`Part`), so
-explanations can show the author's words with their values.
+`Compiler.expr` dispatches on a whitelist of node types; any other node is refused with a
+hint from engine.expression_hints. Each JsonLogic object it emits is recorded with the span
+of the text it stands for (`Part`), so explanations show the author's words with values.
 """
 
 from __future__ import annotations
@@ -189,25 +188,18 @@ class Compiler:
 
     def _index(self, node: ast.Subscript) -> str:
         index = node.slice
-        if isinstance(index, ast.UnaryOp) and isinstance(index.op, ast.USub):
+        value = index.value if isinstance(index, ast.Constant) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        if isinstance(value, str) and value and "." not in value:
+            return value
+        if isinstance(value, str) and value:
+            raise self.fail(index, "a field name with '.' cannot be read; JsonLogic paths use '.'")
+        if isinstance(index, ast.UnaryOp) or isinstance(value, int):
             raise self.fail(index, "expected an item number from 0 (the first item), found a negative one")
         if isinstance(index, ast.Slice):
             raise self.fail(index, "slices [a:b] are not available; read one item such as data.items[0]")
-        if (
-            isinstance(index, ast.Constant)
-            and isinstance(index.value, int)
-            and not isinstance(index.value, bool)
-        ):
-            if index.value >= 0:
-                return str(index.value)
-            raise self.fail(index, "expected an item number from 0 (the first item), found a negative one")
-        if isinstance(index, ast.Constant) and isinstance(index.value, str) and index.value:
-            if "." in index.value:
-                raise self.fail(index, "a field name with '.' cannot be read; JsonLogic paths use '.'")
-            return index.value
-        raise self.fail(
-            index, 'expected an item number such as [0] or a quoted field name such as ["from"] in [ ]'
-        )
+        raise self.fail(index, 'expected an item number such as [0] or a quoted name such as ["from"] in [ ]')
 
     def _resolve(self, root: ast.Name, keys: list[str], scope: _Scope | None) -> str:
         name = root.id
