@@ -28,7 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from actions.answers import excerpt, read_prefix
+from actions.answers import READ_BYTES, excerpt, read_prefix
 
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -68,10 +68,10 @@ class Origin:
     port: int
 
     @classmethod
-    def of(cls, url: str) -> Origin | None:
+    def of(cls, url: str | httpx.URL) -> Origin | None:
         """The origin of an absolute http(s) URL, or None when it has no such scheme and a host."""
         try:
-            parsed = httpx.URL(url)
+            parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
         except httpx.InvalidURL:
             return None
         if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -219,46 +219,59 @@ async def send_request(
     all_headers = httpx.Headers(_checked_headers(method, url, headers or {}))
     # Set, not setdefault: downstream dedupes on this key, so a rule cannot replace it.
     all_headers["Idempotency-Key"] = ctx.idempotency_key
-    _check_origin(ctx, method, url)
-    deadline = asyncio.get_running_loop().time() + timeout
+    target = _checked_origin(ctx, method, url)
+    response: httpx.Response | None = None
+    chunks: list[bytes] = []
+    complete = False
     try:
-        async with asyncio.timeout_at(deadline):
+        # One deadline for the call; a body still coming then is cut, not waited for.
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
             request = ctx.http.build_request(
-                method, url, headers=all_headers, json=json, content=content, timeout=timeout
+                method, target, headers=all_headers, json=json, content=content, timeout=timeout
             )
             response = await ctx.http.send(request, stream=True)
-    except (httpx.TimeoutException, TimeoutError) as exc:
+            complete = await read_prefix(response, chunks)
+    except (TimeoutError, httpx.TransportError, httpx.InvalidURL) as exc:
+        if response is None:
+            raise _send_failure(method, url, timeout, exc) from exc
+        # The status and headers are the answer; a body cut short only shortens its excerpt.
+    finally:
+        if response is not None:
+            await response.aclose()
+    text = excerpt(response, b"".join(chunks)[:READ_BYTES], complete)
+    return _classify(ctx, method, url, response, text, expect_status)
+
+
+def _send_failure(method: str, url: str, timeout: float, exc: Exception) -> ActionFailed:
+    """What failed before an answer came, and whether trying again later may help."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         why = type(exc).__name__ if isinstance(exc, httpx.TimeoutException) else "no answer in time"
-        raise ActionFailed(
+        return ActionFailed(
             f"{method} {redact_url(url)} timed out after {timeout:g}s ({why})", transient=True
-        ) from exc
+        )
     # The request itself is malformed in the next two cases: sending it again cannot help.
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise ActionFailed(
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return ActionFailed(
             f"{method} {redact_url(url)} is not a usable URL: {exc}; use an absolute http:// or https:// URL",
             transient=False,
-        ) from exc
-    except httpx.LocalProtocolError as exc:
+        )
+    if isinstance(exc, httpx.LocalProtocolError):
         # Not `{exc}`: h11 quotes the offending header value, which may be a token.
-        raise ActionFailed(
+        return ActionFailed(
             f"{method} {redact_url(url)} could not be sent ({type(exc).__name__}); "
             "check the header names and values",
             transient=False,
-        ) from exc
-    except httpx.TransportError as exc:
-        raise ActionFailed(
-            f"{method} {redact_url(url)} could not connect: {type(exc).__name__}", transient=True
-        ) from exc
+        )
+    return ActionFailed(f"{method} {redact_url(url)} could not connect: {type(exc).__name__}", transient=True)
+
+
+def _checked_origin(ctx: ActionContext, method: str, url: str) -> httpx.URL:
+    """The URL, parsed once; refused when its scheme, host or port is not one allowed."""
     try:
-        raw, complete = await read_prefix(response, deadline)
-    finally:
-        await response.aclose()
-    return _classify(ctx, method, url, response, excerpt(response, raw, complete), expect_status)
-
-
-def _check_origin(ctx: ActionContext, method: str, url: str) -> None:
-    """Refuse a URL whose scheme, host or port is not one the rule or configuration allowed."""
-    target = Origin.of(url)
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise _send_failure(method, url, 0, exc) from exc
+    target = Origin.of(parsed)
     if target is None:
         raise ActionFailed(
             f"{method} {redact_url(url)} is not a usable URL: no http:// or https:// scheme and host; "
@@ -273,6 +286,7 @@ def _check_origin(ctx: ActionContext, method: str, url: str) -> None:
             "from the delivery); write the host in the rule, e.g. 'https://crm.example.com/{{ data.id }}'",
             transient=False,
         )
+    return parsed
 
 
 def _checked_headers(method: str, url: str, headers: Mapping[str, str]) -> Mapping[str, str]:

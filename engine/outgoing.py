@@ -17,6 +17,7 @@ other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,20 @@ def check_url(value: str, *, http: bool) -> tuple[OriginParts | None, URLProblem
 def origin_of(parts: OriginParts, secrets: Mapping[str, str]) -> tuple[str, Origin | None]:
     """The configuration-only start rendered with `secrets`, and its origin (None: it has none)."""
     start = "".join(part if isinstance(part, str) else secrets[part.name] for part in parts)
-    return start, Origin.of(start)
+    return start, _start(start)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _start(start: str) -> tuple[Origin | None, bool]:
+    """The origin of a start of a URL, and whether the start also ends it (a / ? or # after the host).
+
+    Starts and defaults are configuration: a handful of texts, parsed once each, not per delivery.
+    A URL that begins with a start that ends its origin has that origin: httpx (and RFC 3986)
+    read the authority as what follows `//` up to the first `/`, `?` or `#`.
+    """
+    origin = Origin.of(start)
+    scheme_end = start.find("://")
+    return origin, origin is not None and any(c in start[scheme_end + 3 :] for c in "/?#")
 
 
 def check_rendered(
@@ -119,9 +133,9 @@ def check_rendered(
         url = rendered.get(name)
         if not isinstance(url, str) or not url:
             continue  # not given: the action falls back on configuration
-        _, origin = origin_of(parts, secrets)
         if dry_run and MASK in url:
             continue
+        start, origin = origin_of(parts, secrets)
         if origin is None:
             # No "https" in the text: a secret holding just the scheme would mask it.
             return origins, (
@@ -129,7 +143,7 @@ def check_rendered(
                 "its secrets has no scheme and host of its own, so the delivery would choose where "
                 "the request goes; write the scheme and host in the rule or in the secret"
             )
-        target = Origin.of(url)
+        target = origin if url.startswith(start) and _start(start)[1] else Origin.of(url)
         if target != origin:
             where = "no usable address" if target is None else f"{target}"
             return origins, (
@@ -146,13 +160,23 @@ def allowed_origins(
 ) -> frozenset[Origin]:
     """Every origin one run of an action may send to: its rendered URLs', else configuration's."""
     allowed = set(rendered.values())
-    for name, field in plugin.Params.model_fields.items():
-        for marker in field.metadata:
-            if isinstance(marker, OutgoingURL) and marker.default and (field.alias or name) not in rendered:
-                origin = Origin.of(getattr(defaults, marker.default) or "")
-                if origin is not None:
-                    allowed.add(origin)
+    for name, default in _defaults_of(type(plugin)):
+        if name not in rendered:
+            origin = _start(getattr(defaults, default) or "")[0]
+            if origin is not None:
+                allowed.add(origin)
     return frozenset(allowed)
+
+
+@functools.cache
+def _defaults_of(plugin: type[Action[Any]]) -> tuple[tuple[str, str], ...]:
+    """(param, `ActionDefaults` field) for each outgoing URL param that falls back on configuration."""
+    return tuple(
+        (field.alias or name, marker.default)
+        for name, field in plugin.Params.model_fields.items()
+        for marker in field.metadata
+        if isinstance(marker, OutgoingURL) and marker.default
+    )
 
 
 def _output(tree: nodes.Template) -> Iterator[str | SecretPart | nodes.Node]:
