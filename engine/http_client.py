@@ -56,12 +56,16 @@ class _Transport(AiohttpTransport):
     """httpx-aiohttp's transport, naming connection failures as httpx's own transport does.
 
     It reports every aiohttp connection error as `httpx.ConnectTimeout`: a refused
-    connection, an unknown host and a server that hung up would all read "timed out".
+    connection, an unknown host and a server that hung up would all read "timed out";
+    and it lets other aiohttp errors through as they are: an answer aiohttp refuses to
+    parse (too many or too long headers) would escape httpx's error classes.
     """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             return await super().handle_async_request(request)
+        except aiohttp.ClientError as exc:  # not mapped by httpx-aiohttp: a malformed answer
+            raise httpx.RemoteProtocolError(type(exc).__name__, request=request) from exc
         except httpx.ConnectTimeout as exc:
             cause = exc.__cause__
             if cause is None or isinstance(cause, TimeoutError):  # aiohttp's timeouts are TimeoutErrors

@@ -238,7 +238,8 @@ async def peak_memory_of(call: Awaitable[object]) -> tuple[object, int]:
         tracemalloc.stop()
 
 
-async def test_a_huge_error_answer_is_cut_short_and_its_connection_closed_not_drained() -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_huge_error_answer_is_cut_short_and_its_connection_closed_not_drained(chunked: bool) -> None:
     total = 64 * MB
     sent = 0
     finished = asyncio.Event()
@@ -247,8 +248,11 @@ async def test_a_huge_error_answer_is_cut_short_and_its_connection_closed_not_dr
         nonlocal sent
         await read_request(reader)
         writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n")
-        writer.write(b"Content-Length: %d\r\n\r\n" % total)
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % total
+        writer.write(framing + b"\r\n\r\n")
         chunk = b"disk full " * 6554
+        if chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         try:
             while sent < total:
                 writer.write(chunk)
@@ -360,3 +364,26 @@ async def test_the_timeout_bounds_the_reading_of_a_slow_body_and_keeps_what_came
     assert result.detail is not None
     assert result.detail.startswith("accepted")
     assert elapsed < 1.5
+
+
+async def test_an_answer_with_endless_headers_is_a_transient_protocol_error_not_a_crash() -> None:
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        with suppress(ConnectionError):
+            for n in range(200_000):
+                writer.write(b"X-Filler-%d: %s\r\n" % (n, b"v" * 100))
+                if n % 1000 == 0:
+                    await writer.drain()
+                    if writer.is_closing():
+                        return
+
+    async with local_server(flood) as port, action_context(f"http://127.0.0.1:{port}") as ctx:
+        outcome, peak = await peak_memory_of(
+            send_request(ctx, "POST", f"http://127.0.0.1:{port}/hook", json={})
+        )
+
+    assert isinstance(outcome, ActionFailed)
+    assert outcome.transient
+    assert "could not connect: RemoteProtocolError" in str(outcome)
+    assert peak < 2 * MB
