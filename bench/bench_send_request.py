@@ -28,7 +28,10 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
-ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{"ok": true, "id": "po-42"}'
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n"
+    b'{"ok": true, "id": "po-42"}'
+)
 
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -107,7 +110,8 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     where = os.environ.get("PYTHONPATH") or "this checkout"
-    print(f"# {args.label or where} ({commit}), load {os.getloadavg()[0]:.2f}, Python {sys.version.split()[0]}")
+    python = sys.version.split()[0]
+    print(f"# {args.label or where} ({commit}), load {os.getloadavg()[0]:.2f}, Python {python}")
     try:
         for round_ in range(args.rounds):
             cpu, wall = asyncio.run(_run(port, args.count, args.concurrency))
