@@ -13,6 +13,7 @@ carries the server's Retry-After in seconds when it sent one.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import email.utils
 import hashlib
@@ -27,6 +28,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from actions.answers import READ_BYTES, excerpt, read_prefix
+
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 DEFAULT_TIMEOUT_SECONDS = 10.0
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
@@ -40,17 +43,45 @@ class ActionParams(BaseModel):
 
 
 class OutgoingURL:
-    """Marks a param as a URL the engine connects to: its host must not come from payload data.
+    """Marks a param as a URL the engine connects to: where it goes must not come from payload data.
 
-    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it. `http=False`
-    for a URL that is not an HTTP one (a database URL): its host is checked, not its scheme.
+    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it (engine/outgoing.py)
+    and `send_request` sends only to the origins it allowed. `default` names the
+    `ActionDefaults` field the action falls back on when the param is left out. `http=False`
+    for a URL that is not an HTTP one (a database URL): all of it must be configuration.
     """
 
-    def __init__(self, *, http: bool = True) -> None:
+    def __init__(self, *, http: bool = True, default: str | None = None) -> None:
         self.http = http
+        self.default = default
 
     def __repr__(self) -> str:
-        return f"OutgoingURL(http={self.http})"
+        return f"OutgoingURL(http={self.http}, default={self.default!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an HTTP request goes: scheme, host and port (the default port when none is written)."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, url: str | httpx.URL) -> Origin | None:
+        """The origin of an absolute http(s) URL, or None when it has no such scheme and a host."""
+        try:
+            parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        except httpx.InvalidURL:
+            return None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            return None
+        return cls(parsed.scheme, parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
 
 
 class NotTemplated:
@@ -111,6 +142,8 @@ class ActionContext:
     rule_id: str
     action_index: int
     clock: Clock = utc_now
+    # Where `send_request` may send (engine/outgoing.py works them out); none: nowhere.
+    allowed_origins: frozenset[Origin] = frozenset()
 
     @property
     def idempotency_key(self) -> str:
@@ -174,40 +207,86 @@ async def send_request(
     headers: Mapping[str, str] | None = None,
     json: Any = None,
     content: str | bytes | None = None,
-    timeout: float = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - httpx's own per-request timeout
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the deadline of the whole call
     expect_status: Callable[[int], bool] | None = None,
 ) -> ActionResult:
-    """Send one request with the Idempotency-Key; classify every failure."""
+    """Send one request with the Idempotency-Key; classify every failure.
+
+    `timeout` is the deadline of the whole call: connecting, sending, and the answer's
+    status and headers (a later body is read only until then, and only its start).
+    Only the origins in `ctx.allowed_origins` are sent to.
+    """
     all_headers = httpx.Headers(_checked_headers(method, url, headers or {}))
     # Set, not setdefault: downstream dedupes on this key, so a rule cannot replace it.
     all_headers["Idempotency-Key"] = ctx.idempotency_key
+    target = _checked_origin(ctx, method, url)
+    response: httpx.Response | None = None
+    chunks: list[bytes] = []
+    complete = False
     try:
-        response = await ctx.http.request(
-            method, url, headers=all_headers, json=json, content=content, timeout=timeout
+        # One deadline for the call; a body still coming then is cut, not waited for.
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
+            request = ctx.http.build_request(
+                method, target, headers=all_headers, json=json, content=content, timeout=timeout
+            )
+            response = await ctx.http.send(request, stream=True)
+            complete = await read_prefix(response, chunks)
+    except (TimeoutError, httpx.TransportError, httpx.InvalidURL) as exc:
+        if response is None:
+            raise _send_failure(method, url, timeout, exc) from exc
+        # The status and headers are the answer; a body cut short only shortens its excerpt.
+    finally:
+        if response is not None:
+            await response.aclose()
+    text = excerpt(response, b"".join(chunks)[:READ_BYTES], complete)
+    return _classify(ctx, method, url, response, text, expect_status)
+
+
+def _send_failure(method: str, url: str, timeout: float, exc: Exception) -> ActionFailed:
+    """What failed before an answer came, and whether trying again later may help."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        why = type(exc).__name__ if isinstance(exc, httpx.TimeoutException) else "no answer in time"
+        return ActionFailed(
+            f"{method} {redact_url(url)} timed out after {timeout:g}s ({why})", transient=True
         )
-    except httpx.TimeoutException as exc:
-        raise ActionFailed(
-            f"{method} {_redact(url)} timed out after {timeout:g}s ({type(exc).__name__})",
-            transient=True,
-        ) from exc
     # The request itself is malformed in the next two cases: sending it again cannot help.
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise ActionFailed(
-            f"{method} {_redact(url)} is not a usable URL: {exc}; use an absolute http:// or https:// URL",
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return ActionFailed(
+            f"{method} {redact_url(url)} is not a usable URL: {exc}; use an absolute http:// or https:// URL",
             transient=False,
-        ) from exc
-    except httpx.LocalProtocolError as exc:
+        )
+    if isinstance(exc, httpx.LocalProtocolError):
         # Not `{exc}`: h11 quotes the offending header value, which may be a token.
-        raise ActionFailed(
-            f"{method} {_redact(url)} could not be sent ({type(exc).__name__}); "
+        return ActionFailed(
+            f"{method} {redact_url(url)} could not be sent ({type(exc).__name__}); "
             "check the header names and values",
             transient=False,
-        ) from exc
-    except httpx.TransportError as exc:
+        )
+    return ActionFailed(f"{method} {redact_url(url)} could not connect: {type(exc).__name__}", transient=True)
+
+
+def _checked_origin(ctx: ActionContext, method: str, url: str) -> httpx.URL:
+    """The URL, parsed once; refused when its scheme, host or port is not one allowed."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise _send_failure(method, url, 0, exc) from exc
+    target = Origin.of(parsed)
+    if target is None:
         raise ActionFailed(
-            f"{method} {_redact(url)} could not connect: {type(exc).__name__}", transient=True
-        ) from exc
-    return _classify(ctx, method, url, response, expect_status)
+            f"{method} {redact_url(url)} is not a usable URL: no http:// or https:// scheme and host; "
+            "use an absolute http:// or https:// URL",
+            transient=False,
+        )
+    if target not in ctx.allowed_origins:
+        allowed = ", ".join(sorted(map(str, ctx.allowed_origins))) or "none"
+        raise ActionFailed(
+            f"{method} {redact_url(url)} refused: it goes to {target}, but this action may send only "
+            f"to {allowed} (the scheme, host and port come from the rule or configuration, never "
+            "from the delivery); write the host in the rule, e.g. 'https://crm.example.com/{{ data.id }}'",
+            transient=False,
+        )
+    return parsed
 
 
 def _checked_headers(method: str, url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -215,7 +294,7 @@ def _checked_headers(method: str, url: str, headers: Mapping[str, str]) -> Mappi
     for name, value in headers.items():
         if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
             raise ActionFailed(
-                f"{method} {_redact(url)}: header {name[:40]!r} has a name or value HTTP cannot "
+                f"{method} {redact_url(url)}: header {name[:40]!r} has a name or value HTTP cannot "
                 "carry (value not shown); use printable ASCII without line breaks",
                 transient=False,
             )
@@ -227,14 +306,15 @@ def _classify(
     method: str,
     url: str,
     response: httpx.Response,
+    text: str,
     expect_status: Callable[[int], bool] | None,
 ) -> ActionResult:
     accepted = expect_status(response.status_code) if expect_status else response.is_success
     if accepted:
-        return ActionResult(status=response.status_code, detail=_excerpt(response))
+        return ActionResult(status=response.status_code, detail=text)
     transient = response.status_code in TRANSIENT_STATUSES
     raise ActionFailed(
-        f"{method} {_redact(url)} answered {response.status_code}: {_excerpt(response)}",
+        f"{method} {redact_url(url)} answered {response.status_code}: {text}",
         transient=transient,
         status=response.status_code,
         retry_after=parse_retry_after(response.headers.get("Retry-After"), ctx.clock())
@@ -259,12 +339,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def _excerpt(response: httpx.Response, limit: int = 200) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """Scheme, host and port only: credentials, paths and queries of webhook URLs are tokens."""
     try:
         parsed = httpx.URL(url)
@@ -288,9 +363,11 @@ __all__ = [
     "Clock",
     "DatabaseEngines",
     "NotTemplated",
+    "Origin",
     "OutgoingURL",
     "idempotency_key",
     "parse_retry_after",
+    "redact_url",
     "send_request",
     "utc_now",
 ]

@@ -33,7 +33,7 @@ class PurchaseOrderParams(ActionParams):
     item_sku: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
     quantity: Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
     notes: str = ""
-    url: Annotated[str | None, OutgoingURL()] = None
+    url: Annotated[str | None, OutgoingURL(default="purchase_order_url")] = None
 
 
 class PurchaseOrderAction(Action[PurchaseOrderParams]):

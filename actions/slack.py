@@ -30,7 +30,7 @@ def slack_escape(value: str) -> str:
 class SlackParams(ActionParams):
     text: str
     blocks: list[dict[str, Any]] | None = None
-    webhook_url: Annotated[str | None, OutgoingURL()] = None
+    webhook_url: Annotated[str | None, OutgoingURL(default="slack_webhook_url")] = None
 
 
 class SlackAction(Action[SlackParams]):

@@ -13,6 +13,11 @@ When none is set (the usual case), the session does not look for them at all: ai
 would otherwise look them up, and read ~/.netrc, in a thread for every request, which
 cost a sixth of a serve process's CPU at 200 deliveries/s. When one is set, aiohttp
 also takes credentials for a host from ~/.netrc, as curl does.
+
+Answers are never decompressed here (aiohttp's auto-decompression is off, and httpx's
+decoders are not used): `send_request` reads a bounded prefix of the raw body and
+undoes its encoding within bounds (actions/answers.py). So requests ask only for the
+encodings that code can undo, whatever compression libraries are installed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import urllib.request
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from actions.answers import ACCEPT_ENCODING
 
 MAX_CONNECTIONS = 100
 KEEPALIVE_SECONDS = 5.0
@@ -36,21 +43,29 @@ def create_http_client() -> httpx.AsyncClient:
         connector = aiohttp.TCPConnector(
             ssl=ssl_context, limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS
         )
-        return aiohttp.ClientSession(connector=connector, trust_env=proxied)
+        return aiohttp.ClientSession(connector=connector, trust_env=proxied, auto_decompress=False)
 
-    return httpx.AsyncClient(transport=_Transport(client=session), follow_redirects=False)
+    return httpx.AsyncClient(
+        transport=_Transport(client=session),
+        follow_redirects=False,
+        headers={"Accept-Encoding": ACCEPT_ENCODING},
+    )
 
 
 class _Transport(AiohttpTransport):
     """httpx-aiohttp's transport, naming connection failures as httpx's own transport does.
 
     It reports every aiohttp connection error as `httpx.ConnectTimeout`: a refused
-    connection, an unknown host and a server that hung up would all read "timed out".
+    connection, an unknown host and a server that hung up would all read "timed out";
+    and it lets other aiohttp errors through as they are: an answer aiohttp refuses to
+    parse (too many or too long headers) would escape httpx's error classes.
     """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             return await super().handle_async_request(request)
+        except aiohttp.ClientError as exc:  # not mapped by httpx-aiohttp: a malformed answer
+            raise httpx.RemoteProtocolError(type(exc).__name__, request=request) from exc
         except httpx.ConnectTimeout as exc:
             cause = exc.__cause__
             if cause is None or isinstance(cause, TimeoutError):  # aiohttp's timeouts are TimeoutErrors

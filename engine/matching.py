@@ -15,10 +15,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from actions.base import ActionParams, Clock, utc_now
+from actions.base import ActionParams, Clock, Origin, utc_now
 from engine import conditions
 from engine.delivery import Delivery
 from engine.errors import TemplateRenderError
+from engine.outgoing import check_rendered
 from engine.params import ParamsInvalid, validate_rendered
 from engine.rules import Rule, RuleAction, RuleSet
 from engine.secrets import Secrets
@@ -45,6 +46,8 @@ class PlannedAction:
     params: dict[str, Any] | None = None
     validated: ActionParams | None = None
     error: str | None = None
+    # Where each rendered outgoing URL may go; the worker hands them to the action.
+    origins: dict[str, Origin] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -196,4 +199,10 @@ def render_action(
         return planned
     # Show what will be sent: `quantity: "7"` written as text is sent as the number 7.
     planned.params = planned.validated.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    planned.origins, refused = check_rendered(
+        action.origins, planned.params, context["secrets"], dry_run=dry_run
+    )
+    if refused is not None:
+        planned.error = f"actions[{action.index}] ({action.type}): {refused}"
+        planned.validated = None
     return planned

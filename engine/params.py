@@ -3,30 +3,26 @@
 At load time every param is checked against the action's params model as far
 as it can be before a delivery exists: unknown params (with "did you mean"),
 missing required ones, the type of every param written literally, template
-syntax, and outgoing URLs whose host would come from payload data. A templated
-param is validated after rendering, with the same model.
+syntax, and outgoing URLs whose scheme, host or port could come from payload data
+(engine/outgoing.py). A templated param is validated after rendering, with the same model.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import httpx
-import jinja2.meta
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from actions.base import Action, ActionParams, NotTemplated, OutgoingURL
 from actions.registry import ActionRegistry
+from engine.outgoing import OriginParts, check_url
 from engine.rules import RuleAction
 from engine.secrets import MASK
 from engine.sources import JsonPath
-from engine.templates import compile_value, environment, has_template_syntax
+from engine.templates import compile_value, has_template_syntax
 from engine.validation import FieldProblem, describe, unknown_key_message
-
-# Names a URL template may read and still take its host from configuration.
-CONFIGURATION_NAMES = frozenset({"secrets"})
 
 
 class ParamsInvalid(Exception):
@@ -52,8 +48,10 @@ def bind_action(
         template, template_problems = compile_value(value, (*loc, key), escape)
         templates[key] = template
         problems += [FieldProblem(p.loc, p.message, template_line=p.line) for p in template_problems]
-    problems += _check_outgoing_urls(plugin.Params, params, loc)
-    return RuleAction(index, plugin.type, plugin, templates, dict(plugin.escaped_params)), problems
+    origins, url_problems = _check_outgoing_urls(plugin.Params, params, loc)
+    problems += url_problems
+    action = RuleAction(index, plugin.type, plugin, templates, dict(plugin.escaped_params), origins)
+    return action, problems
 
 
 def validate_rendered(
@@ -118,57 +116,23 @@ def _check_literal_params(plugin: Action[Any], params: dict[str, Any], loc: Json
     return problems
 
 
-def _check_outgoing_urls(model: type[BaseModel], params: dict[str, Any], loc: JsonPath) -> list[FieldProblem]:
+def _check_outgoing_urls(
+    model: type[BaseModel], params: dict[str, Any], loc: JsonPath
+) -> tuple[dict[str, OriginParts], list[FieldProblem]]:
+    """Where each outgoing URL may go (its configuration-only start), and the URLs refused."""
+    allowed: dict[str, OriginParts] = {}
     problems = []
     for name, field in rule_params(model).items():
         value = params.get(name)
-        if not (_is_outgoing_url(field) and isinstance(value, str) and _templated(value)):
+        if not (_is_outgoing_url(field) and isinstance(value, str)):
             continue
-        if _needs_http_url(field):
-            if not _host_from_configuration(value):
-                problems.append(
-                    FieldProblem(
-                        (*loc, name),
-                        "expected the URL's host written in the rule (or taken from secrets), found a "
-                        "host built from a template; write it out, e.g. "
-                        "'https://crm.example.com/items/{{ data.id }}'",
-                    )
-                )
-        elif not _reads_only_configuration(value):
-            # A database URL names host, database and file: none of it may come from a delivery.
-            problems.append(
-                FieldProblem(
-                    (*loc, name),
-                    "expected the database URL written in the rule (or taken from secrets), found one "
-                    "built from the delivery; write it out or use {{ secrets.NAME }}",
-                )
-            )
-    return problems
-
-
-_HOST_END = re.compile(r"[/?#]")
-_TEMPLATE_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-
-
-def _host_from_configuration(template: str) -> bool:
-    """True when the URL up to the end of its host reads nothing but configuration.
-
-    The host part ends at the first `/`, `?` or `#` after `scheme://` (or, with no
-    scheme written, the first one) outside any template tag: `https://crm.example.com/{{ data.id }}`
-    and `{{ secrets.CRM_URL }}/items/{{ data.id }}` pass, `https://{{ data.host }}/x` does not.
-    """
-    masked = _TEMPLATE_TAG.sub(lambda match: "\0" * len(match.group()), template)
-    scheme_end = masked.find("://")
-    host_end = _HOST_END.search(masked, scheme_end + 3 if scheme_end >= 0 else 0)
-    return _reads_only_configuration(template[: host_end.start()] if host_end else template)
-
-
-def _reads_only_configuration(template: str) -> bool:
-    try:
-        names = jinja2.meta.find_undeclared_variables(environment().parse(template))
-    except jinja2.TemplateSyntaxError:
-        return True  # reported as a syntax error already
-    return names <= CONFIGURATION_NAMES
+        http = _needs_http_url(field)
+        parts, problem = check_url(value, http=http)
+        if problem is not None:
+            problems.append(FieldProblem((*loc, name), problem.message, template_line=problem.line))
+        elif parts is not None and http:
+            allowed[name] = parts
+    return allowed, problems
 
 
 def _require_http_url(value: str) -> None:

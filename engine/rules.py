@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from actions.base import Action
 from engine.conditions import Condition
+from engine.outgoing import OriginParts
 from engine.templates import Escape, ParamTemplate
 from engine.validation import describe_value
 
@@ -107,6 +108,8 @@ class RuleAction:
     plugin: Action[Any]
     params: dict[str, ParamTemplate]
     escapes: dict[str, Escape] = field(default_factory=dict)
+    # Per outgoing URL param, its configuration-only start (engine/outgoing.py).
+    origins: dict[str, OriginParts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from engine.delivery import Delivery
 from engine.group_commit import GroupCommit
 from engine.matching import Matcher, PlannedAction, RuleOutcome
 from engine.metrics import Metrics
+from engine.outgoing import allowed_origins
 from engine.rules import Rule, RuleSet
 from engine.secrets import Masker, Secrets
 from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
@@ -347,7 +348,14 @@ class DeliveryProcessor:
             return ActionStatus.FAILED, planned.error or "params were not validated", None, None
         plugin = rule.actions[planned.index].plugin
         ctx = ActionContext(
-            self._http, self._databases, self._defaults, delivery_id, rule.id, planned.index, self._clock
+            self._http,
+            self._databases,
+            self._defaults,
+            delivery_id,
+            rule.id,
+            planned.index,
+            self._clock,
+            allowed_origins(plugin, planned.origins, self._defaults),
         )
         try:
             result = await plugin.run(planned.validated, ctx)

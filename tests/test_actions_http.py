@@ -21,6 +21,7 @@ from actions.base import (
     ActionDefaults,
     ActionFailed,
     DatabaseEngines,
+    Origin,
     idempotency_key,
     parse_retry_after,
     send_request,
@@ -35,6 +36,12 @@ SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
 PO_URL = "https://po.example.com/api/orders"
 EXPECTED_KEY = idempotency_key("dlv-42", "reorder-low-stock", 1)
 
+TEST_ORIGINS = frozenset(
+    origin
+    for url in (SLACK_URL, PO_URL, "https://po2.example.com", "https://erp.example.com")
+    if (origin := Origin.of(url)) is not None
+)
+
 MakeContext = Callable[..., ActionContext]
 
 
@@ -44,6 +51,7 @@ async def make_ctx() -> AsyncIterator[MakeContext]:
         databases = DatabaseEngines(lambda url: create_async_engine(url))
 
         def make(**defaults: str) -> ActionContext:
+            # What the engine works out from a rule (engine/outgoing.py); here, the test's hosts.
             return ActionContext(
                 http=client,
                 databases=databases,
@@ -52,6 +60,7 @@ async def make_ctx() -> AsyncIterator[MakeContext]:
                 rule_id="reorder-low-stock",
                 action_index=1,
                 clock=lambda: NOW,
+                allowed_origins=TEST_ORIGINS,
             )
 
         yield make
@@ -409,6 +418,55 @@ async def test_failure_message_hides_credentials_and_query_of_the_url(
     assert "erp.example.com" in message
     assert "pa55word" not in message
     assert "tok-SECRET" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.example/steal?token=tok-SECRET",
+        "http://erp.example.com/hook?token=tok-SECRET",  # another scheme
+        "https://erp.example.com:8443/hook?token=tok-SECRET",  # another port
+        "https://erp.example.com@evil.example/hook?token=tok-SECRET",  # userinfo, then the host
+        "https://erp.example.com\\@evil.example/hook?token=tok-SECRET",
+        "https://erp.example.com.evil.example/hook?token=tok-SECRET",
+    ],
+)
+async def test_a_request_to_an_origin_the_rule_did_not_allow_is_refused_and_not_sent(
+    respx_mock: respx.MockRouter, make_ctx: MakeContext, url: str
+) -> None:
+    route = respx_mock.route().respond(200)
+
+    with pytest.raises(ActionFailed, match="refused: it goes to ") as caught:
+        await send_request(make_ctx(), "POST", url, json={})
+
+    assert caught.value.transient is False
+    assert "may send only to https://erp.example.com, " in str(caught.value)
+    assert "tok-SECRET" not in str(caught.value)
+    assert route.call_count == 0
+
+
+async def test_an_answer_excerpt_is_one_line_of_printable_text(
+    respx_mock: respx.MockRouter, make_ctx: MakeContext
+) -> None:
+    body = "\x1b[31mno\x1b[0m such\r\nitem \u202eevil\x00 " + "x" * 300
+    respx_mock.post(PO_URL).respond(404, text=body)
+
+    with pytest.raises(ActionFailed) as caught:
+        await send_request(make_ctx(), "POST", PO_URL, json={})
+
+    message = str(caught.value)
+    assert message.startswith("POST https://po.example.com/… answered 404: [31mno [0m such item evil xxx")
+    assert message.endswith("x…")
+    assert all(character.isprintable() for character in message)
+
+
+async def test_an_answer_in_an_encoding_not_asked_for_is_not_decoded(
+    respx_mock: respx.MockRouter, make_ctx: MakeContext
+) -> None:
+    respx_mock.post(PO_URL).respond(502, headers={"Content-Encoding": "br"}, content=bytes(range(256)) * 4)
+
+    with pytest.raises(ActionFailed, match=r"answered 502: \(1,024 bytes encoded as 'br', not shown\)"):
+        await send_request(make_ctx(), "POST", PO_URL, json={})
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,8 @@ class Bench:
         retry: RetryPolicy | None = None,
         registry: ActionRegistry | None = None,
         metrics: Metrics | None = None,
+        secrets: dict[str, str] | None = None,
+        defaults: ActionDefaults | None = None,
     ) -> DeliveryProcessor:
         folder = self.tmp_path / f"rules-{random.getrandbits(32):08x}"
         folder.mkdir()
@@ -179,8 +181,8 @@ class Bench:
             rules=lambda: rule_set,
             http=self.http,
             databases=self.databases,
-            defaults=ActionDefaults(),
-            secrets={"PO_TOKEN": TOKEN},
+            defaults=defaults or ActionDefaults(),
+            secrets={"PO_TOKEN": TOKEN, **(secrets or {})},
             masker=Masker([TOKEN]),
             metrics=metrics or self.metrics,
             retry=retry or RetryPolicy(max_attempts=4, base_seconds=0.5),
@@ -933,6 +935,52 @@ async def test_plugin_raising_unexpected_exception_is_recorded_and_processing_go
     assert crm.call_count == 1
     assert ledger[("fine", 0)].status is ActionStatus.SUCCEEDED
     assert await bench.status("d-1") is DeliveryStatus.FAILED
+
+
+async def test_an_action_whose_url_leaves_the_origin_its_rule_allows_fails_and_sends_nothing(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # The secret holds only a scheme: the rule loads, but the host would come from the delivery.
+    rules = """\
+- id: callback
+  on: item.low_stock
+  actions:
+    - {type: http, url: "{{ secrets.SCHEME }}//{{ data.host }}/orders", json: {id: "{{ data.id }}"}}
+"""
+    evil = router.post("https://evil.example/orders").respond(200)
+    await bench.deliver("d-1", low_stock(host="evil.example"))
+
+    assert await bench.processor(rules, secrets={"SCHEME": "https:"}).process("d-1") is None
+
+    assert evil.call_count == 0
+    run = (await bench.ledger("d-1"))[("callback", 0)]
+    assert (run.status, run.attempts) == (ActionStatus.FAILED, 1)
+    assert run.last_error is not None
+    assert run.last_error.startswith("actions[0] (http): url: refused, nothing sent: ")
+    assert await bench.status("d-1") is DeliveryStatus.FAILED
+
+
+async def test_actions_left_without_a_url_send_to_the_configured_one(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    rules = """\
+- id: defaults
+  on: item.low_stock
+  actions:
+    - {type: slack, text: "{{ data.name }} is low"}
+    - {type: purchase_order, item_sku: "{{ data.external_id }}", quantity: 2}
+"""
+    slack_url = "https://hooks.slack.com/services/T0/B0/abc"
+    slack = router.post(slack_url).respond(200, text="ok")
+    orders = router.post(PO_URL).respond(201)
+    defaults = ActionDefaults(slack_webhook_url=slack_url, purchase_order_url=PO_URL)
+    await bench.deliver("d-1", low_stock())
+
+    assert await bench.processor(rules, defaults=defaults).process("d-1") is None
+
+    assert (slack.call_count, orders.call_count) == (1, 1)
+    assert sent_json(orders) == {"item_sku": "TENT-4P", "quantity": 2, "notes": ""}
+    assert await bench.status("d-1") is DeliveryStatus.DONE
 
 
 async def test_delivery_whose_body_was_purged_is_failed_not_matched_against_nothing(
