@@ -18,8 +18,8 @@ from engine.expression_syntax import MAX_DEPTH, TOO_DEEP, ExpressionProblem, Lin
 
 LITERAL_NAMES: Mapping[str, Any] = {"true": True, "false": False, "null": None}
 _COMPARISONS: Mapping[type[ast.cmpop], str] = {
-    ast.Eq: "===",
-    ast.NotEq: "!==",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
     ast.Lt: "<",
     ast.LtE: "<=",
     ast.Gt: ">",

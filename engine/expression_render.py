@@ -9,10 +9,11 @@ why, for the conditions that have no expression form:
 - reads of a path that does not start with a context name (`data`, `payload`,
   `event`, `timestamp`, `delivery_id`), or of a whole item scope from outside;
 - `+` or `*` with one value (a conversion to a number), `if` with one value;
-- JsonLogic's loose `==` / `!=`, which convert types (`"5" == 5` is true) where
-  an expression's `==` does not: rendered only when one side is a text that no
-  conversion can match (`"returned"`), or when `loose_equality=True` (then the
-  caller must say that the meaning changed for values of other types).
+- JsonLogic's strict `===` / `!==`, which never convert types where an expression's
+  `==` does (it compiles to JsonLogic's `==`): rendered as `==` / `!=` only when one
+  side is a text that no conversion can match (`"returned"`), or when
+  `strict_equality=True` (then the caller must say that the meaning changed for
+  values of other types).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from engine.expression_hints import CONTEXT_NAMES
 
 # Python's precedence, loosest first: what needs parentheses where.
 _IF, _OR, _AND, _NOT, _COMPARE, _FILTER, _ADD, _MUL, _UNARY, _ATOM = range(10)
-_COMPARISONS = {"===": "==", "!==": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "in"}
+_COMPARISONS = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "in"}
 _ARITHMETIC = {"+": _ADD, "-": _ADD, "*": _MUL, "/": _MUL, "%": _MUL}
 _NO_FORM = ("cat", "substr", "min", "max", "merge", "map", "filter", "missing", "missing_some")
 
@@ -35,14 +36,14 @@ class NoExpression(ValueError):
     """The condition has no expression form; the message says why."""
 
 
-def to_expression(logic: Any, *, loose_equality: bool = False) -> str:
+def to_expression(logic: Any, *, strict_equality: bool = False) -> str:
     """`logic` written as an expression; raises `NoExpression`."""
-    return _Renderer(loose_equality).render(logic, None)[0]
+    return _Renderer(strict_equality).render(logic, None)[0]
 
 
 class _Renderer:
-    def __init__(self, loose_equality: bool) -> None:
-        self.loose_equality = loose_equality
+    def __init__(self, strict_equality: bool) -> None:
+        self.strict_equality = strict_equality
 
     def render(self, logic: Any, scope: tuple[str, str] | None) -> tuple[str, int]:
         """(text, precedence); `scope` is (loop variable, JsonLogic prefix) inside any/all/sum."""
@@ -56,7 +57,7 @@ class _Renderer:
         items = args if isinstance(args, list) else [args]
         if op == "var":
             return self.read(items, scope), (_FILTER if len(items) == 2 else _ATOM)
-        if op in _COMPARISONS or op in ("==", "!="):
+        if op in _COMPARISONS or op in ("===", "!=="):
             return self.compare(op, items, scope)
         if op in ("and", "or"):
             return self.boolean(op, items, scope)
@@ -89,15 +90,15 @@ class _Renderer:
         return path
 
     def compare(self, op: str, items: list[Any], scope: tuple[str, str] | None) -> tuple[str, int]:
-        if op in ("==", "!="):
-            if not (self.loose_equality or any(_unconvertible_text(item) for item in items[:2])):
-                raise NoExpression(
-                    f"JsonLogic's '{op}' converts types (\"5\" == 5 is true) and an expression's does not; "
-                    f"write '{op}=' in the JsonLogic if the values have one type, or keep it"
-                )
-            op = op + "="
         if op == "!==" and len(items) == 2 and items[1] is None and _is_default_null_read(items[0]):
             return f"exists({_path(items[0]['var'][0], scope)})", _ATOM
+        if op in ("===", "!=="):
+            if not (self.strict_equality or any(_unconvertible_text(item) for item in items[:2])):
+                raise NoExpression(
+                    f"JsonLogic's '{op}' never converts types and an expression's '{op[:2]}' does "
+                    f"(\"5\" == 5 is true); write '{op[:2]}' in the JsonLogic if that is meant, or keep it"
+                )
+            op = op[:2]
         if len(items) == 3 and op in ("<", "<="):
             a, b, c = (self.operand(item, scope, _FILTER) for item in items)
             return f"{a} {op} {b} {op} {c}", _COMPARE

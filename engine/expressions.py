@@ -8,8 +8,10 @@ parser (engine.expression_syntax); a whitelist of node types is walked and
 anything else is refused with what to write instead. Nothing is evaluated.
 
 Choices where Python and JsonLogic read differently (docs/rules.md says the same):
-`==` and `!=` compile to `===` and `!==`, so `"5" == 5` and `null == 0` are
-false, as `in` already compares; `all(...)` over an empty list is false (JsonLogic);
+`==` and `!=` compile to JsonLogic's `==` and `!=` (SPEC section 12), which convert
+types as JsonLogic does (`"42" == 42` is true, and datalogic also finds `null` equal to
+`0`, `""` and `false`); `in` compares without conversion; `all(...)` over an empty list
+is false (JsonLogic);
 `len(x)` counts the items of a list (standard JsonLogic cannot count a text's characters).
 """
 

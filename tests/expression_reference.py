@@ -66,6 +66,37 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def loose_equal(a: Any, b: Any) -> bool:
+    """JsonLogic's `==` as the engine's datalogic computes it, which converts types.
+
+    Numbers and numeric text compare as numbers, true/false as 1/0; null equals null,
+    0, "" and false; text that is not a number cannot be compared with a number (an
+    error), nor can a list or object with anything but an equal list (an error), and
+    two objects are never equal.
+    """
+    if isinstance(a, list | dict) or isinstance(b, list | dict):
+        if isinstance(a, list) and isinstance(b, list) and same(a, b):
+            return True
+        if isinstance(a, dict) and isinstance(b, dict) and not a and not b:
+            return False
+        raise Failed("a list or object compared with ==")
+    if a is None or b is None:
+        other = b if a is None else a
+        return other is None or other is False or other == "" or (_is_number(other) and other == 0)
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b
+    if isinstance(a, bool) and isinstance(b, bool):
+        return a == b
+    if isinstance(a, str) or isinstance(b, str):
+        text, other = (a, b) if isinstance(a, str) else (b, a)
+        if isinstance(other, bool):
+            return False
+        if not _NUMBER.fullmatch(text):
+            raise Failed(f"text {text!r} compared with a number")
+        return float(text) == float(other)
+    return number(a) == number(b)
+
+
 def number(value: Any) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
@@ -241,7 +272,7 @@ def _word_against_flag(text: Any, other: Any) -> bool:
 
 def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:
     if isinstance(op, ast.Eq | ast.NotEq):
-        return same(left, right) == isinstance(op, ast.Eq)
+        return loose_equal(left, right) == isinstance(op, ast.Eq)
     if isinstance(op, ast.In | ast.NotIn):
         if isinstance(right, list):
             found = any(same(left, item) for item in right)
