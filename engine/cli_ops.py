@@ -26,11 +26,12 @@ import redis.exceptions
 from sqlalchemy.engine import make_url
 
 from engine import database, runners
-from engine.config import Settings, load_settings
+from engine.config import Settings, listen_address, load_settings
 from engine.delivery import Delivery
 from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import Fixture, fixture_document, load_fixtures
 from engine.matching import RuleStatus
+from engine.output_files import RefusedOutput, never, write_output
 from engine.report import problems_text
 from engine.secrets import Masker
 from engine.service import masker_for, open_store
@@ -45,6 +46,11 @@ SHOWN_RESPONSE_CHARS = 300
 _SIGNED_HEADERS = {h.lower() for h in ("Content-Type", EVENT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER)}
 
 T = TypeVar("T")
+_EXPORT_HINTS = {
+    "link": "give the path of a regular file, or remove the link",
+    "not_regular": "give the path of a regular file",
+    "exists": "pass --force to replace it, or give another --output path",
+}
 
 
 def register(cli: click.Group) -> None:
@@ -84,8 +90,17 @@ def _shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return listen_address(value) if value else value
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
-@click.option("--host", default=None, help="Address to listen on (default: HOST, or 127.0.0.1).")
+@click.option(
+    "--host", default=None, callback=_address, help="Address to listen on (default: HOST, or 127.0.0.1)."
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: PORT, or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """The webhook receiver (and, without REDIS_URL, the workers in the same process)."""
@@ -271,10 +286,11 @@ async def _story(store: Store, delivery_id: str, masker: Masker) -> list[str] | 
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write the fixture to this file (default: print it).",
+    help="Write the fixture to this file (default: print it); never through a symbolic link.",
 )
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists (a regular file only).")
 def deliveries_export(
-    delivery_id: str, name: str | None, with_expectations: bool, output: Path | None
+    delivery_id: str, name: str | None, with_expectations: bool, output: Path | None, force: bool
 ) -> None:
     """Write a stored delivery as a fixture (JSON), ready for `stockaj-rules test`."""
 
@@ -301,7 +317,9 @@ def deliveries_export(
         click.echo(text, nl=False)
         return
     try:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text.encode("utf-8"), why_not_replace=(lambda _: None) if force else never)
+    except RefusedOutput as exc:
+        _usage(f"{exc}; {_EXPORT_HINTS[exc.kind]}")
     except OSError as exc:
         _usage(f"cannot write {output}: {exc.strerror}; give another --output path")
     click.echo(f"wrote {output}: try it with `stockaj-rules test {output}`")
