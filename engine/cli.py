@@ -22,7 +22,6 @@ from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import DEFAULT_FIXTURES_DIR, FixtureFile, load_fixtures
 from engine.junit import write_junit
 from engine.loader import load_rules
-from engine.output_files import RefusedOutput
 from engine.rules import RuleSet
 from engine.schema import rule_schema
 from engine.secrets import Masker
@@ -106,19 +105,9 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
     if problems:
         click.echo(report.problems_text(problems), err=True)
     if junit_path is not None:
-        try:
-            write_junit(junit_path, results, problems, masker)
-        except RefusedOutput as exc:
-            click.echo(
-                f"cannot write the JUnit report: {exc}; give another --junit path, or remove what is there",
-                err=True,
-            )
-            sys.exit(EXIT_BAD_INPUT)
-        except OSError as exc:
-            click.echo(
-                f"cannot write the JUnit report to {junit_path}: {exc.strerror}; give another --junit path",
-                err=True,
-            )
+        problem = write_junit(junit_path, results, problems, masker)
+        if problem:
+            click.echo(problem, err=True)
             sys.exit(EXIT_BAD_INPUT)
     click.echo(report.summary(results, len(problems)))
     if problems or not (results or problems):

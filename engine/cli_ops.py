@@ -31,7 +31,7 @@ from engine.delivery import Delivery
 from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import Fixture, fixture_document, load_fixtures
 from engine.matching import RuleStatus
-from engine.output_files import RefusedOutput, never, write_output
+from engine.output_files import write_for_command
 from engine.report import problems_text
 from engine.secrets import Masker
 from engine.service import masker_for, open_store
@@ -46,11 +46,6 @@ SHOWN_RESPONSE_CHARS = 300
 _SIGNED_HEADERS = {h.lower() for h in ("Content-Type", EVENT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER)}
 
 T = TypeVar("T")
-_EXPORT_HINTS = {
-    "link": "give the path of a regular file, or remove the link",
-    "not_regular": "give the path of a regular file",
-    "exists": "pass --force to replace it, or give another --output path",
-}
 
 
 def register(cli: click.Group) -> None:
@@ -90,20 +85,15 @@ def _shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    try:
-        return listen_address(value) if value else value
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command()
-@click.option(
-    "--host", default=None, callback=_address, help="Address to listen on (default: HOST, or 127.0.0.1)."
-)
+@click.option("--host", default=None, help="Address to listen on (default: HOST, or 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: PORT, or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """The webhook receiver (and, without REDIS_URL, the workers in the same process)."""
+    try:
+        listen_address(host or "")
+    except ValueError as exc:
+        _usage(f"Error: Invalid value for '--host': {exc}")
     settings = load_settings()
     settings.require_webhook_secret()
     with _operator_errors(masker_for(settings)):
@@ -316,12 +306,10 @@ def deliveries_export(
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        write_output(output, text.encode("utf-8"), why_not_replace=(lambda _: None) if force else never)
-    except RefusedOutput as exc:
-        _usage(f"{exc}; {_EXPORT_HINTS[exc.kind]}")
-    except OSError as exc:
-        _usage(f"cannot write {output}: {exc.strerror}; give another --output path")
+    replace = (lambda _: None) if force else None
+    problem = write_for_command("the fixture", output, text.encode(), option="--output", replace=replace)
+    if problem:
+        _usage(problem)
     click.echo(f"wrote {output}: try it with `stockaj-rules test {output}`")
 
 

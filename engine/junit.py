@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.errors import SourceProblem
 from engine.harness import FixtureResult
-from engine.output_files import write_output
+from engine.output_files import write_for_command
 from engine.secrets import Masker
 
 # How every report of this module starts: ElementTree writes the name attribute first.
@@ -23,7 +23,8 @@ _OWN_REPORT = re.compile(rb"\s*(<\?xml[^>]*\?>\s*)?<testsuite name=\"stockaj-rul
 
 def write_junit(
     path: Path, results: list[FixtureResult], problems: list[SourceProblem], masker: Masker
-) -> None:
+) -> str | None:
+    """Write the report at `path`; None when written, else the line saying why not."""
     failures = sum(1 for r in results if not r.passed)
     suite = ET.Element(
         "testsuite",
@@ -50,7 +51,9 @@ def write_junit(
         ET.SubElement(case, "error", message=masker.mask(str(problem)))
     document = io.BytesIO()
     ET.ElementTree(suite).write(document, encoding="utf-8", xml_declaration=True)
-    write_output(path, document.getvalue(), why_not_replace=_not_own_report, make_parents=True)
+    return write_for_command(
+        "the JUnit report", path, document.getvalue(), option="--junit", replace=_not_own_report
+    )
 
 
 def _not_own_report(path: Path) -> str | None:

@@ -88,6 +88,25 @@ def _put_new(temporary: Path, path: Path) -> None:
         os.replace(temporary, path)
 
 
+def write_for_command(
+    what: str, path: Path, data: bytes, *, option: str, replace: Callable[[Path], str | None] | None = None
+) -> str | None:
+    """`write_output` for a command's `option`: None when written, else the one line to print.
+
+    `replace` None: an existing file is replaced only with `--force`, which the line suggests.
+    """
+    try:
+        write_output(path, data, why_not_replace=replace or never, make_parents=replace is not None)
+    except RefusedOutput as exc:
+        fix = f"give another {option} path, or remove what is there"
+        if replace is None and exc.kind == "exists":
+            fix = f"pass --force to replace it, or give another {option} path"
+        return f"cannot write {what}: {exc}; {fix}"
+    except OSError as exc:
+        return f"cannot write {what} to {path}: {exc.strerror or exc}; give another {option} path"
+    return None
+
+
 def never(_: Path) -> str:
     """For `why_not_replace`: an existing file is never replaced."""
     return "already exists"

@@ -599,9 +599,9 @@ def test_deliveries_export_refuses_to_overwrite_a_file_unless_forced(
     )
 
     assert refused.exit_code == 2, refused.output
-    assert (
-        refused.stderr
-        == f"{target} already exists; pass --force to replace it, or give another --output path\n"
+    assert refused.stderr == (
+        f"cannot write the fixture: {target} already exists; "
+        "pass --force to replace it, or give another --output path\n"
     )
     assert forced.exit_code == 0, forced.output
     assert json.loads(target.read_text(encoding="utf-8"))["delivery_id"] == "low-1"
@@ -625,8 +625,8 @@ def test_deliveries_export_never_writes_through_a_symbolic_link(
 
     assert result.exit_code == 2, result.output
     assert result.stderr == (
-        f"{link} is a symbolic link: it is not written through; "
-        "give the path of a regular file, or remove the link\n"
+        f"cannot write the fixture: {link} is a symbolic link: it is not written through; "
+        "give another --output path, or remove what is there\n"
     )
     assert link.is_symlink()
     if dangling:
@@ -644,7 +644,7 @@ def test_deliveries_export_refuses_a_folder_or_a_device_even_when_forced(
     )
 
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("/dev/null exists and is not a regular file; ")
+    assert result.stderr.startswith("cannot write the fixture: /dev/null exists and is not a regular file; ")
 
 
 def test_deliveries_export_writes_a_new_file_whole_and_readable_by_others(

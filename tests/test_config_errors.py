@@ -406,7 +406,9 @@ def test_any_malformed_settings_give_one_line_naming_a_variable_and_no_secret(
         assert_one_clean_line(message, [s for s in secrets if len(s) >= 4])
         for secret in secrets:  # not even a piece of one
             assert not [piece for piece in pieces(secret) if piece in message], (secret, message)
-        assert message.startswith(tuple(malformed)), message
+        if not any(secret in name for secret in secrets for name in malformed if len(secret) >= 4):
+            # (hypothesis tries engine constants as secrets: one inside a name is masked there too)
+            assert message.startswith(tuple(malformed)), message
         assert message.endswith(" in the environment"), message
     else:
         event("accepted")
