@@ -184,7 +184,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """
     env = dict(os.environ if environ is None else environ)
     secrets = environment_secrets(env)
-    problem = _secret_problem(env) or _text_problem(env, secrets)
+    problem = _secret_problem(env) or _text_problem(env, secrets) or _misplaced_secret(env, secrets)
     if problem:
         raise ConfigurationError(problem)
     fields = {name: env[name.upper()] for name in Settings.model_fields if name.upper() in env}
@@ -238,6 +238,26 @@ def _text_problem(env: Mapping[str, str], secrets: list[str]) -> str | None:
             return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, secrets)
         if value and "\x00" in value:
             return problem_line(variable, "a NUL character is not allowed", value, secrets)
+    return None
+
+
+def _misplaced_secret(env: Mapping[str, str], secrets: list[str]) -> str | None:
+    """A setting that is not a secret yet holds one: it would be shown later (a path, a host).
+
+    URLs are left out: they hold their own password, and may rightly name what a secret names.
+    """
+    for name in Settings.model_fields:
+        variable = name.upper()
+        value = env.get(variable)
+        if not value or is_secret_name(variable) or variable.endswith("_URL"):
+            continue
+        if any(
+            value == secret or (len(secret) >= SECRET_MIN_LENGTH and secret in value) for secret in secrets
+        ):
+            return printable_line(
+                f"{variable}: holds the value of a secret, which is not shown (a secret belongs in "
+                f"its own variable); fix {variable} in the environment"
+            )
     return None
 
 

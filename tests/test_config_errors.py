@@ -146,6 +146,28 @@ def test_a_setting_holding_a_secret_never_echoes_it(
     assert_one_clean_line(message, [secret, secret[: len(secret) // 2]])
 
 
+@pytest.mark.parametrize("variable", ["RULES_DIR", "HOST", "LOG_LEVEL", "PORT"])
+@pytest.mark.parametrize("value", ["{secret}", "/srv/{secret}/rules"])
+def test_a_setting_that_holds_a_secret_is_refused_at_start_so_it_is_never_shown_later(
+    variable: str, value: str
+) -> None:
+    message = refusal({"SECRET_CRM_TOKEN": CRM_TOKEN, variable: value.format(secret=CRM_TOKEN)})
+
+    assert message == (
+        f"{variable}: holds the value of a secret, which is not shown (a secret belongs in its own "
+        f"variable); fix {variable} in the environment"
+    )
+
+
+def test_a_url_may_name_what_a_secret_names() -> None:
+    dsn = "postgresql+asyncpg://sync:sync-pa55word@warehouse.internal:5432/warehouse"
+    settings = load_settings(
+        {"SECRET_WAREHOUSE_DSN": dsn, "SYNC_DATABASE_URL": dsn, "SECRET_DB": "warehouse"}
+    )
+
+    assert settings.sync_database_url == dsn
+
+
 def test_a_database_password_put_in_another_setting_is_not_echoed() -> None:
     message = refusal(
         {
@@ -155,7 +177,7 @@ def test_a_database_password_put_in_another_setting_is_not_echoed() -> None:
     )
 
     assert message.startswith("MAX_ATTEMPTS: "), message
-    assert "(got a value that is not shown: it holds a secret's value)" in message, message
+    assert "holds the value of a secret, which is not shown" in message, message
     assert_one_clean_line(message, [DB_PASSWORD])
 
 
@@ -459,6 +481,7 @@ BAD_SETTINGS = {
     "redis port": {"REDIS_URL": f"redis://:{DB_PASSWORD}@cache:abc/0"},
     "secret in a number": {"SECRET_CRM_TOKEN": CRM_TOKEN, "MAX_BODY_BYTES": CRM_TOKEN},
     "short webhook secret": {"STOCKAJ_WEBHOOK_SECRET": "abc"},
+    "secret as the rules folder": {"SECRET_CRM_TOKEN": CRM_TOKEN, "RULES_DIR": CRM_TOKEN},
 }
 COMMANDS = {
     "check": ["check"],
