@@ -251,9 +251,8 @@ def _misplaced_secret(env: Mapping[str, str], secrets: list[str]) -> str | None:
         value = env.get(variable)
         if not value or is_secret_name(variable) or variable.endswith("_URL"):
             continue
-        if any(
-            value == secret or (len(secret) >= SECRET_MIN_LENGTH and secret in value) for secret in secrets
-        ):
+        # Shorter values of variables merely named like secrets (TOKEN_TTL=8) are too common.
+        if any(len(secret) >= SECRET_MIN_LENGTH and secret in value for secret in secrets):
             return printable_line(
                 f"{variable}: holds the value of a secret, which is not shown (a secret belongs in "
                 f"its own variable); fix {variable} in the environment"

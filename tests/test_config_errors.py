@@ -159,6 +159,12 @@ def test_a_setting_that_holds_a_secret_is_refused_at_start_so_it_is_never_shown_
     )
 
 
+def test_a_short_value_of_a_variable_named_like_a_secret_does_not_block_a_setting() -> None:
+    settings = load_settings({"SESSION_TOKEN_TTL": "8", "MAX_ATTEMPTS": "8"})
+
+    assert settings.max_attempts == 8
+
+
 def test_a_url_may_name_what_a_secret_names() -> None:
     dsn = "postgresql+asyncpg://sync:sync-pa55word@warehouse.internal:5432/warehouse"
     settings = load_settings(
