@@ -17,7 +17,7 @@ import click
 
 from actions.registry import ActionRegistry, load_registry
 from engine import cli_ops, harness, report
-from engine.config import Settings, load_settings, secret_variables
+from engine.config import Settings, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import DEFAULT_FIXTURES_DIR, FixtureFile, load_fixtures
 from engine.junit import write_junit
@@ -80,7 +80,10 @@ def check(rules_dir: Path | None) -> None:
     "--junit",
     "junit_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write JUnit XML here.",
+    help=(
+        "Also write JUnit XML here. An empty file or an earlier report of this command is "
+        "replaced; any other file, and a symbolic link, is refused."
+    ),
 )
 @click.option(
     "-v",
@@ -102,13 +105,9 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
     if problems:
         click.echo(report.problems_text(problems), err=True)
     if junit_path is not None:
-        try:
-            write_junit(junit_path, results, problems, masker)
-        except OSError as exc:
-            click.echo(
-                f"cannot write the JUnit report to {junit_path}: {exc.strerror}; give another --junit path",
-                err=True,
-            )
+        problem = write_junit(junit_path, results, problems, masker)
+        if problem:
+            click.echo(problem, err=True)
             sys.exit(EXIT_BAD_INPUT)
     click.echo(report.summary(results, len(problems)))
     if problems or not (results or problems):
@@ -180,5 +179,5 @@ def main() -> None:
     try:
         cli.main(standalone_mode=True)
     except ConfigurationError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
+        click.echo(f"configuration error: {error_line(str(exc))}", err=True)
         sys.exit(EXIT_BAD_INPUT)

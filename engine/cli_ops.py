@@ -26,11 +26,12 @@ import redis.exceptions
 from sqlalchemy.engine import make_url
 
 from engine import database, runners
-from engine.config import Settings, load_settings
+from engine.config import Settings, listen_address, load_settings
 from engine.delivery import Delivery
 from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import Fixture, fixture_document, load_fixtures
 from engine.matching import RuleStatus
+from engine.output_files import write_for_command
 from engine.report import problems_text
 from engine.secrets import Masker
 from engine.service import masker_for, open_store
@@ -89,6 +90,10 @@ def _shown_url(url: str) -> str:
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: PORT, or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """The webhook receiver (and, without REDIS_URL, the workers in the same process)."""
+    try:
+        listen_address(host or "")
+    except ValueError as exc:
+        _usage(f"Error: Invalid value for '--host': {exc}")
     settings = load_settings()
     settings.require_webhook_secret()
     with _operator_errors(masker_for(settings)):
@@ -271,10 +276,11 @@ async def _story(store: Store, delivery_id: str, masker: Masker) -> list[str] | 
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write the fixture to this file (default: print it).",
+    help="Write the fixture to this file (default: print it); never through a symbolic link.",
 )
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists (a regular file only).")
 def deliveries_export(
-    delivery_id: str, name: str | None, with_expectations: bool, output: Path | None
+    delivery_id: str, name: str | None, with_expectations: bool, output: Path | None, force: bool
 ) -> None:
     """Write a stored delivery as a fixture (JSON), ready for `stockaj-rules test`."""
 
@@ -300,10 +306,10 @@ def deliveries_export(
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        _usage(f"cannot write {output}: {exc.strerror}; give another --output path")
+    replace = (lambda _: None) if force else None
+    problem = write_for_command("the fixture", output, text.encode(), option="--output", replace=replace)
+    if problem:
+        _usage(problem)
     click.echo(f"wrote {output}: try it with `stockaj-rules test {output}`")
 
 

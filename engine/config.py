@@ -2,23 +2,37 @@
 
 Every variable of the spec's configuration table is a field here. `load_settings()`
 turns a bad or missing value into one `ConfigurationError` line that names the
-variable and says what to set, never a traceback.
+variable and says what to set, never a traceback and never a secret (the wording
+and what a message may show: engine/config_errors.py). Secrets too short to be
+masked, or to resist guessing, are refused before anything else.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from arq.connections import RedisSettings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from redis.asyncio.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import URL, make_url
 
 from actions.base import ActionDefaults
+from engine.config_errors import (
+    SettingProblem,
+    environment_secrets,
+    is_secret_name,
+    printable_line,
+    problem_line,
+    url_passwords,
+    url_ports,
+    validation_line,
+)
 from engine.errors import ConfigurationError
 
 SECRET_PREFIX = "SECRET_"
@@ -28,14 +42,24 @@ _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "a
 _DATABASE_EXAMPLES = "postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///path/to/file.db"
 _MIN_TOKEN_PATH = 16
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-# Variables whose value may be shown in an error with its password hidden; other URLs hold tokens.
-_SHOWN_URLS = ("DATABASE_URL", "SYNC_DATABASE_URL", "REDIS_URL")
+_REDIS_EXAMPLE = "redis://host:6379/0 (or rediss:// for TLS)"
+# The webhook secret is an HMAC key: from one signed delivery (a log, a proxy) a short key can
+# be found offline by trying them all, so 16 characters; the operator chooses it, here and in
+# Stockaj. Other secrets (SECRET_*, PURCHASE_ORDER_TOKEN) are issued by other systems: 8
+# characters, twice the masking minimum (engine/secrets.MIN_MASKED_LENGTH), so that masking
+# them cannot blot out ordinary words and numbers, and a value that short is a mistake.
+WEBHOOK_SECRET_MIN_LENGTH = 16
+SECRET_MIN_LENGTH = 8
+_WEBHOOK_SECRETS = ("STOCKAJ_WEBHOOK_SECRET", "STOCKAJ_WEBHOOK_SECRET_PREVIOUS")
+# Linux limits: a longer RULES_DIR fails every file operation (ENAMETOOLONG).
+_NAME_MAX, _PATH_MAX = 255, 4095
 
 
 class Settings(BaseModel):
     """The engine's configuration (spec section 10); each field is the lower-cased variable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan: every number becomes a duration, a count or a size.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     stockaj_webhook_secret: str | None = None
     stockaj_webhook_secret_previous: str | None = None
@@ -53,13 +77,14 @@ class Settings(BaseModel):
     log_format: Literal["json", "console"] = Field(
         default_factory=lambda: "console" if sys.stderr.isatty() else "json"
     )
-    requeue_after_seconds: float = Field(default=60, gt=0)
+    requeue_after_seconds: float = Field(default=60, gt=0, le=86_400)
     max_attempts: int = Field(default=8, ge=1)
     # Beyond the spec's table: retry pacing, retention, in-process concurrency.
-    retry_base_seconds: float = Field(default=1.0, gt=0)
-    body_retention_days: float = Field(default=30, gt=0)
-    delivery_retention_days: float = Field(default=30, gt=0)
-    worker_concurrency: int = Field(default=8, ge=1)
+    # Upper bounds: beyond them dates overflow, or a process would start millions of tasks.
+    retry_base_seconds: float = Field(default=1.0, gt=0, le=3600)
+    body_retention_days: float = Field(default=30, gt=0, le=36_500)
+    delivery_retention_days: float = Field(default=30, gt=0, le=36_500)
+    worker_concurrency: int = Field(default=8, ge=1, le=1024)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -80,17 +105,38 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
-        if value and (urlsplit(value).scheme not in _REDIS_SCHEMES or "://" not in value):
-            raise ValueError("not a Redis URL; write redis://host:6379/0 (or rediss:// for TLS)")
-        return value
+        return redis_url(value) if value else value
 
     @field_validator("slack_webhook_url", "purchase_order_url")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
         if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("not an http(s) URL; write https://host/path")
+            try:
+                parts = urlsplit(value)
+                usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+            except ValueError:  # a bad port or IPv6 address
+                usable = False
+            if not usable:
+                raise SettingProblem("not an http(s) URL; write https://host/path")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return listen_address(value)
+
+    @field_validator("rules_dir")
+    @classmethod
+    def _folder(cls, value: Path) -> Path:
+        try:
+            path = os.fsencode(value)
+        except UnicodeError:
+            raise SettingProblem("not a path this system can use; write the folder's path") from None
+        if len(path) > _PATH_MAX or any(len(part) > _NAME_MAX for part in path.split(b"/")):
+            raise SettingProblem(
+                f"a path component is longer than {_NAME_MAX} bytes, or the path than {_PATH_MAX}; "
+                "write the folder's real path"
+            )
         return value
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -130,73 +176,187 @@ class Settings(BaseModel):
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read settings from `environ` (the process environment by default)."""
+    """Read settings from `environ` (the process environment by default).
+
+    Raises ConfigurationError: one printable line naming the variable, never a secret of
+    `environ`. Secrets are checked first: a secret too short to mask could show in any
+    other message.
+    """
     env = dict(os.environ if environ is None else environ)
+    secrets = environment_secrets(env)
+    problem = _secret_problem(env) or _text_problem(env, secrets) or _misplaced_secret(env, secrets)
+    if problem:
+        raise ConfigurationError(problem)
     fields = {name: env[name.upper()] for name in Settings.model_fields if name.upper() in env}
     try:
         return Settings.model_validate({name: value for name, value in fields.items() if value})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigurationError(
-            f"{variable}: {message} (got {_shown(variable, first.get('input'))}); "
-            f"fix {variable} in the environment"
-        ) from None
+        raise ConfigurationError(validation_line(exc, secrets)) from None
+
+
+def error_line(message: str, environ: Mapping[str, str] | None = None) -> str:
+    """A configuration error as a command prints it: one line, no secret of the environment.
+
+    The last gate for every ConfigurationError, whoever raised it.
+    """
+    return printable_line(message, environment_secrets(os.environ if environ is None else environ))
+
+
+def _secret_problem(env: Mapping[str, str]) -> str | None:
+    """A secret that is not UTF-8 text or is too short, named with its length, never its value."""
+    named = [name.upper() for name in Settings.model_fields if is_secret_name(name)]
+    prefixed = sorted(secret_variable_names(env))
+    for variable in [*named, *prefixed]:
+        value = env.get(variable)
+        if not value:  # unset or empty: nothing to leak
+            continue
+        if _not_text(value):
+            return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, [])
+        webhook = variable in _WEBHOOK_SECRETS
+        minimum = WEBHOOK_SECRET_MIN_LENGTH if webhook else SECRET_MIN_LENGTH
+        if len(value) < minimum:
+            length = f"{len(value)} character{'s' if len(value) > 1 else ''}"
+            why = "to be masked reliably and resist guessing" if webhook else "to be masked reliably"
+            todo = (
+                f"set a longer secret in Stockaj and in {variable}, e.g. "
+                "python3 -c 'import secrets; print(secrets.token_hex(32))'"
+                if webhook
+                else f"set {variable} to the whole credential, or unset it"
+            )
+            return printable_line(
+                f"{variable} is {length} long; a secret needs at least {minimum} {why}: {todo}"
+            )
+    return None
+
+
+def _text_problem(env: Mapping[str, str], secrets: list[str]) -> str | None:
+    """A setting that is not text: bytes that are not UTF-8 (RULES_DIR may hold them), a NUL."""
+    for name in Settings.model_fields:
+        variable = name.upper()
+        value = env.get(variable)
+        if value and name != "rules_dir" and _not_text(value):
+            return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, secrets)
+        if value and "\x00" in value:
+            return problem_line(variable, "a NUL character is not allowed", value, secrets)
+    return None
+
+
+def _misplaced_secret(env: Mapping[str, str], secrets: list[str]) -> str | None:
+    """A setting that is not a secret yet holds one: it would be shown later (a path, a host).
+
+    URLs are left out: they hold their own password, and may rightly name what a secret names.
+    """
+    for name in Settings.model_fields:
+        variable = name.upper()
+        value = env.get(variable)
+        if not value or is_secret_name(variable) or variable.endswith("_URL"):
+            continue
+        # Shorter values of variables merely named like secrets (TOKEN_TTL=8) are too common.
+        if any(len(secret) >= SECRET_MIN_LENGTH and secret in value for secret in secrets):
+            return printable_line(
+                f"{variable}: holds the value of a secret, which is not shown (a secret belongs in "
+                f"its own variable); fix {variable} in the environment"
+            )
+    return None
+
+
+def _not_text(value: str) -> str | None:
+    """Where `value` stops being UTF-8 text; os.environ keeps a stray byte as a lone surrogate."""
+    for index, char in enumerate(value):
+        if "\ud800" <= char <= "\udfff":
+            code = ord(char)
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+            return f"{what} at character {index + 1}"
+    return None
 
 
 def database_url(value: str) -> str:
     """`value` as an async SQLAlchemy URL; `postgresql://` and `sqlite://` get their async driver.
 
-    Raises ValueError naming what to write instead for anything the store cannot use.
+    Raises SettingProblem (a ValueError) naming what to write instead for anything the
+    store cannot use: a URL SQLAlchemy cannot parse, a port out of range, an unknown
+    database or driver, query options the driver refuses.
     """
-    try:
-        url = make_url(value)
-    except ArgumentError:
-        raise ValueError(f"not a database URL; write {_DATABASE_EXAMPLES}") from None
+    url = _parsed_database_url(value)
     backend, _, driver = url.drivername.partition("+")
     wanted = _ASYNC_DRIVERS.get(backend)
     if wanted is None:
-        raise ValueError(f"unsupported database {backend!r}; write {_DATABASE_EXAMPLES}")
+        raise SettingProblem(f"unsupported database {{part}}; write {_DATABASE_EXAMPLES}", backend)
     backend = "postgresql" if backend == "postgres" else backend
     if driver and driver != wanted:
-        raise ValueError(f"driver {driver!r} is not supported; use {backend}+{wanted}:// instead")
-    if url.drivername == f"{backend}+{wanted}":
-        return value
-    return url.set(drivername=f"{backend}+{wanted}").render_as_string(hide_password=False)
+        raise SettingProblem(f"driver {{part}} is not supported; use {backend}+{wanted}:// instead", driver)
+    if url.drivername != f"{backend}+{wanted}":
+        url = url.set(drivername=f"{backend}+{wanted}")
+        value = url.render_as_string(hide_password=False)
+    try:  # what the engine does with it first: the driver's reading of the options
+        url.get_dialect()().create_connect_args(url)
+    except Exception:
+        given = ", ".join(sorted(url.query)) or "none"
+        problem = f"the {url.drivername} driver cannot use its options ({{part}}); fix or remove them"
+        raise SettingProblem(problem, given) from None
+    return value
+
+
+def _parsed_database_url(value: str) -> URL:
+    try:
+        url = make_url(value)
+    except Exception:  # ArgumentError, or ValueError for a port that is not a number
+        url = None
+    for port in url_ports(value):
+        if not port.isdecimal():
+            raise SettingProblem("port {part} is not a number; write host:5432", port)
+    if url is None:
+        raise SettingProblem(f"not a database URL; write {_DATABASE_EXAMPLES}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise SettingProblem("port {part} is out of range; write host:5432 (1 to 65535)", str(url.port))
+    return url
+
+
+def listen_address(value: str) -> str:
+    """`value` if it can name an address to listen on: an IP address or a host name.
+
+    The resolver takes names in IDNA: a label over 63 characters fails there with a
+    UnicodeError, not the OSError `serve` reports as "cannot listen on".
+    """
+    try:
+        value.encode("idna")
+    except UnicodeError:
+        raise SettingProblem("not a host name or IP address; write e.g. 127.0.0.1 or 0.0.0.0") from None
+    return value
+
+
+def redis_url(value: str) -> str:
+    """`value` if both readers of REDIS_URL accept it (redis-py's, the receiver's; arq's, the worker's)."""
+    scheme, _, rest = value.partition("://")
+    if scheme not in _REDIS_SCHEMES or not rest:
+        raise SettingProblem(f"not a Redis URL; write {_REDIS_EXAMPLE}")
+    for port in url_ports(value):
+        if not port.isdecimal():
+            raise SettingProblem("port {part} is not a number; write host:6379", port)
+        if not 0 < int(port) < 65536:
+            raise SettingProblem("port {part} is out of range; write host:6379 (1 to 65535)", port)
+    database = re.split(r"[?#]", rest.partition("/")[2], maxsplit=1)[0].strip("/")
+    if scheme != "unix" and database and not database.isdecimal() and "db=" not in rest:
+        raise SettingProblem("database {part} is not a number; write redis://host:6379/0", database)
+    try:
+        parse_redis_url(value)
+        RedisSettings.from_dsn(value)
+    except Exception:
+        raise SettingProblem(f"not a usable Redis URL; write {_REDIS_EXAMPLE}") from None
+    return value
 
 
 def secret_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """`SECRET_NAME=value` variables as `{"NAME": value}`: what templates see as `secrets`."""
     env = os.environ if environ is None else environ
-    return {
-        name.removeprefix(SECRET_PREFIX): value
-        for name, value in env.items()
-        if name.startswith(SECRET_PREFIX) and len(name) > len(SECRET_PREFIX)
-    }
+    return {name.removeprefix(SECRET_PREFIX): env[name] for name in secret_variable_names(env)}
+
+
+def secret_variable_names(environ: Mapping[str, str]) -> list[str]:
+    """The `SECRET_NAME` variables of `environ` (a bare `SECRET_` names nothing)."""
+    return [name for name in environ if name.startswith(SECRET_PREFIX) and len(name) > len(SECRET_PREFIX)]
 
 
 def _passwords_of(url: str | None) -> list[str]:
     """The password of `url` as written (maybe %-encoded) and decoded: either may be logged."""
-    if not url:
-        return []
-    try:
-        decoded = make_url(url).password
-    except ArgumentError:
-        decoded = None
-    try:
-        written = urlsplit(url).password
-    except ValueError:
-        written = None
-    return sorted({str(password) for password in (decoded, written) if password})
-
-
-def _shown(variable: str, value: object) -> str:
-    if variable in _SHOWN_URLS and isinstance(value, str):
-        try:
-            return repr(make_url(value).render_as_string(hide_password=True))
-        except ArgumentError:
-            return repr(value) if "@" not in value else "a value that is not shown"
-    if any(word in variable for word in ("SECRET", "TOKEN", "URL")):
-        return "a value that is not shown"
-    return repr(value)
+    return url_passwords(url) if url else []

@@ -689,6 +689,57 @@ def test_test_with_an_unknown_option_is_a_usage_error_with_exit_2() -> None:
     assert "No such option '--bogus'" in result.stderr
 
 
+def _junit_run(report: Path) -> Result:
+    return run("test", "--rules", "pack/rules", "--junit", str(report), "pack/fixtures/small-rental.json")
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_test_junit_never_writes_through_a_symbolic_link(tmp_path: Path, dangling: bool) -> None:
+    victim = tmp_path / "victim.txt"
+    if not dangling:
+        victim.write_text("precious\n", encoding="utf-8")
+    report = tmp_path / "reports" / "rules.xml"
+    report.parent.mkdir()
+    report.symlink_to(victim)
+
+    result = _junit_run(report)
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"cannot write the JUnit report: {report} is a symbolic link: it is not written through; "
+        "give another --junit path, or remove what is there"
+    )
+    assert report.is_symlink()
+    assert victim.read_text(encoding="utf-8") == "precious\n" if not dangling else not victim.exists()
+    assert sorted(p.name for p in report.parent.iterdir()) == ["rules.xml"]
+
+
+def test_test_junit_replaces_its_own_previous_report_and_an_empty_file(tmp_path: Path) -> None:
+    report = tmp_path / "rules.xml"
+    report.touch()  # e.g. made by mktemp in a CI script
+
+    first = _junit_run(report)
+    second = _junit_run(report)
+
+    assert (first.exit_code, second.exit_code) == (0, 0), second.output
+    assert ET.parse(report).getroot().attrib["tests"] == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["rules.xml"], "no temporary file is left behind"
+
+
+def test_test_junit_refuses_to_replace_a_file_that_is_not_its_report(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.xml"
+    notes.write_text("<notes>my own file</notes>\n", encoding="utf-8")
+
+    result = _junit_run(notes)
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"cannot write the JUnit report: {notes} already exists and is not a JUnit report of "
+        "stockaj-rules; give another --junit path, or remove what is there"
+    )
+    assert notes.read_text(encoding="utf-8") == "<notes>my own file</notes>\n"
+
+
 def test_test_with_an_unwritable_junit_path_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
     not_a_folder = tmp_path / "reports"
     not_a_folder.write_text("a file where a folder should be", encoding="utf-8")

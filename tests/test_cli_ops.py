@@ -565,6 +565,102 @@ def test_deliveries_export_of_a_delivery_whose_body_was_dropped_says_so(store_ur
     assert "body was dropped by retention (BODY_RETENTION_DAYS); nothing to export" in result.stderr
 
 
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> str:
+    """A migrated SQLite store holding the delivery `low-1` (what is written does not depend on the store)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+
+    async def migrate() -> None:
+        engine = database.create_engine(url)
+        try:
+            await database.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    store_delivery(url, "low-1")
+    return url
+
+
+def _folder_listing(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_deliveries_export_refuses_to_overwrite_a_file_unless_forced(
+    sqlite_store: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "out" / "low.json"
+    target.parent.mkdir()
+    target.write_text("a fixture someone wrote by hand\n", encoding="utf-8")
+
+    refused = run("deliveries", "export", "low-1", "-o", str(target), env={"DATABASE_URL": sqlite_store})
+    forced = run(
+        "deliveries", "export", "low-1", "-o", str(target), "--force", env={"DATABASE_URL": sqlite_store}
+    )
+
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        f"cannot write the fixture: {target} already exists; "
+        "pass --force to replace it, or give another --output path\n"
+    )
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(target.read_text(encoding="utf-8"))["delivery_id"] == "low-1"
+    assert _folder_listing(target.parent) == ["low.json"], "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "forced"])
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_deliveries_export_never_writes_through_a_symbolic_link(
+    sqlite_store: str, tmp_path: Path, force: list[str], dangling: bool
+) -> None:
+    victim = tmp_path / "victim" / "authorized_keys"
+    victim.parent.mkdir()
+    if not dangling:
+        victim.write_text("ssh-ed25519 AAAA precious\n", encoding="utf-8")
+    link = tmp_path / "out" / "low.json"
+    link.parent.mkdir()
+    link.symlink_to(victim)
+
+    result = run("deliveries", "export", "low-1", "-o", str(link), *force, env={"DATABASE_URL": sqlite_store})
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"cannot write the fixture: {link} is a symbolic link: it is not written through; "
+        "give another --output path, or remove what is there\n"
+    )
+    assert link.is_symlink()
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_text(encoding="utf-8") == "ssh-ed25519 AAAA precious\n"
+    assert _folder_listing(link.parent) == ["low.json"]
+
+
+def test_deliveries_export_refuses_a_folder_or_a_device_even_when_forced(
+    sqlite_store: str, tmp_path: Path
+) -> None:
+    result = run(
+        "deliveries", "export", "low-1", "-o", "/dev/null", "--force", env={"DATABASE_URL": sqlite_store}
+    )
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("cannot write the fixture: /dev/null exists and is not a regular file; ")
+
+
+def test_deliveries_export_writes_a_new_file_whole_and_readable_by_others(
+    sqlite_store: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "low.json"
+
+    result = run("deliveries", "export", "low-1", "-o", str(target), env={"DATABASE_URL": sqlite_store})
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text(encoding="utf-8"))["delivery_id"] == "low-1"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 @pytest.mark.parametrize(
     "command", [("deliveries", "show"), ("deliveries", "export"), ("redeliver",)], ids=" ".join
 )

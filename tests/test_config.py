@@ -39,8 +39,8 @@ def test_bad_url_values_are_not_echoed() -> None:
 def test_sensitive_values_include_tokens_secrets_and_database_passwords() -> None:
     settings = load_settings(
         {
-            "STOCKAJ_WEBHOOK_SECRET": "whsec-current",
-            "STOCKAJ_WEBHOOK_SECRET_PREVIOUS": "whsec-previous",
+            "STOCKAJ_WEBHOOK_SECRET": "whsec-current-5f1c0e",
+            "STOCKAJ_WEBHOOK_SECRET_PREVIOUS": "whsec-previous-9b2e47",
             "SLACK_WEBHOOK_URL": "https://hooks.slack.example/T000/B000/XXXX",
             "PURCHASE_ORDER_TOKEN": "po-token",
             "DATABASE_URL": "postgresql+asyncpg://app:db-password@db/app",
@@ -48,8 +48,8 @@ def test_sensitive_values_include_tokens_secrets_and_database_passwords() -> Non
         }
     )
     assert set(settings.sensitive_values()) == {
-        "whsec-current",
-        "whsec-previous",
+        "whsec-current-5f1c0e",
+        "whsec-previous-9b2e47",
         "https://hooks.slack.example/T000/B000/XXXX",
         "po-token",
         "db-password",
