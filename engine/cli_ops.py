@@ -100,7 +100,7 @@ def serve(host: str | None, port: int | None) -> None:
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve Prometheus metrics on this port.",
+    help="Serve Prometheus metrics on this port (default: METRICS_PORT, or none).",
 )
 def worker(metrics_port: int | None) -> None:
     """An arq worker: processes the deliveries the receivers enqueue on REDIS_URL."""
@@ -116,7 +116,7 @@ def worker(metrics_port: int | None) -> None:
                 f"cannot reach REDIS_URL ({_shown_url(settings.redis_url)}): {type(exc).__name__}: "
                 f"{exc}; start Redis or fix REDIS_URL"
             ) from None
-        except OSError as exc:  # e.g. --metrics-port taken
+        except OSError as exc:  # e.g. --metrics-port (or METRICS_PORT) taken
             raise ConfigurationError(f"the worker cannot start: {type(exc).__name__}: {exc}") from None
 
 

@@ -60,6 +60,14 @@ class Settings(BaseModel):
     body_retention_days: float = Field(default=30, gt=0)
     delivery_retention_days: float = Field(default=30, gt=0)
     worker_concurrency: int = Field(default=8, ge=1)
+    # The receiver's connections (engine/http_protocol.py): it faces the internet without a proxy.
+    header_timeout_seconds: float = Field(default=5, gt=0)
+    max_header_bytes: int = Field(default=65_536, ge=1024)
+    keep_alive_timeout_seconds: float = Field(default=5, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+    # Prometheus metrics on a port of their own (serve and worker); unset: /metrics on PORT.
+    metrics_host: str | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("log_level", mode="before")
     @classmethod
