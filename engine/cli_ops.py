@@ -31,6 +31,7 @@ from engine.delivery import Delivery
 from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import Fixture, fixture_document, load_fixtures
 from engine.matching import RuleStatus
+from engine.printable import printable
 from engine.report import problems_text
 from engine.secrets import Masker
 from engine.service import masker_for, open_store
@@ -196,7 +197,7 @@ def deliveries_list(status: str | None, limit: int) -> None:
     for row in rows:
         click.echo(
             f"{row.received_at.isoformat(timespec='seconds'):<25}  {row.status.value:<10}  "
-            f"{row.event:<22}  {row.delivery_id}"
+            f"{printable(row.event):<22}  {printable(row.delivery_id)}"
         )
 
 
@@ -225,13 +226,13 @@ async def _story(store: Store, delivery_id: str, masker: Masker) -> list[str] | 
         return None
     error = f" ({masker.mask(stored.error)})" if stored.error else ""
     lines = [
-        f"delivery {stored.delivery_id}",
-        f"  event     {stored.event}",
+        f"delivery {printable(stored.delivery_id)}",  # ids from before the receiver refused such
+        f"  event     {printable(stored.event)}",
         f"  status    {stored.status.value}{error}",
         f"  received  {stored.received_at.isoformat()}  (runs: {stored.runs}, last progress "
         f"{stored.updated_at.isoformat()})",
         "headers",
-        *(f"  {name}: {masker.mask(value)}" for name, value in stored.headers.items()),
+        *(f"  {printable(name)}: {printable(masker.mask(value))}" for name, value in stored.headers.items()),
         "body" + ("" if stored.body is not None else " (dropped by retention)"),
     ]
     if stored.body is not None:

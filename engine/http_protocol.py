@@ -9,7 +9,8 @@ stays open for ever, a request head may be of any size (httptools buffers it who
   the connection opening (or of the first byte of a later request on it). A connection
   that sent nothing is closed; one that had begun a request is answered 408.
 - **head size**: the request line and headers together may be `max_header_bytes` long,
-  counted as bytes arrive; the parser is never fed past that. Answered 431.
+  counted as bytes arrive; the parser is never fed past that (a head pipelined behind
+  another request in the same read: past that read at most). Answered 431.
 - **idle keep-alive**: uvicorn's keep-alive timer, set to `keep_alive_timeout`.
 - **connection limit**: a connection opened while `max_connections` are open is answered
   503 and closed at once; those already open are untouched. `serve` raises the soft limit
@@ -119,8 +120,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_head = True  # no request head is complete and unanswered by the parser
         self._head_begun = False  # a byte of the awaited head has arrived
         self._head_bytes = 0  # bytes of the awaited head seen so far (whole reads)
-        self._parsed_bytes = 0  # the same, from the parser's callbacks, as they come
+        self._head_uncounted = False  # part of the awaited head came in a read not counted
         self._heads = 0  # request heads completed on this connection
+        self._read_began_awaiting, self._heads_before_read = True, 0  # of the read being fed
         self._head_timer: asyncio.TimerHandle | None = None
         self._over_cap = False
         self._lingering = 0  # > 0: after an early answer, bytes read and dropped + 1
@@ -149,18 +151,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._lingering > LINGER_BYTES:
                 self.transport.close()
             return
-        if not self._awaiting_head:
-            super().data_received(data)
-        else:
+        self._read_began_awaiting, self._heads_before_read = self._awaiting_head, self._heads
+        if self._awaiting_head:
             self._feed_head(data)
-        if (
-            self._awaiting_head
-            and self._head_begun
-            and self._head_timer is None
-            and not self._lingering
-            and not self.transport.is_closing()
-        ):
-            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_deadline)
+        else:
+            super().data_received(data)
+        if self._awaiting_head and self._head_begun:
+            if not self._read_began_awaiting or self._heads != self._heads_before_read:
+                self._head_uncounted = True  # it began within this read, after another request
+            if self._head_timer is None and not self._lingering and not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_deadline)
 
     def _feed_head(self, data: bytes) -> None:
         """Feed bytes while a head is awaited: never more than the cap allows."""
@@ -177,47 +177,42 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._awaiting_head and heads == self._heads:
             self._too_large()
-        else:  # the head ended within the cap: the rest is its body
+        else:  # the head ended within the cap: the rest is its body (and maybe more requests)
+            if self._awaiting_head and self._head_begun:
+                self._head_uncounted = True  # the next head began within the part just fed
             self.data_received(view[room:])  # type: ignore[arg-type]
 
-    # --- the parser's callbacks: the head is counted as it comes ---------------------------
+    # --- the parser's callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
-        self._parsed_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._count_parsed(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_parsed(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._awaiting_head = self._head_begun = False
+        counted = self._read_began_awaiting and self._heads == self._heads_before_read
+        if not counted or self._head_uncounted:
+            # It began within a read, after another request (pipelining): `_feed_head` did not
+            # count it from its first byte, and at most that one read went uncounted. Its size
+            # as parsed decides.
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > self.limits.max_header_bytes:
+                self._over_cap = True
+                raise OverflowError("request head too large")  # the parser stops: send_400_response
+        self._awaiting_head = self._head_begun = self._head_uncounted = False
         self._head_bytes = 0
         self._heads += 1
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_head = True
 
-    def _count_parsed(self, size: int) -> None:
-        """A head read in pieces of one read each is counted whole by `_feed_head`; one that
-        follows another request in the same read is counted here, exactly."""
-        self._parsed_bytes += size
-        if self._parsed_bytes > self.limits.max_header_bytes:
-            self._over_cap = True
-            raise OverflowError("request head too large")  # the parser stops; see send_400_response
-
     def send_400_response(self, msg: str) -> None:
         """The parser refused the request: uvicorn would write 400 and close at once, and a
         client still sending would see a reset instead of the answer."""
-        if self._over_cap:  # the parser stopped because a callback refused the head
+        if self._over_cap:  # the parser stopped because on_headers_complete refused the head
             self._too_large()
         else:
             self._answer_early(400, "invalid HTTP request")

@@ -127,6 +127,21 @@ async def test_a_pipelined_head_over_the_cap_is_431_after_the_request_before_it_
     assert closed == b""
 
 
+@pytest.mark.parametrize("first_body", [0, 3000, 100_000])
+@pytest.mark.parametrize("over", [False, True], ids=["under-the-cap", "over-the-cap"])
+async def test_a_head_pipelined_behind_a_request_with_a_body_is_held_to_the_cap_exactly(
+    first_body: int, over: bool
+) -> None:
+    cap = LIMITS.max_header_bytes
+    second = request("/second", pad=cap - 100 + (200 if over else 0))
+    async with server() as port, connection(port) as (reader, writer):
+        writer.write(request("/first", b"b" * first_body) + second)
+        answers = await responses(reader, 2)
+
+    assert answers[0] == (200, {"path": "/first", "read": first_body})
+    assert answers[1][0] == (431 if over else 200)
+
+
 @pytest.mark.parametrize("body_size", [0, 10, 100_000])
 async def test_a_head_of_exactly_the_cap_is_served_with_its_body_in_the_same_read(body_size: int) -> None:
     bare = len(request(body=b"x" * body_size, pad=1)) - body_size
