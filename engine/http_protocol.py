@@ -241,17 +241,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._lingering = 1  # the parser is fed no more: nothing after this request is read
         self._early = _early_answer(status, message)
-        if not self._answering():
+        last = self.pipeline[0][0] if self.pipeline else self.cycle  # answered last (appendleft)
+        if last is None or last.response_complete:
             self._send_early()
+            return
+        answered = last.on_response  # the protocol's on_response_complete
 
-    def _answering(self) -> bool:
-        """Whether a request read before is still being answered (or waits to be)."""
-        return (self.cycle is not None and not self.cycle.response_complete) or bool(self.pipeline)
+        def then_early() -> None:  # not an override of on_response_complete: no cost per request
+            answered()
+            if not self.transport.is_closing():
+                self._send_early()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._early and not self._answering() and not self.transport.is_closing():
-            self._send_early()
+        last.on_response = then_early
 
     def _send_early(self) -> None:
         self._unset_keepalive_if_required()

@@ -181,8 +181,12 @@ async def test_deliveries_get_their_200_within_a_second_while_hundreds_of_connec
     finally:
         await attacker.stop()
 
-    assert [status for status, _ in answers] == [200] * 50
     slowest = max(seconds for _, seconds in answers)
+    print(
+        f"\n50 deliveries under attack: slowest answer {slowest * 1000:.0f} ms; "
+        f"{len(attacker.lifetimes)} hostile connections closed, the longest after {max(attacker.lifetimes):.2f}s"
+    )
+    assert [status for status, _ in answers] == [200] * 50
     assert slowest < 1.0, f"a delivery waited {slowest:.2f}s for its answer"
     for n in range(50):
         assert await hardened.store.get(f"under-attack-{n}") is not None
@@ -245,13 +249,17 @@ async def test_a_huge_request_head_is_answered_431_quickly_without_being_read(
             await sender
         writer.close()
 
+    cpu = _cpu_seconds(hardened.serve.pid) - cpu_before
+    print(
+        f"\n{kind}: {status} after {elapsed * 1000:.0f} ms, {sent >> 20} MiB sent, {cpu:.2f} s of serve's CPU"
+    )
     assert status == 431, head
     assert json.loads(body) == {"error": f"request head larger than {MAX_HEADER_BYTES} bytes"}
     assert b"connection: close" in head.lower()
     assert hung_up
     assert elapsed < 2.0, f"431 took {elapsed:.2f}s"
     assert sent < 32 * 1024 * 1024, f"the receiver read {sent >> 20} MiB of the head"
-    assert _cpu_seconds(hardened.serve.pid) - cpu_before < 1.0
+    assert cpu < 1.0
     # And it answers deliveries as before.
     assert (await post_once(hardened.port, f"after-{kind}"))[0] == 200
 
