@@ -278,6 +278,9 @@ def all_cases() -> list[Case]:
         serve_postgres_case(1),
         serve_sqlite_case(redis_workers=0),  # diagnostics, only with --only
         serve_sqlite_case(redis_workers=1),
+        # The receiver's connection protocol against plain httptools, same apps (see servers_table).
+        app_case("hello", "uvicorn-bounded"),
+        app_case("verify", "uvicorn-bounded"),
     ]
     return cases
 
@@ -510,7 +513,7 @@ def servers_table(results: dict[str, list[Result]]) -> str:
     base = rps_of(results, "hello-uvicorn")
     rows = []
     for kind in ("hello", "verify"):
-        for server in SERVERS:
+        for server in (*SERVERS, "uvicorn-bounded"):
             rps = rps_of(results, f"{kind}-{server}")
             if rps is None:
                 continue

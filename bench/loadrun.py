@@ -127,10 +127,13 @@ def wait_ready(procs: list[Proc], port: int, path: str = "/healthz", timeout: fl
 
 
 def server_command(server: str, target: str, port: int) -> list[str]:
-    if server == "uvicorn":
+    if server in ("uvicorn", "uvicorn-bounded"):
+        # uvicorn-bounded: the same, through the receiver's connection protocol (its default
+        # limits), to measure what the protocol costs side by side with plain httptools.
+        http = "engine.http_protocol:BoundedHttpToolsProtocol" if server == "uvicorn-bounded" else "httptools"
         return [
             PYTHON, "-m", "uvicorn", target, "--host", HOST, "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+            "--loop", "uvloop", "--http", http, "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
     if server == "granian":
         return [

@@ -32,6 +32,7 @@ from engine.errors import ConfigurationError, SourceErrors
 from engine.fixtures import Fixture, fixture_document, load_fixtures
 from engine.matching import RuleStatus
 from engine.output_files import write_for_command
+from engine.printable import printable
 from engine.report import problems_text
 from engine.secrets import Masker
 from engine.service import masker_for, open_store
@@ -105,7 +106,7 @@ def serve(host: str | None, port: int | None) -> None:
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve Prometheus metrics on this port.",
+    help="Serve Prometheus metrics on this port (default: METRICS_PORT, or none).",
 )
 def worker(metrics_port: int | None) -> None:
     """An arq worker: processes the deliveries the receivers enqueue on REDIS_URL."""
@@ -121,7 +122,7 @@ def worker(metrics_port: int | None) -> None:
                 f"cannot reach REDIS_URL ({_shown_url(settings.redis_url)}): {type(exc).__name__}: "
                 f"{exc}; start Redis or fix REDIS_URL"
             ) from None
-        except OSError as exc:  # e.g. --metrics-port taken
+        except OSError as exc:  # e.g. --metrics-port (or METRICS_PORT) taken
             raise ConfigurationError(f"the worker cannot start: {type(exc).__name__}: {exc}") from None
 
 
@@ -201,7 +202,7 @@ def deliveries_list(status: str | None, limit: int) -> None:
     for row in rows:
         click.echo(
             f"{row.received_at.isoformat(timespec='seconds'):<25}  {row.status.value:<10}  "
-            f"{row.event:<22}  {row.delivery_id}"
+            f"{printable(row.event):<22}  {printable(row.delivery_id)}"
         )
 
 
@@ -230,13 +231,13 @@ async def _story(store: Store, delivery_id: str, masker: Masker) -> list[str] | 
         return None
     error = f" ({masker.mask(stored.error)})" if stored.error else ""
     lines = [
-        f"delivery {stored.delivery_id}",
-        f"  event     {stored.event}",
+        f"delivery {printable(stored.delivery_id)}",  # ids from before the receiver refused such
+        f"  event     {printable(stored.event)}",
         f"  status    {stored.status.value}{error}",
         f"  received  {stored.received_at.isoformat()}  (runs: {stored.runs}, last progress "
         f"{stored.updated_at.isoformat()})",
         "headers",
-        *(f"  {name}: {masker.mask(value)}" for name, value in stored.headers.items()),
+        *(f"  {printable(name)}: {printable(masker.mask(value))}" for name, value in stored.headers.items()),
         "body" + ("" if stored.body is not None else " (dropped by retention)"),
     ]
     if stored.body is not None:

@@ -85,6 +85,14 @@ class Settings(BaseModel):
     body_retention_days: float = Field(default=30, gt=0, le=36_500)
     delivery_retention_days: float = Field(default=30, gt=0, le=36_500)
     worker_concurrency: int = Field(default=8, ge=1, le=1024)
+    # The receiver's connections (engine/http_protocol.py): it faces the internet without a proxy.
+    header_timeout_seconds: float = Field(default=5, gt=0, le=3600)
+    max_header_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+    keep_alive_timeout_seconds: float = Field(default=5, gt=0, le=3600)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    # Prometheus metrics on a port of their own (serve and worker); unset: /metrics on PORT.
+    metrics_host: str | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -120,7 +128,7 @@ class Settings(BaseModel):
                 raise SettingProblem("not an http(s) URL; write https://host/path")
         return value
 
-    @field_validator("host")
+    @field_validator("host", "metrics_host")
     @classmethod
     def _host(cls, value: str) -> str:
         return listen_address(value)

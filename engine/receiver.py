@@ -4,13 +4,17 @@ Checks run in the spec's order, every answer is JSON:
 
     413 body over MAX_BODY_BYTES (enforced while reading: a 2 GB stream is cut off)
     401 signature missing, malformed or wrong (over the raw bytes, every secret)
-    400 X-Stockaj-Event or X-Stockaj-Delivery missing or empty (named)
+    400 X-Stockaj-Event or X-Stockaj-Delivery missing, empty, too long, or holding a control,
+        bidi or other invisible character (named; the value is never shown raw)
     400 body is not a JSON object (or nests deeper than the worker can read)
     200 duplicate: the delivery id is stored already
     200 accepted: stored durably (group commit), enqueued afterwards
     503 the store cannot be written, so Stockaj retries
 
-A body that trickles in slower than BODY_TIMEOUT is cut off with a 408.
+A body that trickles in slower than BODY_TIMEOUT is cut off with a 408. What the
+connection may hold before the request reaches the app (head size and deadline, idle
+time, the number of connections) is engine/http_protocol.py's. With METRICS_PORT,
+`/metrics` is served by `metrics_app` on that port instead of here.
 Why a delivery was refused goes to the log and metrics, never to the answer.
 """
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +42,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine.intake import DeliveryIntake, StoreUnavailable
 from engine.metrics import CONTENT_TYPE, Metrics
+from engine.printable import has_unseen_characters, printable
 from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, is_well_formed, verify
 from engine.store import NewDelivery
 from engine.tables import ID_LENGTH
@@ -60,7 +64,6 @@ KEPT_HEADERS = (
     DELIVERY_HEADER.lower(),
     SIGNATURE_HEADER.lower(),
 )
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 SIGNATURE_KEY, EVENT_KEY, DELIVERY_KEY = (
     SIGNATURE_HEADER.lower(),
     EVENT_HEADER.lower(),
@@ -79,6 +82,7 @@ class ReceiverParts:
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     refresh_metrics: Callable[[], Awaitable[None]]
     body_timeout: float = BODY_TIMEOUT_SECONDS
+    serve_metrics: bool = True  # False: /metrics is on a port of its own (`metrics_app`)
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -127,12 +131,14 @@ def create_app(parts: ReceiverParts) -> Quart:
             log.warning("signature %s", reason, extra={"remote": request.remote_addr, "bytes": len(body)})
             return _json({"error": "invalid signature"}, 401)
         event, delivery_id = _decoded(headers.get(EVENT_KEY, "")), _decoded(headers.get(DELIVERY_KEY, ""))
-        problem = _header_problem(event, delivery_id)
+        problem = header_problem = _header_problem(event, delivery_id)
         if problem is None:
             problem = _body_problem(body)
         if problem is not None:
-            received.labels(event[:100], "rejected_request").inc()
-            log.warning("delivery refused: %s", problem, extra={"delivery_id": delivery_id[:ID_LENGTH]})
+            # A header problem may be the event itself: it is no label then.
+            received.labels(event if header_problem is None else "", "rejected_request").inc()
+            shown = printable(delivery_id[:ID_LENGTH])
+            log.warning("delivery refused: %s", problem, extra={"delivery_id": shown})
             return _json({"error": problem}, 400)
         delivery = NewDelivery(delivery_id, event, kept, body, datetime.now(UTC))
         try:
@@ -155,10 +161,12 @@ def create_app(parts: ReceiverParts) -> Quart:
         ready = all(check.get("ok") for check in checks.values())
         return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        await parts.refresh_metrics()
-        return Response(parts.metrics.render(), status=200, content_type=CONTENT_TYPE)
+    if parts.serve_metrics:
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            await parts.refresh_metrics()
+            return Response(parts.metrics.render(), status=200, content_type=CONTENT_TYPE)
 
     return app
 
@@ -181,8 +189,12 @@ def _read_headers(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dic
 
 
 def _decoded(value: str) -> str:
-    """A header's value, stripped; UTF-8 when it is (the server hands bytes over as latin-1)."""
-    value = value.strip()
+    """A header's value, stripped; UTF-8 when it is (the server hands bytes over as latin-1).
+
+    Only spaces and tabs are stripped, before decoding: str.strip() would also take the
+    bytes 0x85 and 0xa0, which end the UTF-8 of `ą` or `à`, from the latin-1 reading.
+    """
+    value = value.strip(" \t")
     with contextlib.suppress(UnicodeError):
         return value.encode("latin-1").decode("utf-8")
     return value
@@ -192,7 +204,7 @@ def _header_problem(event: str, delivery_id: str) -> str | None:
     for name, value in ((EVENT_HEADER, event), (DELIVERY_HEADER, delivery_id)):
         if not value:
             return f"missing or empty {name} header"
-        if _CONTROL_CHARACTERS.search(value):
+        if has_unseen_characters(value):
             return f"{name} header must not contain control characters"
     if len(delivery_id) > ID_LENGTH or len(event) > ID_LENGTH:
         return f"{DELIVERY_HEADER} and {EVENT_HEADER} may be at most {ID_LENGTH} characters"
@@ -228,6 +240,30 @@ def _json_kind(value: Any) -> str:
 
 
 ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Coroutine[Any, Any, None]]
+
+
+def metrics_app(parts: ReceiverParts) -> ASGIApp:
+    """`GET /metrics` alone, for METRICS_PORT: Prometheus scrapes it; the webhook port has none."""
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics":
+            status, body, content_type = (
+                404,
+                b'{"error":"not found; metrics are at /metrics"}',
+                "application/json",
+            )
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, body, content_type = 405, b'{"error":"method not allowed"}', "application/json"
+        else:
+            await parts.refresh_metrics()
+            status, body, content_type = 200, parts.metrics.render(), CONTENT_TYPE
+        headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers, "trailers": False})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return app
 
 
 def _close_after_early_answer(app: ASGIApp, drain_limit: int) -> ASGIApp:

@@ -1,7 +1,9 @@
 """Long-running processes: the receiver (`serve`) and the arq worker (`worker`).
 
 The receiver runs on uvicorn with uvloop and httptools, the fastest of the
-well-kept ASGI servers measured here (see bench/README.md). SIGTERM lets
+well-kept ASGI servers measured here (see bench/README.md), its connections
+bounded by engine/http_protocol.py. With METRICS_PORT it listens there too, for
+`/metrics` alone. SIGTERM lets
 in-flight requests and deliveries finish (up to GRACEFUL_SHUTDOWN_SECONDS
 each); anything cut off stays pending in the store and is processed again,
 the action ledger skipping what succeeded. A worker killed outright loses its
@@ -11,6 +13,7 @@ jobs' leases within `job_lease_seconds`, and another worker takes them over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import socket
@@ -22,14 +25,16 @@ import uvicorn
 import uvloop
 from arq import Retry, cron, func
 from arq.connections import RedisSettings
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from sqlalchemy.exc import DBAPIError
 
 from engine.arq_worker import DeliveryWorker
 from engine.config import Settings
 from engine.errors import ConfigurationError
+from engine.http_protocol import ConnectionLimits, connection_limit, raise_open_files_limit, server_config
 from engine.logs import configure_logging
 from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
-from engine.receiver import create_app
+from engine.receiver import ASGIApp, create_app, metrics_app
 from engine.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
@@ -44,14 +49,18 @@ def serve(settings: Settings, host: str, port: int) -> None:
     uvloop.run(_serve(settings, host, port))
 
 
-def bound_socket(host: str, port: int) -> socket.socket:
+def bound_socket(host: str, port: int, names: tuple[str, str] = ("HOST", "PORT")) -> socket.socket:
     """The receiver's socket, bound (uvicorn listens on it) before anything else starts: a port
-    in use is one clear line, not a failure after the service opened."""
+    in use is one clear line, not a failure after the service opened. `names`: the settings
+    of the address and port, for that line."""
+    host_name, port_name = names
+    options = {"HOST": " (or --host)", "PORT": " (or --port)"}
+    host_fix, port_fix = host_name + options.get(host_name, ""), port_name + options.get(port_name, "")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except OSError as exc:
         reason = exc.strerror or exc
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}; fix HOST (or --host)") from None
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}; fix {host_fix}") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -59,43 +68,96 @@ def bound_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            fix = "choose another PORT (or --port), or stop the process that uses it"
+            fix = f"choose another {port_fix}, or stop the process that uses it"
         elif exc.errno == errno.EACCES:
-            fix = "ports below 1024 need privileges: choose another PORT (or --port)"
+            fix = f"ports below 1024 need privileges: choose another {port_fix}"
         else:
-            fix = "fix HOST (or --host): it must be an address of this machine"
+            fix = f"fix {host_fix}: it must be an address of this machine"
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {fix}") from None
     return sock
 
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
-    sock = bound_socket(host, port)
+    sockets = _listening_sockets(settings, host, port)
+    limits = connection_limits(settings)
     try:
         service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    app = create_app(service.receiver_parts())
+    parts = service.receiver_parts()
+    app = create_app(dataclasses.replace(parts, serve_metrics=len(sockets) == 1))
     # Closed at the lifespan's shutdown, after the last request: uvicorn raises the signal it
     # stopped on again as soon as it returns, which would end the process before a `finally`
     # here could let the in-process deliveries finish.
     app.after_serving(service.close)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
+    served: ASGIApp = app
+    if len(sockets) == 2:
+        served = by_local_port(sockets[1].getsockname()[1], metrics_app(parts), served)
+    config = server_config(
+        served,
+        limits,
         loop="none",  # the uvloop loop we are already running on
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        server_header=False,
     )
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await uvicorn.Server(config).serve(sockets=sockets)
     finally:
         await service.close()
+
+
+def _listening_sockets(settings: Settings, host: str, port: int) -> list[socket.socket]:
+    """The webhook port's socket, then METRICS_PORT's when it is set."""
+    sockets = [bound_socket(host, port)]
+    if settings.metrics_port is not None:
+        metrics_host = settings.metrics_host or host
+        if (metrics_host, settings.metrics_port) == (host, port):
+            sockets[0].close()
+            raise ConfigurationError(
+                f"METRICS_PORT is the webhook port ({port}); choose another port for the metrics, "
+                "or unset METRICS_PORT to serve /metrics on the webhook port"
+            )
+        try:
+            sockets.append(
+                bound_socket(metrics_host, settings.metrics_port, ("METRICS_HOST", "METRICS_PORT"))
+            )
+        except ConfigurationError:
+            sockets[0].close()
+            raise
+    return sockets
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The receiver's connection limits; the open-files limit raised to make room for them."""
+    open_files = raise_open_files_limit()
+    connections = connection_limit(settings.max_connections, open_files)
+    if connections < settings.max_connections:
+        log.warning(
+            "MAX_CONNECTIONS is %d but this process may open only %d files: at most %d connections "
+            "are taken; raise the open-files limit (ulimit -n, LimitNOFILE= in systemd, "
+            "--ulimit nofile= in Docker)",
+            settings.max_connections,
+            open_files,
+            connections,
+        )
+    return ConnectionLimits(
+        header_timeout=settings.header_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
+        keep_alive_timeout=settings.keep_alive_timeout_seconds,
+        max_connections=connections,
+    )
+
+
+def by_local_port(port: int, on_port: ASGIApp, otherwise: ASGIApp) -> ASGIApp:
+    """Requests that came in on local `port` go to `on_port`, all else (and the lifespan) to `otherwise`."""
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        server = scope.get("server") if scope["type"] == "http" else None
+        target = on_port if server is not None and server[1] == port else otherwise
+        await target(scope, receive, send)
+
+    return app
 
 
 def work(settings: Settings, metrics_port: int | None) -> None:
@@ -106,8 +168,10 @@ def work(settings: Settings, metrics_port: int | None) -> None:
 async def _work(settings: Settings, metrics_port: int | None) -> None:
     assert settings.redis_url
     service = await open_service(settings, receive=False, process_in_process=False)
+    metrics_port = metrics_port or settings.metrics_port
     if metrics_port:
-        prometheus_client.start_http_server(metrics_port, registry=service.metrics.registry)
+        metrics_host = settings.metrics_host or settings.host
+        prometheus_client.start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
 
     lease = job_lease_seconds(settings)
 

@@ -480,6 +480,29 @@ def test_deliveries_show_tells_the_whole_story_of_a_processed_delivery(
     assert PO_TOKEN not in result.output
 
 
+def test_deliveries_list_and_show_escape_control_and_bidi_characters_of_rows_stored_before_they_were_refused(
+    store_url: str, rules_dir: Path
+) -> None:
+    # The receiver refuses such ids and events now; a store may still hold some from before.
+    sneaky_id, sneaky_event = "dlv-\u202eexe.txt", "item.low\x85stock"
+    new = NewDelivery(sneaky_id, sneaky_event, {"User-Agent": "ua\u2066x\x9b"}, b"{}", T0)
+
+    async def add(store: Store) -> None:
+        await store.add_deliveries([new], due_at=T0)
+
+    with_store(store_url, add)
+
+    listed = run("deliveries", "list", env={"DATABASE_URL": store_url})
+    shown = run("deliveries", "show", sneaky_id, env=env_for(store_url, rules_dir))
+
+    assert shown.exit_code == 0, shown.output
+    for output in (listed.stdout, shown.stdout):
+        assert "dlv-\\u202eexe.txt" in output
+        assert "item.low\\x85stock" in output
+        assert not any(character in output for character in "\u202e\x85\u2066\x9b")
+    assert "  User-Agent: ua\\u2066x\\x9b\n" in shown.stdout
+
+
 def test_deliveries_show_masks_secrets_and_shows_errors_attempts_and_next_attempt(
     store_url: str, rules_dir: Path
 ) -> None:

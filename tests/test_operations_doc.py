@@ -354,17 +354,28 @@ def test_compose_services_in_the_guide_exist_and_all_are_described() -> None:
         assert f"`{service}`" in GUIDE, f"the guide does not describe the {service} service"
 
 
-def test_compose_engine_commands_parse_and_worker_metrics_port_matches_the_scrape_config() -> None:
+def _metrics_port(service: str) -> int | None:
+    """The port a Compose service serves metrics on: its --metrics-port, else its METRICS_PORT."""
+    command = _engine_commands()[service]
+    if "--metrics-port" in command:
+        return int(command[command.index("--metrics-port") + 1])
+    environment = _compose()["services"][service].get("environment", {})
+    return int(environment["METRICS_PORT"]) if "METRICS_PORT" in environment else None
+
+
+def test_compose_engine_commands_parse_and_metrics_ports_match_the_scrape_config() -> None:
     _compose()  # skips without docker-compose.yml
     commands = _engine_commands()
     assert {"receiver", "worker", "migrate"} <= set(commands), "the engine's services run its image"
     for command in commands.values():
         _parse(command)
-    worker = commands["worker"]
-    port = int(worker[worker.index("--metrics-port") + 1])
     scrape = next(yaml.safe_load(b) for b in _blocks("yaml") if "scrape_configs" in b)
-    ports = [c["port"] for job in scrape["scrape_configs"] for c in job.get("dns_sd_configs", [])]
-    assert ports == [port]
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    worker_ports = [c["port"] for c in jobs["stockaj-worker"]["dns_sd_configs"]]
+    assert worker_ports == [_metrics_port("worker")]
+    receiver_port = _metrics_port("receiver") or 8000  # without METRICS_PORT: the webhook port
+    targets = [t for c in jobs["stockaj-receiver"]["static_configs"] for t in c["targets"]]
+    assert targets == [f"receiver:{receiver_port}"]
 
 
 def test_container_paths_in_the_guide_are_the_images() -> None:

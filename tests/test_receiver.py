@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 
 from actions.registry import load_registry
 from engine import database
+from engine.http_protocol import ConnectionLimits, server_config
 from engine.intake import DeliveryIntake
 from engine.metrics import CONTENT_TYPE, Metrics
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
@@ -384,6 +385,88 @@ async def test_refusals_come_in_the_order_of_the_checks_and_store_nothing(
         assert r.processed == []
 
 
+# C1 controls, bidi embeddings, overrides, isolates and marks, and other invisible format
+# characters: each can make a logged or listed id read as something else.
+UNSEEN = {
+    "C1-NEL": "\x85",
+    "C1-CSI": "\x9b",
+    "C1-first": "\x80",
+    "C1-last": "\x9f",
+    "bidi-LRE": "\u202a",
+    "bidi-RLO": "\u202e",
+    "bidi-LRI": "\u2066",
+    "bidi-PDI": "\u2069",
+    "bidi-LRM": "\u200e",
+    "bidi-RLM": "\u200f",
+    "bidi-ALM": "\u061c",
+    "zero-width-space": "\u200b",
+    "zero-width-joiner": "\u200d",
+    "word-joiner": "\u2060",
+    "byte-order-mark": "\ufeff",
+    "soft-hyphen": "\xad",
+    "line-separator": "\u2028",
+    "paragraph-separator": "\u2029",
+    "interlinear-annotation": "\ufff9",
+    "tag-character": "\U000e0041",
+}
+
+
+def signed_head(**replaced: bytes) -> list[bytes]:
+    """The signed delivery's header lines for a raw request, with some values replaced (raw bytes)."""
+    values = {
+        b"X-Stockaj-Signature": sign(BODY, SECRET).encode(),
+        b"X-Stockaj-Event": b"item.low_stock",
+        b"X-Stockaj-Delivery": b"dlv-1",
+    }
+    values.update({name.replace("_", "-").encode(): value for name, value in replaced.items()})
+    return [name + b": " + value for name, value in values.items()]
+
+
+@pytest.mark.parametrize("character", list(UNSEEN.values()), ids=list(UNSEEN))
+@pytest.mark.parametrize("header", ["X-Stockaj-Delivery", "X-Stockaj-Event"])
+async def test_ids_and_events_with_c1_bidi_or_invisible_characters_are_refused_400_and_never_logged_raw(
+    tmp_path: Path, character: str, header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    value = f"dlv{character}-1" if header == "X-Stockaj-Delivery" else f"item.low{character}_stock"
+    head = signed_head(**{header.replace("-", "_"): value.encode("utf-8")})  # as Stockaj sends: UTF-8
+    async with receiver(tmp_path) as r, serving(r.app) as port:
+        response = await exchange(port, raw_request(head, BODY))
+
+        assert status_of(response) == 400
+        assert orjson.loads(response.split(b"\r\n\r\n", 1)[1]) == {
+            "error": f"{header} header must not contain control characters"
+        }
+        assert await r.rows() == 0
+        logged = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+        assert character not in logged
+        assert character not in r.metrics.render().decode()
+
+
+@pytest.mark.parametrize("character", ["\x85", "\x9b"], ids=["NEL", "CSI"])
+async def test_a_c1_byte_that_is_not_utf_8_is_refused_too(tmp_path: Path, character: str) -> None:
+    head = signed_head(X_Stockaj_Delivery=f"dlv{character}".encode("latin-1"))
+    async with receiver(tmp_path) as r, serving(r.app) as port:
+        response = await exchange(port, raw_request(head, BODY))
+
+        assert status_of(response) == 400
+        assert await r.rows() == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["dlv-ś-1", "Zażółć-gęślą", "納品-42", "dlv\u00a0nbsp", "ﬁ-ligature", "e\u0301-combining", "😀-1"],
+)
+async def test_visible_non_ascii_ids_are_accepted(tmp_path: Path, value: str) -> None:
+    head = signed_head(X_Stockaj_Delivery=value.encode("utf-8"))
+    async with receiver(tmp_path) as r, serving(r.app) as port:
+        response = await exchange(port, raw_request(head, BODY))
+
+        assert status_of(response) == 200
+        assert orjson.loads(response.split(b"\r\n\r\n", 1)[1])["delivery_id"] == value
+        assert await r.store.get(value) is not None
+
+
 @pytest.mark.parametrize(
     ("body", "error"),
     [
@@ -594,21 +677,13 @@ async def test_metrics_are_prometheus_text_and_count_what_the_receiver_answered(
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Quart) -> AsyncIterator[int]:
-    """The app on a real uvicorn server (httptools, as `serve` runs it), on an ephemeral port."""
+async def serving(app: Quart, limits: ConnectionLimits | None = None) -> AsyncIterator[int]:
+    """The app on a real uvicorn server configured as `serve` runs it (httptools, the engine's
+    connection limits), on an ephemeral port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=5,
-    )
+    config = server_config(app, limits or ConnectionLimits(), lifespan="off", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -681,6 +756,22 @@ async def test_header_values_with_cr_or_lf_are_refused_by_the_server_and_nothing
         clean = await exchange(port, raw_request([*signed, b"X-Stockaj-Delivery: dlv-clean"], BODY))
         assert status_of(clean) == 200
         assert await r.rows() == 1
+
+
+@pytest.mark.parametrize("size", [0, 100_000, MAX_BODY])
+async def test_a_request_the_parser_refuses_gets_its_400_even_from_a_client_still_sending(
+    tmp_path: Path, size: int
+) -> None:
+    signed = [b"X-Stockaj-Signature: " + sign(BODY, SECRET).encode(), b"X-Stockaj-Event: item.low_stock"]
+    bad = raw_request(
+        [*signed, b"Content-Type: application/json\r\r", b"X-Stockaj-Delivery: dlv"], b"x" * size
+    )
+    async with receiver(tmp_path) as r, serving(r.app) as port:
+        response = await exchange(port, bad)  # sends it all, then reads: a reset would lose the answer
+
+        assert status_of(response) == 400
+        assert orjson.loads(response.split(b"\r\n\r\n", 1)[1]) == {"error": "invalid HTTP request"}
+        assert await r.rows() == 0
 
 
 async def test_a_2gb_chunked_stream_is_refused_413_quickly_without_being_read(tmp_path: Path) -> None:

@@ -226,13 +226,27 @@ def free_port() -> int:
 class Proc:
     """One `stockaj-rules` process, its stdout and stderr in a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path, cwd: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        logs: Path,
+        cwd: Path,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self.metrics_url = ""
         self.log_path = logs / f"{name}.log"
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                [CLI, *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                [CLI, *args],
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=preexec_fn,
             )
 
     @property
@@ -393,14 +407,15 @@ class Deployment:
 
     # processes
 
-    def _start(self, kind: str, *args: str) -> Proc:
+    def _start(self, kind: str, *args: str, preexec_fn: Callable[[], None] | None = None) -> Proc:
         count = sum(p.name.startswith(kind) for p in self.processes)
-        proc = Proc(f"{kind}-{count + 1}", list(args), self.env, self.logs, self.root)
+        proc = Proc(f"{kind}-{count + 1}", list(args), self.env, self.logs, self.root, preexec_fn)
         self.processes.append(proc)
         return proc
 
-    async def start_serve(self) -> Proc:
-        self.serve = self._start("serve", "serve")
+    async def start_serve(self, preexec_fn: Callable[[], None] | None = None) -> Proc:
+        """`serve`, once ready; `preexec_fn` runs in the child before it starts (e.g. to set limits)."""
+        self.serve = self._start("serve", "serve", preexec_fn=preexec_fn)
         await self.wait_ready()
         return self.serve
 
