@@ -60,6 +60,8 @@ class Settings(BaseModel):
     body_retention_days: float = Field(default=30, gt=0)
     delivery_retention_days: float = Field(default=30, gt=0)
     worker_concurrency: int = Field(default=8, ge=1)
+    # Where people open a delivery's story: the address of `stockaj_rules.delivery_failed` alerts.
+    console_url: str = "http://127.0.0.1:8001"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -92,6 +94,14 @@ class Settings(BaseModel):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("not an http(s) URL; write https://host/path")
         return value
+
+    @field_validator("console_url")
+    @classmethod
+    def _console(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("not the console's address; write https://rules.example.com (no ? or #)")
+        return value.rstrip("/")
 
     def require_webhook_secret(self) -> tuple[str, ...]:
         """The secrets signatures are checked against; refuses to go on without one."""
