@@ -11,8 +11,8 @@ skipped actions a fresh start; only `redeliver --force` forgets the ledger.
 
 Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried
 with exponential backoff and full jitter, never sooner than the server's
-Retry-After, up to `max_attempts`; the delivery stays `processing` meanwhile,
-with `due_at` set so a lost retry is picked up by the sweeper.
+Retry-After, up to `max_attempts` (engine/execution.py); the delivery stays
+`processing` meanwhile, with `due_at` set so a lost retry is picked up by the sweeper.
 
 A run keeps its claim alive while it lasts (engine/claims.py), so only a dead
 worker's delivery is taken over. A delivery whose runs keep dying (the process
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -35,51 +33,28 @@ from typing import Any
 
 import httpx
 
-from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines, utc_now
+from actions.base import ActionDefaults, Clock, DatabaseEngines, utc_now
 from engine.alerts import Failures, delivery_failed, raises_alert
 from engine.claims import ClaimKeeper, Hold
 from engine.delivery import Delivery
+from engine.execution import MAX_BACKOFF_SECONDS, ActionExecutor, RetryPolicy
 from engine.group_commit import GroupCommit
-from engine.matching import Matcher, PlannedAction, RuleOutcome, RuleStatus
+from engine.matching import Matcher, RuleOutcome, RuleStatus
 from engine.metrics import Metrics
-from engine.rules import Rule, RuleSet
+from engine.rules import RuleSet
 from engine.secrets import Masker, Secrets
 from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
 from engine.tables import ActionStatus, DeliveryStatus
 
+__all__ = ["MAX_BACKOFF_SECONDS", "MAX_UNFINISHED_RUNS", "DeliveryProcessor", "RetryPolicy", "StoreThrottle"]
+
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 3600.0
-# A server asking to be left alone for longer than this gets a failed action, not a wait.
-MAX_RETRY_AFTER_SECONDS = 86400.0
-# 2**64 seconds is far past any ceiling; capping the exponent keeps the float finite.
-_MAX_EXPONENT = 64
 # Runs in a row that never finished (and saved no progress) before a delivery is given up on.
 MAX_UNFINISHED_RUNS = 3
 DEFAULT_CONSOLE_URL = "http://127.0.0.1:8001"
 # Where the deliveries a run raises go once recorded: the queue's `enqueue`.
 Enqueue = Callable[[Sequence[str]], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 8
-    base_seconds: float = 1.0
-    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
-    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
-
-    def delay(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds before the next try: full-jitter exponential backoff, never sooner than Retry-After.
-
-        None when the server's Retry-After is beyond `max_retry_after_seconds`: give up.
-        """
-        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
-        backoff = random.uniform(0, min(self.max_backoff_seconds, self.base_seconds * 2.0**exponent))
-        if retry_after is None:
-            return backoff
-        if not retry_after <= self.max_retry_after_seconds:  # also catches inf and nan
-            return None
-        return max(backoff, retry_after)
 
 
 class StoreThrottle:
@@ -184,13 +159,10 @@ class DeliveryProcessor:
     ) -> None:
         self._store = store
         self._rules = rules
-        self._http = http
-        self._databases = databases
-        self._defaults = defaults
+        self._executor = ActionExecutor(http, databases, defaults, masker, metrics, retry, clock)
         self._secrets = Secrets(secrets)
         self._masker = masker
         self._metrics = metrics
-        self._retry = retry
         self._requeue_after = requeue_after
         self._clock = clock
         self._console_url = console_url
@@ -267,7 +239,7 @@ class DeliveryProcessor:
             if outcome.fired:
                 await self._run_rule(stored.delivery_id, outcome, ledger, state)
                 if hold.lost:
-                    return None  # another run has the delivery now: it carries on from the ledger
+                    break  # another run has the delivery now; the end records only what succeeded
         return await self._finish(delivery, outcomes, state, stored)
 
     async def _note_crash(self, hold: Hold, exc: Exception) -> None:
@@ -341,48 +313,33 @@ class DeliveryProcessor:
     ) -> float | None:
         now = self._clock()
         recorded = [(o.rule.id, o.status.value, self._masker.mask(o.reason)) for o in outcomes]
-        first_run = claimed.runs == 1
-        token = state.hold.token
+        due, error = None, state.error()
         if state.wait is not None:
             # Claimable again once the wait is over: by this retry's job, or by the sweeper if it is lost.
-            due = now + timedelta(seconds=state.wait)
-            end = RunEnd(
-                delivery.delivery_id,
-                DeliveryStatus.PROCESSING,
-                now,
-                due,
-                None,
-                outcomes=recorded,
-                runs=state.unsaved,
-                first_run=first_run,
-                token=token,
-            )
-            return state.wait if await self._end(state.hold, claimed, end) else None
-        if not any(o.fired for o in outcomes):
+            status, due, error = DeliveryStatus.PROCESSING, now + timedelta(seconds=state.wait), None
+        elif not any(o.fired for o in outcomes):
             status = DeliveryStatus.NO_MATCH
         else:
             status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
-        failures = Failures(
-            [
-                (o.rule.id, recorded_reason)
-                for o, (_, _, recorded_reason) in zip(outcomes, recorded, strict=True)
-                if o.status is RuleStatus.ERROR
-            ],
-            state.failed_actions,
-        )
         end = RunEnd(
             delivery.delivery_id,
             status,
             now,
-            None,
-            state.error(),
+            due,
+            error,
             outcomes=recorded,
             runs=state.unsaved,
-            first_run=first_run,
-            token=token,
+            first_run=claimed.runs == 1,
+            token=state.hold.token,
         )
-        await self._end(state.hold, claimed, end, failures, [o.rule.id for o in outcomes if o.fired])
-        return None
+        errors = [
+            (o.rule.id, why)
+            for o, (_, _, why) in zip(outcomes, recorded, strict=True)
+            if o.status is RuleStatus.ERROR
+        ]
+        fired = [o.rule.id for o in outcomes if o.fired]
+        owned = await self._end(state.hold, claimed, end, Failures(errors, state.failed_actions), fired)
+        return state.wait if owned else None
 
     async def _run_rule(
         self, delivery_id: str, outcome: RuleOutcome, ledger: Ledger, state: _RunState
@@ -402,7 +359,7 @@ class DeliveryProcessor:
                 return
             if not await self._keep_claim(delivery_id, state):
                 return  # the claim was lost: starting this action would run it beside the new run
-            run = await self._execute(delivery_id, rule, planned, run)
+            run = await self._executor.execute(delivery_id, rule, planned, run)
             state.unsaved.append(run)
             if run.status is ActionStatus.PENDING:
                 assert run.next_attempt_at is not None
@@ -410,7 +367,9 @@ class DeliveryProcessor:
                 return
             if run.status is ActionStatus.FAILED:
                 state.failed(rule.id, run)
-                state.unsaved.extend(self._skipped(rule, later) for later in outcome.actions[position + 1 :])
+                state.unsaved.extend(
+                    self._executor.skipped(rule, later) for later in outcome.actions[position + 1 :]
+                )
                 return
 
     async def _keep_claim(self, delivery_id: str, state: _RunState) -> bool:
@@ -420,84 +379,14 @@ class DeliveryProcessor:
         most the one action that was running. The claim itself is kept alive by the
         `ClaimKeeper` meanwhile, however long the action takes.
         """
-        if state.hold.lost:
-            return False
-        if not state.unsaved:
-            return True
-        now = self._clock()
-        if not await self._store.save_progress(
-            delivery_id, state.unsaved, now, now + self._requeue_after, token=state.hold.token
-        ):
-            state.hold.lost = True
-            return False
-        self._keeper.kept(state.hold)
-        state.unsaved = []
-        return True
-
-    async def _execute(
-        self, delivery_id: str, rule: Rule, planned: PlannedAction, previous: ActionRun | None
-    ) -> ActionRun:
-        """Run one action; the ledger row it leaves (not saved yet)."""
-        attempts = (previous.attempts if previous else 0) + 1
-        started = time.perf_counter()
-        status, error, response_status, next_attempt = await self._attempt(
-            delivery_id, rule, planned, attempts
-        )
-        self._metrics.action_runs.labels(planned.type, status.value).inc()
-        self._metrics.action_latency.labels(planned.type).observe(time.perf_counter() - started)
-        return ActionRun(
-            rule.id,
-            planned.index,
-            planned.type,
-            status,
-            self._masker.mask(planned.params),
-            attempts,
-            self._masker.mask(error),
-            response_status,
-            next_attempt,
-            self._clock(),
-        )
-
-    async def _attempt(
-        self, delivery_id: str, rule: Rule, planned: PlannedAction, attempts: int
-    ) -> tuple[ActionStatus, str | None, int | None, datetime | None]:
-        """Run the action once: (status, error, response status, when to try again)."""
-        if planned.error is not None or planned.validated is None:
-            return ActionStatus.FAILED, planned.error or "params were not validated", None, None
-        plugin = rule.actions[planned.index].plugin
-        ctx = ActionContext(
-            self._http, self._databases, self._defaults, delivery_id, rule.id, planned.index, self._clock
-        )
-        try:
-            result = await plugin.run(planned.validated, ctx)
-        except ActionFailed as exc:
-            if not exc.transient or attempts >= self._retry.max_attempts:
-                return ActionStatus.FAILED, str(exc), exc.status, None
-            delay = self._retry.delay(attempts, exc.retry_after)
-            if delay is None:
-                error = (
-                    f"{exc}; the server asked to wait {exc.retry_after:g} s (Retry-After), over the "
-                    f"{self._retry.max_retry_after_seconds:g} s limit, so it is not retried"
-                )
-                return ActionStatus.FAILED, error, exc.status, None
-            return ActionStatus.PENDING, str(exc), exc.status, self._clock() + timedelta(seconds=delay)
-        except Exception as exc:  # a plugin bug must not take the worker down
-            log.exception(
-                "action %s of rule %s crashed", planned.type, rule.id, extra={"delivery_id": delivery_id}
+        if state.unsaved:
+            now = self._clock()
+            saved = await self._store.save_progress(
+                delivery_id, state.unsaved, now, now + self._requeue_after, token=state.hold.token
             )
-            return ActionStatus.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", None, None
-        return ActionStatus.SUCCEEDED, None, result.status, None
-
-    def _skipped(self, rule: Rule, planned: PlannedAction) -> ActionRun:
-        return ActionRun(
-            rule.id,
-            planned.index,
-            planned.type,
-            ActionStatus.SKIPPED,
-            self._masker.mask(planned.params),
-            0,
-            "skipped: an earlier action of this rule failed",
-            None,
-            None,
-            self._clock(),
-        )
+            state.unsaved = []  # recorded, or (the claim lost) its successes recorded
+            if saved:
+                self._keeper.kept(state.hold)
+            else:
+                state.hold.lost = True
+        return not state.hold.lost

@@ -1148,6 +1148,8 @@ async def test_an_action_slower_than_requeue_after_runs_once_while_another_proce
     assert gate.runs == [key("d-1", "slow", 0)]
     assert stored is not None
     assert (stored.status, stored.runs) == (DeliveryStatus.PROCESSING, 1)
+    assert stored.due_at is not None
+    assert stored.due_at > stored.updated_at + requeue_after  # extended while the action ran
     final = await bench.store.get("d-1")
     assert final is not None
     assert (final.status, final.runs) == (DeliveryStatus.DONE, 1)
@@ -1173,6 +1175,55 @@ async def test_a_run_whose_claim_was_taken_over_leaves_the_new_owners_record_alo
     assert (stored.status, stored.error, stored.runs) == (DeliveryStatus.DONE, None, 2)
     run = (await bench.ledger("d-1"))[("slow", 0)]
     assert (run.status, run.last_error) == (ActionStatus.SUCCEEDED, None)
+
+
+async def test_a_run_that_lost_its_claim_starts_no_further_action(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # Its worker stalled past the claim (fake time) and another run took the delivery over
+    # and finished it; the heartbeat (real time) tells the first run, which stops there.
+    gate = Gate()
+    rules = GATED + "    - {type: http, url: 'https://crm.example.com/hook', json: {step: 1}}\n"
+    quick = timedelta(seconds=0.4)
+    stalled = bench.processor(rules, registry=gate.registry(), requeue_after=quick)
+    taking_over = bench.processor(rules, registry=gate.registry(), requeue_after=quick)
+    crm = router.post(CRM_URL).respond(200)
+    await bench.deliver("d-1", low_stock())
+    first = asyncio.create_task(stalled.process("d-1"))
+    await gate.started.wait()
+    bench.clock.advance(1)
+    assert await taking_over.process("d-1") is None
+    assert crm.call_count == 1
+
+    await asyncio.sleep(0.35)  # a few beats: the stalled run learns its claim is gone
+    gate.opened.set()
+    assert await first is None
+
+    assert crm.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.DONE, 2)
+
+
+async def test_deliveries_processed_quickly_cost_no_claim_extension(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(PO_URL).respond(201)
+    extensions: list[int] = []
+    extend_claims = bench.store.extend_claims
+
+    async def counted(claims: Sequence[tuple[str, int]], due_at: datetime) -> set[str]:
+        extensions.append(len(claims))
+        return await extend_claims(claims, due_at)
+
+    bench.store.extend_claims = counted  # type: ignore[method-assign]
+    processor = bench.processor(REORDER, clock=utc_now, requeue_after=timedelta(seconds=0.4))
+    for n in range(20):
+        await bench.deliver(f"d-{n}", low_stock())
+        assert await processor.process(f"d-{n}") is None
+    await asyncio.sleep(0.3)  # past a beat
+
+    assert extensions == []
 
 
 async def test_a_delivery_whose_runs_keep_dying_is_failed_after_three_instead_of_run_for_ever(
