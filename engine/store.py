@@ -460,7 +460,10 @@ class Store:
 
         A delivery can be claimed when `received`, or `processing` past its `due_at` (its
         last run died, or its retry wait is over). The claim is one conditional UPDATE, so
-        two workers handed the same delivery never run it at the same time. If a run dies,
+        two workers handed the same delivery never run it at the same time. The claim's
+        `runs` is its token: the run's later writes apply only under it (`finish_runs`).
+        It also counts the run as unfinished until it saves progress or ends. While the
+        run lives its claim is kept alive (`extend_claims`, engine/claims.py); if it dies,
         the sweeper hands its delivery out again after `due_at`. Ledgers are read only for
         runs after the first: a first run has none.
         """

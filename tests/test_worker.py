@@ -1255,6 +1255,9 @@ async def test_a_delivery_whose_runs_keep_dying_is_failed_after_three_instead_of
     assert await bench.store.due_deliveries(bench.clock() + timedelta(days=1)) == [
         alert_id("d-1", stored.runs)
     ]
+    alert = await raised(bench, "d-1", stored.runs)
+    assert alert["error"] == stored.error
+    assert (alert["failed_rules"], alert["failed_actions"]) == ([], [])
 
 
 async def test_an_error_escaping_processing_is_recorded_and_the_delivery_fails_after_three(
