@@ -5,8 +5,8 @@ the sweeper hands the delivery to another worker, as it must when a worker died.
 A run that is alive keeps its claim, whatever it is doing (an action waiting on a
 slow server, a long render): every quarter of REQUEUE_AFTER_SECONDS, one statement
 pushes out the `due_at` of every claim held longer than that. A run that finishes
-within the quarter costs nothing here but a timer. So only a dead worker's claim
-ever expires.
+within the quarter costs nothing here (a timer per beat, not per delivery). So only
+a dead worker's claim ever expires.
 
 Claims are owned: each carries its token, the delivery's `runs` counter as its
 claim set it. An extension, like every other write of the run, applies only while
@@ -78,9 +78,8 @@ class ClaimKeeper:
         self._holds.pop(id(hold), None)
         if hold.extending is not None:
             await hold.extending.wait()
-        if not self._holds and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # The timer stays armed: a beat that finds nothing to keep stops there. Cancelling it
+        # here would cost a timer per delivery instead of one per beat.
 
     async def close(self) -> None:
         """Stop beating (the runs in hand are over, or cut off and left to expire)."""
