@@ -1155,6 +1155,38 @@ async def test_an_action_slower_than_requeue_after_runs_once_while_another_proce
     assert (final.status, final.runs) == (DeliveryStatus.DONE, 1)
 
 
+async def test_a_claim_is_kept_while_the_rules_are_still_being_matched(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # Matching can take long too (here a throttle slot the store is slow to give): the claim
+    # is kept from the start of the run, not only while actions run.
+    route = router.post(CRM_URL).respond(200)
+    slow_store = asyncio.Event()
+    acquire = bench.store.acquire_throttle
+
+    async def slow_acquire(*args: Any) -> datetime | None:
+        await slow_store.wait()
+        return await acquire(*args)
+
+    bench.store.acquire_throttle = slow_acquire  # type: ignore[method-assign]
+    requeue_after = timedelta(seconds=1)
+    running = bench.processor(THROTTLED, clock=utc_now, requeue_after=requeue_after)
+    other = bench.processor(THROTTLED, clock=utc_now, requeue_after=requeue_after)
+    await bench.deliver("d-1", low_stock())
+    first = asyncio.create_task(running.process("d-1"))
+    await asyncio.sleep(2.5)  # more than twice REQUEUE_AFTER
+
+    second = asyncio.create_task(other.process("d-1"))  # the sweeper offered it to another worker
+    await asyncio.sleep(0.2)
+    slow_store.set()
+    assert await asyncio.gather(first, second) == [None, None]
+
+    assert route.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.DONE, 1)
+
+
 async def test_a_run_whose_claim_was_taken_over_leaves_the_new_owners_record_alone(bench: Bench) -> None:
     # The first run's claim expires without being kept alive (its worker stalled); a second run
     # takes the delivery over and finishes it. The first run, ending late, must not overwrite that.
