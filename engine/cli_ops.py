@@ -351,7 +351,8 @@ def redeliver(delivery_id: str, force: bool) -> None:
 
     Actions that already succeeded for it are not run again unless --force.
     Without REDIS_URL it is processed here and now; with it, the workers take it.
-    Exit 0 when it ends done, no_match or waiting for a retry, 1 when it ends failed.
+    Exit 0 when it ends done, no_match or waiting for a retry, 1 when it ends failed
+    or is not redelivered (a run is processing it right now).
     """
     settings = load_settings()
     with _operator_errors(masker_for(settings)):
@@ -359,7 +360,7 @@ def redeliver(delivery_id: str, force: bool) -> None:
     if status is None:
         _unknown(delivery_id)
     click.echo(f"{delivery_id}: {status}")
-    sys.exit(EXIT_FAILED if status.startswith(DeliveryStatus.FAILED.value) else EXIT_OK)
+    sys.exit(EXIT_FAILED if status.startswith((DeliveryStatus.FAILED.value, "not redelivered")) else EXIT_OK)
 
 
 @click.group("db")

@@ -93,6 +93,8 @@ class Settings(BaseModel):
     # Prometheus metrics on a port of their own (serve and worker); unset: /metrics on PORT.
     metrics_host: str | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Where people open a delivery's story: the address of `stockaj_rules.delivery_failed` alerts.
+    console_url: str = "http://127.0.0.1:8001"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -146,6 +148,14 @@ class Settings(BaseModel):
                 "write the folder's real path"
             )
         return value
+
+    @field_validator("console_url")
+    @classmethod
+    def _console(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("not the console's address; write https://rules.example.com (no ? or #)")
+        return value.rstrip("/")
 
     def require_webhook_secret(self) -> tuple[str, ...]:
         """The secrets signatures are checked against; refuses to go on without one."""

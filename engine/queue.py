@@ -1,7 +1,9 @@
 """The queue between the store and the workers: one interface, two transports.
 
 - `ArqQueue` (`REDIS_URL` set): jobs for `stockaj-rules worker` processes, the
-  job id being the delivery id, so enqueueing a delivery twice is a no-op.
+  job id being the delivery id, so enqueueing a delivery twice is a no-op; but a
+  job waiting for a later time (an action's retry, deferred) is brought forward
+  to now: whoever enqueues a delivery means it is due (`redeliver`, the sweeper).
   A batch of ids is enqueued with one Lua script call (arq's own job format),
   instead of arq's three round trips per job, which also publishes on the
   database's `jobs_channel` so that idle workers poll at once (`engine.arq_worker`).
@@ -38,9 +40,11 @@ YIELD_SECONDS = 0.1
 # Loop turns a slot lets pass after the receiver went quiet, before it starts a delivery.
 SETTLE_TURNS = 3
 
-# Per id: enqueue unless a job or a result exists for it (arq's rule), atomically for the batch.
+# Per id, atomically for the batch: enqueue unless a job or a result exists for it (arq's
+# rule); a job that exists, is not in progress and waits for a later time is made due now.
 _ENQUEUE_SCRIPT = """
 local added = 0
+local now = tonumber(KEYS[5])
 for i, job_id in ipairs(ARGV) do
   if i % 2 == 1 then
     local job = ARGV[i + 1]
@@ -49,6 +53,12 @@ for i, job_id in ipairs(ARGV) do
       redis.call('psetex', job_key, KEYS[4], job)
       redis.call('zadd', KEYS[3], KEYS[5], job_id)
       added = added + 1
+    elseif redis.call('exists', KEYS[7] .. job_id) == 0 then
+      local score = redis.call('zscore', KEYS[3], job_id)
+      if score and tonumber(score) > now then
+        redis.call('zadd', KEYS[3], KEYS[5], job_id)
+        added = added + 1
+      end
     end
   end
 end
@@ -105,6 +115,7 @@ class ArqQueue:
             str(JOB_EXPIRES_MS),
             str(now_ms),
             self._channel,
+            in_progress_key_prefix,
         ]
         try:
             await self._script(keys=keys, args=argv)

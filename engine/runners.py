@@ -17,7 +17,7 @@ import dataclasses
 import errno
 import logging
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
@@ -36,8 +36,13 @@ from engine.logs import configure_logging
 from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
 from engine.receiver import ASGIApp, create_app, metrics_app
 from engine.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
+from engine.store import Reopened
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
+NOT_REDELIVERED = (
+    "not redelivered: a run is processing it right now (or its worker died less than "
+    "REQUEUE_AFTER_SECONDS ago); run redeliver again once `deliveries show` says it is finished"
+)
 GRACEFUL_SHUTDOWN_SECONDS = 10
 CONNECTION_LOST_RETRY_SECONDS = 1.0
 
@@ -235,10 +240,19 @@ def redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
 
 
 async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
+    """With REDIS_URL the workers run it now: its job is enqueued, or brought forward if a retry
+    deferred it. Without, this process runs it; what a running `serve` still plans for it (a
+    retry's timer) then finds it finished, or claims it only once it is due again."""
     store = await open_store(settings)
     try:
-        if not await store.reopen(delivery_id, datetime.now(UTC)):
+        now = datetime.now(UTC)
+        # Due at once for the workers' sweeper; here, only if this process dies before it ran it.
+        later = now if settings.redis_url else now + timedelta(seconds=settings.requeue_after_seconds)
+        reopened = await store.reopen(delivery_id, now, later)
+        if reopened is Reopened.UNKNOWN:
             return None
+        if reopened is Reopened.RUNNING:
+            return NOT_REDELIVERED
         if force:
             await store.forget_action_runs(delivery_id)
         if settings.redis_url:

@@ -98,6 +98,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.queue.close()
+        await self.processor.close()
         await self.http.aclose()
         await self.databases.dispose()
         await self.store.close()
@@ -150,6 +151,7 @@ async def open_service(
         metrics=metrics,
         retry=RetryPolicy(settings.max_attempts, settings.retry_base_seconds),
         requeue_after=requeue_after,
+        console_url=settings.console_url,
     )
     queue: DeliveryQueue
     if process_in_process:
@@ -158,6 +160,7 @@ async def open_service(
         if not settings.redis_url:
             raise ConfigurationError("REDIS_URL is not set: workers take their jobs from Redis; set it")
         queue = await ArqQueue.connect(settings.redis_url)
+    processor.enqueue_raised_to(queue.enqueue)  # `stockaj_rules.delivery_failed` events
     sweeper = Sweeper(
         store,
         queue,

@@ -15,8 +15,9 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -99,20 +101,44 @@ _CLAIM = (
         updated_at=bindparam("claim_now", type_=_DATETIME),
         due_at=bindparam("claim_due_at", type_=_DATETIME),
         runs=deliveries.c.runs + 1,
+        unfinished_runs=deliveries.c.unfinished_runs + 1,
     )
     .returning(*deliveries.c)
+)
+
+# A run's writes apply only while its claim is current: the delivery is still `processing`
+# and no claim came after it (`runs` is the token the claim set). See engine/claims.py.
+_OWNED = and_(
+    deliveries.c.status == DeliveryStatus.PROCESSING.value,
+    deliveries.c.runs == bindparam("token", type_=Integer),
 )
 
 # Where a run left its delivery (`Store.finish_runs`), one parameter set per delivery.
 _FINISH = (
     update(deliveries)
-    .where(deliveries.c.delivery_id == bindparam("end_id"))
+    .where(and_(deliveries.c.delivery_id == bindparam("end_id"), _OWNED))
     .values(
         status=bindparam("end_status"),
         updated_at=bindparam("end_now", type_=_DATETIME),
         due_at=bindparam("end_due_at", type_=_DATETIME),
         error=bindparam("end_error"),
+        unfinished_runs=0,
     )
+)
+_OWNED_IDS = select(deliveries.c.delivery_id, deliveries.c.runs, deliveries.c.status).where(
+    deliveries.c.delivery_id.in_(bindparam("owned_ids", expanding=True))
+)
+# Keep claims alive (`Store.extend_claims`): one statement for every claim of a heartbeat.
+_EXTEND = (
+    update(deliveries)
+    .where(
+        and_(
+            deliveries.c.status == DeliveryStatus.PROCESSING.value,
+            tuple_(deliveries.c.delivery_id, deliveries.c.runs).in_(bindparam("held", expanding=True)),
+        )
+    )
+    .values(due_at=bindparam("extend_due_at", type_=_DATETIME))
+    .returning(deliveries.c.delivery_id)
 )
 _DROP_OUTCOMES = delete(rule_outcomes).where(
     rule_outcomes.c.delivery_id.in_(bindparam("replaced_ids", expanding=True))
@@ -127,10 +153,10 @@ _FINISH_FIRST_RUNS_UNNEST = text(
     """
     WITH ended AS (
         UPDATE deliveries AS d
-        SET status = e.status, updated_at = e.now, due_at = e.due_at, error = e.error
-        FROM unnest(:end_ids, :end_statuses, :end_nows, :end_due_ats, :end_errors)
-            AS e(delivery_id, status, now, due_at, error)
-        WHERE d.delivery_id = e.delivery_id
+        SET status = e.status, updated_at = e.now, due_at = e.due_at, error = e.error, unfinished_runs = 0
+        FROM unnest(:end_ids, :end_tokens, :end_statuses, :end_nows, :end_due_ats, :end_errors)
+            AS e(delivery_id, token, status, now, due_at, error)
+        WHERE d.delivery_id = e.delivery_id AND d.status = 'processing' AND d.runs = e.token
         RETURNING d.delivery_id
     ), ledger AS (
         INSERT INTO action_runs (delivery_id, rule_id, action_index, type, status, params, attempts,
@@ -141,16 +167,22 @@ _FINISH_FIRST_RUNS_UNNEST = text(
                     :run_attempts, :run_errors, :run_responses, :run_next_attempts, :run_updated)
             AS r(delivery_id, rule_id, action_index, type, status, params, attempts,
                  last_error, response_status, next_attempt_at, updated_at)
+        WHERE r.delivery_id IN (SELECT delivery_id FROM ended) OR r.status = 'succeeded'
         ON CONFLICT (delivery_id, rule_id, action_index) DO UPDATE SET
             type = excluded.type, status = excluded.status, params = excluded.params,
             attempts = excluded.attempts, last_error = excluded.last_error,
             response_status = excluded.response_status,
             next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
+        WHERE action_runs.delivery_id IN (SELECT delivery_id FROM ended)
+            OR action_runs.status <> 'succeeded'
+    ), outcomes AS (
+        INSERT INTO rule_outcomes (delivery_id, rule_id, status, reason, recorded_at)
+        SELECT delivery_id, rule_id, status, reason, recorded_at
+        FROM unnest(:outcome_ids, :outcome_rules, :outcome_statuses, :outcome_reasons, :outcome_times)
+            AS o(delivery_id, rule_id, status, reason, recorded_at)
+        WHERE o.delivery_id IN (SELECT delivery_id FROM ended)
     )
-    INSERT INTO rule_outcomes (delivery_id, rule_id, status, reason, recorded_at)
-    SELECT delivery_id, rule_id, status, reason, recorded_at
-    FROM unnest(:outcome_ids, :outcome_rules, :outcome_statuses, :outcome_reasons, :outcome_times)
-        AS o(delivery_id, rule_id, status, reason, recorded_at)
+    SELECT delivery_id FROM ended
     """
 ).bindparams(
     *(
@@ -158,7 +190,7 @@ _FINISH_FIRST_RUNS_UNNEST = text(
         for item_type, names in (
             (Text, "end_ids end_statuses end_errors run_ids run_rules run_types run_statuses run_params"),
             (Text, "run_errors outcome_ids outcome_rules outcome_statuses outcome_reasons"),
-            (Integer, "run_indexes run_attempts run_responses"),
+            (Integer, "end_tokens run_indexes run_attempts run_responses"),
             (UTCDateTime(), "end_nows end_due_ats run_next_attempts run_updated outcome_times"),
         )
         for name in names.split()
@@ -189,6 +221,7 @@ class StoredDelivery:
     due_at: datetime | None
     runs: int
     error: str | None
+    unfinished_runs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +257,9 @@ class RunEnd:
 
     `due_at` is when to pick the delivery up again (a retry), `outcomes` replace its rule
     outcomes as (rule id, status, reason) when given (`first_run`: it has none yet), `runs`
-    are ledger rows not saved yet.
+    are ledger rows not saved yet. `token` is the run's claim (the `runs` its claim set);
+    `raised` an event the end raises (a failed delivery's `stockaj_rules.delivery_failed`),
+    stored with it and due at once.
     """
 
     delivery_id: str
@@ -235,6 +270,16 @@ class RunEnd:
     outcomes: Sequence[tuple[str, str, str]] | None = None
     runs: Sequence[ActionRun] = ()
     first_run: bool = False
+    token: int = field(kw_only=True)
+    raised: NewDelivery | None = field(default=None, kw_only=True)
+
+
+class Reopened(StrEnum):
+    """What `Store.reopen` did."""
+
+    REOPENED = "reopened"
+    UNKNOWN = "unknown"  # no such delivery
+    RUNNING = "running"  # a run holds it now: left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +302,12 @@ class Store:
             index_elements=["delivery_id", "rule_id", "action_index"],
             set_={name: upsert.excluded[name] for name in _ACTION_RUN_VALUES},
         )
+        self._record_successes = upsert.on_conflict_do_update(
+            index_elements=["delivery_id", "rule_id", "action_index"],
+            set_={name: upsert.excluded[name] for name in _ACTION_RUN_VALUES},
+            where=action_runs.c.status != ActionStatus.SUCCEEDED.value,
+        )
+        self._raise_event = self._insert(deliveries).on_conflict_do_nothing(index_elements=["delivery_id"])
         # SQLite's one connection goes to the intake before the workers; PostgreSQL has a pool.
         self._turns = ConnectionTurns() if sqlite_store else None
         # SQLite: the intake writes on its own connection, from the event loop (engine/sqlite_intake.py).
@@ -409,7 +460,10 @@ class Store:
 
         A delivery can be claimed when `received`, or `processing` past its `due_at` (its
         last run died, or its retry wait is over). The claim is one conditional UPDATE, so
-        two workers handed the same delivery never run it at the same time. If a run dies,
+        two workers handed the same delivery never run it at the same time. The claim's
+        `runs` is its token: the run's later writes apply only under it (`finish_runs`).
+        It also counts the run as unfinished until it saves progress or ends. While the
+        run lives its claim is kept alive (`extend_claims`, engine/claims.py); if it dies,
         the sweeper hands its delivery out again after `due_at`. Ledgers are read only for
         runs after the first: a first run has none.
         """
@@ -422,20 +476,50 @@ class Store:
         return {d.delivery_id: Claim(d, ledgers.get(d.delivery_id, {})) for d in claimed}
 
     async def save_progress(
-        self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime
-    ) -> None:
-        """Record finished actions of a run and keep its claim (push `due_at` out), in one transaction."""
+        self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime, *, token: int
+    ) -> bool:
+        """Record finished actions of a run and keep its claim (push `due_at` out), in one transaction.
+
+        Saving progress also resets the count of unfinished runs: a run that moves the
+        delivery forward is not a crash loop. False when the claim is no longer the run's
+        (see `finish_runs`): only the actions that succeeded are recorded then.
+        """
         async with self._begin() as connection:
-            await self._save_action_runs(connection, [(delivery_id, run) for run in runs])
+            result = await connection.execute(
+                update(deliveries)
+                .where(and_(deliveries.c.delivery_id == delivery_id, _OWNED))
+                .values(updated_at=now, due_at=due_at, unfinished_runs=0),
+                {"token": token},
+            )
+            owned = bool(result.rowcount)
+            await self._save_action_runs(connection, [(delivery_id, run) for run in runs], owned=owned)
+        return owned
+
+    async def extend_claims(self, claims: Sequence[tuple[str, int]], due_at: datetime) -> set[str]:
+        """Push out the `due_at` of claims given as (delivery id, token); the ids still held.
+
+        A claim whose token is no longer current (another run claimed the delivery) or whose
+        delivery is no longer `processing` is left alone, and its id is not returned.
+        """
+        if not claims:
+            return set()
+        held = sorted(set(claims))
+        async with self._autocommit() as connection:
+            result = await connection.execute(_EXTEND, {"held": held, "extend_due_at": due_at})
+            return {row[0] for row in result}
+
+    async def note_crash(self, delivery_id: str, token: int, error: str) -> None:
+        """Keep why a run of a delivery crashed as its error, while its claim is still the run's.
+
+        The delivery stays `processing`: it is picked up again when the claim expires, and
+        the error is quoted if it ends failed for crashing too often.
+        """
+        async with self._begin() as connection:
             await connection.execute(
                 update(deliveries)
-                .where(
-                    and_(
-                        deliveries.c.delivery_id == delivery_id,
-                        deliveries.c.status == DeliveryStatus.PROCESSING.value,
-                    )
-                )
-                .values(updated_at=now, due_at=due_at)
+                .where(and_(deliveries.c.delivery_id == delivery_id, _OWNED))
+                .values(error=error),
+                {"token": token},
             )
 
     async def finish_run(
@@ -449,58 +533,114 @@ class Store:
         outcomes: Sequence[tuple[str, str, str]] | None = None,
         runs: Sequence[ActionRun] = (),
         first_run: bool = False,
-    ) -> None:
-        """Record where a run left one delivery: see `RunEnd` and `finish_runs`."""
-        await self.finish_runs([RunEnd(delivery_id, status, now, due_at, error, outcomes, runs, first_run)])
+        token: int | None = None,
+    ) -> bool:
+        """Record where a run left one delivery: see `RunEnd` and `finish_runs`.
 
-    async def finish_runs(self, ends: Sequence[RunEnd]) -> None:
-        """Record where runs left their deliveries, all in one transaction.
-
-        The deliveries' rows are updated first, which locks them: two runs finishing the
-        same delivery at once (a claim that expired) then replace its outcomes one after the
-        other instead of colliding on the primary key of `rule_outcomes`.
+        `token` None stands for the current claim, whatever it is: for tools and tests that
+        set a delivery's state; a worker's run always gives the token of its own claim.
         """
-        if not ends:
-            return
-        if self.engine.dialect.name == "postgresql" and all(end.first_run for end in ends):
-            await self._finish_first_runs_unnest(ends)
-            return
-        ends = sorted(ends, key=lambda end: end.delivery_id)  # one lock order for every writer
-        replaced = [end.delivery_id for end in ends if end.outcomes is not None and not end.first_run]
-        outcomes = [
-            {
-                "delivery_id": end.delivery_id,
-                "rule_id": rule_id,
-                "status": status,
-                "reason": reason,
-                "recorded_at": end.now,
-            }
-            for end in ends
-            for rule_id, status, reason in end.outcomes or ()
-        ]
+        if token is None:
+            stored = await self.get(delivery_id)
+            if stored is None:
+                return False
+            token = stored.runs
+            if stored.status is not DeliveryStatus.PROCESSING:
+                await self._mark_processing(delivery_id, token)
+        end = RunEnd(delivery_id, status, now, due_at, error, outcomes, runs, first_run, token=token)
+        return delivery_id in await self.finish_runs([end])
+
+    async def _mark_processing(self, delivery_id: str, token: int) -> None:
         async with self._begin() as connection:
             await connection.execute(
-                _FINISH,
-                [
-                    {
-                        "end_id": end.delivery_id,
-                        "end_status": end.status.value,
-                        "end_now": end.now,
-                        "end_due_at": end.due_at,
-                        "end_error": end.error,
-                    }
-                    for end in ends
-                ],
+                update(deliveries)
+                .where(and_(deliveries.c.delivery_id == delivery_id, deliveries.c.runs == token))
+                .values(status=DeliveryStatus.PROCESSING.value)
             )
+
+    async def finish_runs(self, ends: Sequence[RunEnd]) -> set[str]:
+        """Record where runs left their deliveries, all in one transaction; the ids recorded.
+
+        A run records its end only while its claim is current: its delivery still
+        `processing` under the token of its claim. A run whose claim was taken over (its
+        worker stalled past the claim, and another run claimed the delivery) records
+        only the actions it saw succeed, never a status, an error, outcomes or failures
+        over the new run's; its id is left out of the result. Events a failed run raises
+        (`RunEnd.raised`) are stored with its end, once: their ids are derived from it.
+
+        The deliveries' rows are updated first, which locks them: two runs finishing the
+        same delivery at once then go one after the other.
+        """
+        if not ends:
+            return set()
+        if (
+            self.engine.dialect.name == "postgresql"
+            and all(end.first_run for end in ends)
+            and not any(end.raised for end in ends)
+        ):
+            return await self._finish_first_runs_unnest(ends)
+        ends = sorted(ends, key=lambda end: end.delivery_id)  # one lock order for every writer
+        async with self._begin() as connection:
+            owned = await self._end_owned(connection, ends)
+            mine = [end for end in ends if end.delivery_id in owned]
+            await self._save_action_runs(connection, [(e.delivery_id, run) for e in mine for run in e.runs])
             await self._save_action_runs(
-                connection, [(end.delivery_id, run) for end in ends for run in end.runs]
+                connection,
+                [(e.delivery_id, run) for e in ends if e not in mine for run in e.runs],
+                owned=False,
             )
+            replaced = [end.delivery_id for end in mine if end.outcomes is not None and not end.first_run]
             if replaced:
                 await connection.execute(_DROP_OUTCOMES, {"replaced_ids": replaced})
+            outcomes = [
+                {
+                    "delivery_id": e.delivery_id,
+                    "rule_id": rule,
+                    "status": status,
+                    "reason": why,
+                    "recorded_at": e.now,
+                }
+                for e in mine
+                for rule, status, why in e.outcomes or ()
+            ]
             if outcomes:
                 await connection.execute(_INSERT_OUTCOMES, outcomes)
+            raised = [(end.raised, end.now) for end in mine if end.raised is not None]
+            for event, now in raised:
+                await connection.execute(self._raise_event, _raised_row(event, now))
+        return owned
 
-    async def _finish_first_runs_unnest(self, ends: Sequence[RunEnd]) -> None:
+    async def _end_owned(self, connection: AsyncConnection, ends: Sequence[RunEnd]) -> set[str]:
+        """Update the rows of the runs that still own their claims; their ids."""
+        result = await connection.execute(
+            _FINISH,
+            [
+                {
+                    "end_id": end.delivery_id,
+                    "token": end.token,
+                    "end_status": end.status.value,
+                    "end_now": end.now,
+                    "end_due_at": end.due_at,
+                    "end_error": end.error,
+                }
+                for end in ends
+            ],
+        )
+        ids = [end.delivery_id for end in ends]
+        if self.engine.dialect.supports_sane_multi_rowcount and result.rowcount == len(ids):
+            return set(ids)  # the usual case on SQLite: every run still owned its claim
+        # The rows this transaction updated are locked by it, and carry its runs' tokens and status.
+        # (A run's own end recorded twice matches too: writing the same end again changes nothing.)
+        tokens = {end.delivery_id: end.token for end in ends}
+        statuses = {end.delivery_id: end.status.value for end in ends}
+        rows = await connection.execute(_OWNED_IDS, {"owned_ids": ids})
+        return {
+            row.delivery_id
+            for row in rows
+            if row.runs == tokens[row.delivery_id] and row.status == statuses[row.delivery_id]
+        }
+
+    async def _finish_first_runs_unnest(self, ends: Sequence[RunEnd]) -> set[str]:
         """PostgreSQL, first runs only: `finish_runs` as one statement (`_FINISH_FIRST_RUNS_UNNEST`).
 
         No other run can be finishing these deliveries (a delivery has one first run), so
@@ -511,6 +651,7 @@ class Store:
         outcomes = [(end, outcome) for end in ends for outcome in end.outcomes or ()]
         parameters = {
             "end_ids": [end.delivery_id for end in ends],
+            "end_tokens": [end.token for end in ends],
             "end_statuses": [end.status.value for end in ends],
             "end_nows": [end.now for end in ends],
             "end_due_ats": [end.due_at for end in ends],
@@ -533,21 +674,39 @@ class Store:
             "outcome_times": [end.now for end, _ in outcomes],
         }
         async with self._autocommit() as connection:
-            await connection.execute(_FINISH_FIRST_RUNS_UNNEST, parameters)
+            result = await connection.execute(_FINISH_FIRST_RUNS_UNNEST, parameters)
+            return {row[0] for row in result}
 
-    async def reopen(self, delivery_id: str, now: datetime) -> bool:
-        """Make a stored delivery pending again (`redeliver`); False when it does not exist.
+    async def reopen(self, delivery_id: str, now: datetime, due_at: datetime | None = None) -> Reopened:
+        """Make a stored delivery pending again (`redeliver`), due at `due_at` (default: now).
 
         Its actions that did not succeed get a fresh start: they run at the next run, with
         their attempts counted from one again. Succeeded ones stay in the ledger, so they are
-        not repeated (`forget_action_runs` is for that).
+        not repeated (`forget_action_runs` is for that). A delivery a run holds right now
+        (claimed, not finished, its claim not expired) is left alone: `Reopened.RUNNING`.
         """
+        running = and_(
+            deliveries.c.status == DeliveryStatus.PROCESSING.value,
+            deliveries.c.unfinished_runs > 0,
+            deliveries.c.due_at > now,
+        )
         async with self._begin() as connection:
             result = await connection.execute(
                 update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id)
-                .values(status=DeliveryStatus.RECEIVED.value, updated_at=now, due_at=now, error=None)
+                .where(and_(deliveries.c.delivery_id == delivery_id, ~running))
+                .values(
+                    status=DeliveryStatus.RECEIVED.value,
+                    updated_at=now,
+                    due_at=due_at or now,
+                    error=None,
+                    unfinished_runs=0,
+                )
             )
+            if not result.rowcount:
+                found = await connection.execute(
+                    select(deliveries.c.delivery_id).where(deliveries.c.delivery_id == delivery_id)
+                )
+                return Reopened.RUNNING if found.first() is not None else Reopened.UNKNOWN
             await connection.execute(
                 update(action_runs)
                 .where(
@@ -558,7 +717,7 @@ class Store:
                 )
                 .values(status=ActionStatus.PENDING.value, attempts=0, next_attempt_at=None, updated_at=now)
             )
-        return bool(result.rowcount)
+        return Reopened.REOPENED
 
     async def due_deliveries(self, now: datetime, limit: int = 500) -> list[str]:
         """Pending deliveries whose job may be lost: enqueue them again (it is idempotent)."""
@@ -607,9 +766,15 @@ class Store:
             await self._save_action_runs(connection, [(delivery_id, run)])
 
     async def _save_action_runs(
-        self, connection: AsyncConnection, runs: Sequence[tuple[str, ActionRun]]
+        self, connection: AsyncConnection, runs: Sequence[tuple[str, ActionRun]], *, owned: bool = True
     ) -> None:
-        """Insert or update ledger rows, given as (delivery id, run)."""
+        """Insert or update ledger rows, given as (delivery id, run).
+
+        Not `owned` (a run whose claim was taken over): only successes are recorded, and
+        they never replace a success the new run recorded.
+        """
+        if not owned:
+            runs = [(delivery_id, run) for delivery_id, run in runs if run.status is ActionStatus.SUCCEEDED]
         if not runs:
             return
         rows = [
@@ -628,7 +793,7 @@ class Store:
             }
             for delivery_id, run in runs
         ]
-        await connection.execute(self._upsert_action_runs, rows)
+        await connection.execute(self._upsert_action_runs if owned else self._record_successes, rows)
 
     async def forget_action_runs(self, delivery_id: str) -> None:
         """Drop a delivery's ledger (`redeliver --force` runs every action again)."""
@@ -727,6 +892,21 @@ def _converter(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any]
     return process if process is not None else (lambda value: value)
 
 
+def _raised_row(event: NewDelivery, now: datetime) -> dict[str, Any]:
+    """The row of an event the engine raises: received, due at once (the sweeper's if its job is lost)."""
+    return {
+        "delivery_id": event.delivery_id,
+        "event": event.event,
+        "status": DeliveryStatus.RECEIVED.value,
+        "headers": event.headers,
+        "body": event.body,
+        "received_at": event.received_at,
+        "updated_at": event.received_at,
+        "due_at": now,
+        "runs": 0,
+    }
+
+
 def _slot_key(key: str) -> str:
     """Long keys, and keys holding NUL (PostgreSQL refuses it in text), are stored by their hash."""
     if len(key) <= THROTTLE_KEY_LENGTH and "\x00" not in key:
@@ -746,6 +926,7 @@ def _delivery(row: Any) -> StoredDelivery:
         due_at=row.due_at,
         runs=row.runs,
         error=row.error,
+        unfinished_runs=row.unfinished_runs,
     )
 
 

@@ -7,6 +7,10 @@ in `engine/migrations/` create them; a test checks the two agree.
   The primary key is the delivery id, so dedupe holds across any number of
   receivers. `due_at` is when the sweeper should enqueue it again if it is
   still `received` or `processing` (a lost job, a dead worker, a retry wait).
+  `runs` counts the claims of the delivery, and its value is the current claim's
+  token (engine/claims.py); `unfinished_runs` counts the claims since the last
+  progress that never reached a finish (runs that crashed), so that a delivery
+  whose processing keeps dying is failed instead of run again for ever.
 - `rule_outcomes`: per delivery and rule, fired or not, and why.
 - `action_runs`: the ledger, per (delivery, rule, action index): an action
   whose status is `succeeded` never runs again for that delivery.
@@ -34,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 
@@ -118,6 +123,7 @@ deliveries = Table(
     Column("due_at", UTCDateTime(), nullable=True),
     Column("runs", Integer, nullable=False, default=0),
     Column("error", LogText, nullable=True),
+    Column("unfinished_runs", Integer, nullable=False, default=0, server_default=text("0")),
     Index(None, "status", "due_at"),
     Index(None, "received_at"),
 )

@@ -11,62 +11,50 @@ skipped actions a fresh start; only `redeliver --force` forgets the ledger.
 
 Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried
 with exponential backoff and full jitter, never sooner than the server's
-Retry-After, up to `max_attempts`; the delivery stays `processing` meanwhile,
-with `due_at` set so a lost retry is picked up by the sweeper.
+Retry-After, up to `max_attempts` (engine/execution.py); the delivery stays
+`processing` meanwhile, with `due_at` set so a lost retry is picked up by the sweeper.
+
+A run keeps its claim alive while it lasts (engine/claims.py), so only a dead
+worker's delivery is taken over. A delivery whose runs keep dying (the process
+killed, an error escaping processing) is failed after MAX_UNFINISHED_RUNS of them
+in a row instead of being run again every REQUEUE_AFTER_SECONDS for ever. A
+delivery that ends `failed` raises `stockaj_rules.delivery_failed`
+(engine/alerts.py), stored with the failure and enqueued once it is recorded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines, utc_now
+from actions.base import ActionDefaults, Clock, DatabaseEngines, utc_now
+from engine.alerts import Failures, delivery_failed, raises_alert
+from engine.claims import ClaimKeeper, Hold
 from engine.delivery import Delivery
+from engine.execution import MAX_BACKOFF_SECONDS, ActionExecutor, RetryPolicy
 from engine.group_commit import GroupCommit
-from engine.matching import Matcher, PlannedAction, RuleOutcome
+from engine.matching import Matcher, RuleOutcome, RuleStatus
 from engine.metrics import Metrics
-from engine.outgoing import allowed_origins
-from engine.rules import Rule, RuleSet
+from engine.rules import RuleSet
 from engine.secrets import Masker, Secrets
 from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
 from engine.tables import ActionStatus, DeliveryStatus
 
+__all__ = ["MAX_BACKOFF_SECONDS", "MAX_UNFINISHED_RUNS", "DeliveryProcessor", "RetryPolicy", "StoreThrottle"]
+
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 3600.0
-# A server asking to be left alone for longer than this gets a failed action, not a wait.
-MAX_RETRY_AFTER_SECONDS = 86400.0
-# 2**64 seconds is far past any ceiling; capping the exponent keeps the float finite.
-_MAX_EXPONENT = 64
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 8
-    base_seconds: float = 1.0
-    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
-    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
-
-    def delay(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds before the next try: full-jitter exponential backoff, never sooner than Retry-After.
-
-        None when the server's Retry-After is beyond `max_retry_after_seconds`: give up.
-        """
-        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
-        backoff = random.uniform(0, min(self.max_backoff_seconds, self.base_seconds * 2.0**exponent))
-        if retry_after is None:
-            return backoff
-        if not retry_after <= self.max_retry_after_seconds:  # also catches inf and nan
-            return None
-        return max(backoff, retry_after)
+# Runs in a row that never finished (and saved no progress) before a delivery is given up on.
+MAX_UNFINISHED_RUNS = 3
+DEFAULT_CONSOLE_URL = "http://127.0.0.1:8001"
+# Where the deliveries a run raises go once recorded: the queue's `enqueue`.
+Enqueue = Callable[[Sequence[str]], Awaitable[None]]
 
 
 class StoreThrottle:
@@ -98,17 +86,19 @@ class _RunState:
     action costs two transactions (claim, finish) besides the action itself.
     """
 
-    claim_due: datetime
+    hold: Hold
     wait: float | None = None
     failures: int = 0
     first_failure: str | None = None
     unsaved: list[ActionRun] = field(default_factory=list)
+    failed_actions: list[tuple[str, ActionRun]] = field(default_factory=list)
 
     def waits(self, seconds: float) -> None:
         self.wait = seconds if self.wait is None else min(self.wait, seconds)
 
     def failed(self, rule_id: str, run: ActionRun) -> None:
         self.failures += 1
+        self.failed_actions.append((rule_id, run))
         if self.first_failure is None:
             self.first_failure = f"{rule_id} actions[{run.action_index}] ({run.type}): {run.last_error}"
 
@@ -137,6 +127,18 @@ def _payload(stored: StoredDelivery) -> dict[str, Any] | str:
     return payload
 
 
+def _gave_up(stored: StoredDelivery) -> str:
+    """Why a delivery whose runs kept dying is failed instead of run again."""
+    stopped = stored.unfinished_runs - 1
+    last = f"; the last: {stored.error}" if stored.error else ""
+    return (
+        f"processing this delivery stopped {stopped} times before it finished (the process died, or "
+        f"an error escaped processing){last}; it is not run again on its own: find the error in the "
+        f"workers' log (delivery_id {stored.delivery_id}), fix its cause (a rule, an action, a "
+        f"setting), then run `stockaj-rules redeliver {stored.delivery_id}`"
+    )
+
+
 class DeliveryProcessor:
     """Runs stored deliveries through the current rules, with real side effects."""
 
@@ -153,23 +155,32 @@ class DeliveryProcessor:
         retry: RetryPolicy,
         requeue_after: timedelta,
         clock: Clock = utc_now,
+        console_url: str = DEFAULT_CONSOLE_URL,
     ) -> None:
         self._store = store
         self._rules = rules
-        self._http = http
-        self._databases = databases
-        self._defaults = defaults
+        self._executor = ActionExecutor(http, databases, defaults, masker, metrics, retry, clock)
         self._secrets = Secrets(secrets)
         self._masker = masker
         self._metrics = metrics
-        self._retry = retry
         self._requeue_after = requeue_after
         self._clock = clock
+        self._console_url = console_url
+        self._enqueue: Enqueue | None = None
+        self._keeper = ClaimKeeper(store, requeue_after, clock)
         # Deliveries this processor is running now: the sweeper may offer one again mid-run.
         self._running: set[str] = set()
         # Claims and finishes of concurrent runs share transactions (engine/group_commit.py).
         self._claims = GroupCommit(self._claim_batch, "worker-claims")
         self._finishes = GroupCommit(self._finish_batch, "worker-finishes")
+
+    def enqueue_raised_to(self, enqueue: Enqueue) -> None:
+        """Where the events runs raise go once recorded (the queue this processor serves)."""
+        self._enqueue = enqueue
+
+    async def close(self) -> None:
+        """Stop keeping claims alive: the runs in hand are over, or cut off and left to expire."""
+        await self._keeper.close()
 
     async def process(self, delivery_id: str) -> float | None:
         """Process a delivery; the seconds until it must be processed again, or None when finished.
@@ -190,90 +201,145 @@ class DeliveryProcessor:
         # One claim, one run: an id submitted twice gets its claim once.
         return [claims.pop(delivery_id, None) for delivery_id in delivery_ids]
 
-    async def _finish_batch(self, ends: Sequence[RunEnd]) -> list[None]:
-        await self._store.finish_runs(ends)
-        return [None] * len(ends)
+    async def _finish_batch(self, ends: Sequence[RunEnd]) -> list[bool]:
+        recorded = await self._store.finish_runs(ends)
+        return [end.delivery_id in recorded for end in ends]
 
     async def _process(self, delivery_id: str) -> float | None:
         claim = await self._claims.submit(delivery_id)
         if claim is None:
             return None  # unknown, finished by an earlier job, run by another worker, or still waiting
+        hold = self._keeper.hold(delivery_id, claim.delivery.runs)
+        try:
+            return await self._run(claim, hold)
+        except Exception as exc:
+            await self._note_crash(hold, exc)
+            raise
+        finally:
+            await self._keeper.release(hold)
+
+    async def _run(self, claim: Claim, hold: Hold) -> float | None:
         now = self._clock()
         stored = claim.delivery
-        payload = _payload(stored)
+        # Its earlier runs kept dying: this one ends it, rather than die the same way.
+        payload = _gave_up(stored) if stored.unfinished_runs > MAX_UNFINISHED_RUNS else _payload(stored)
         if isinstance(payload, str):
             # Matching an empty payload would overwrite the delivery's recorded outcomes with nonsense.
-            await self._finishes.submit(RunEnd(delivery_id, DeliveryStatus.FAILED, now, None, payload))
-            self._metrics.deliveries_processed.labels(stored.event, DeliveryStatus.FAILED.value).inc()
-            log.error(
-                "delivery %s not processed: %s", delivery_id, payload, extra={"delivery_id": delivery_id}
-            )
+            end = RunEnd(stored.delivery_id, DeliveryStatus.FAILED, now, None, payload, token=hold.token)
+            await self._end(hold, stored, end)
             return None
-        delivery = Delivery(stored.event, delivery_id, payload, stored.headers)
+        delivery = Delivery(stored.event, stored.delivery_id, payload, stored.headers)
         ledger = claim.ledger
-        throttle = StoreThrottle(self._store, delivery_id, frozenset(rule_id for rule_id, _ in ledger))
+        throttle = StoreThrottle(self._store, stored.delivery_id, frozenset(rule_id for rule_id, _ in ledger))
         outcomes = await Matcher(self._rules(), throttle, self._secrets, self._clock).match(delivery, now)
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
-        state = _RunState(claim_due=stored.due_at or now)
+        state = _RunState(hold)
         for outcome in outcomes:
             if outcome.fired:
-                await self._run_rule(delivery_id, outcome, ledger, state)
+                await self._run_rule(stored.delivery_id, outcome, ledger, state)
+                if hold.lost:
+                    break  # another run has the delivery now; the end records only what succeeded
         return await self._finish(delivery, outcomes, state, stored)
+
+    async def _note_crash(self, hold: Hold, exc: Exception) -> None:
+        """Keep why this run crashed, for the delivery's error if it comes to be given up on."""
+        error = self._masker.mask(f"{type(exc).__name__}: {exc}")
+        try:
+            await self._store.note_crash(hold.delivery_id, hold.token, error[:2000])
+        except Exception as failure:  # the store may be why it crashed; the exception goes on up
+            log.warning("could not record the crash of delivery %s: %s", hold.delivery_id, failure)
+
+    async def _end(
+        self,
+        hold: Hold,
+        stored: StoredDelivery,
+        end: RunEnd,
+        failures: Failures | None = None,
+        fired: Sequence[str] = (),
+    ) -> bool:
+        """Record where the run left the delivery; False when another run owns it now.
+
+        A failed delivery raises `stockaj_rules.delivery_failed` with its end, enqueued once recorded.
+        """
+        raised = None
+        if end.status is DeliveryStatus.FAILED and raises_alert(stored.event):
+            error = end.error or "failed"
+            raised = delivery_failed(
+                stored, hold.token, error, failures or Failures(), self._console_url, end.now
+            )
+            end = replace(end, raised=raised)
+        await self._keeper.release(hold)  # no extension may land after the end
+        if not await self._finishes.submit(end):
+            log.warning(
+                "delivery %s: this run's claim was taken over; the run that took it records the outcome",
+                stored.delivery_id,
+                extra={"delivery_id": stored.delivery_id},
+            )
+            return False
+        if end.status not in (DeliveryStatus.PROCESSING, DeliveryStatus.RECEIVED):
+            self._metrics.deliveries_processed.labels(stored.event, end.status.value).inc()
+            self._metrics.processing_lag.observe((end.now - stored.received_at).total_seconds())
+            self._log_end(stored, end, fired)
+        if raised is not None and self._enqueue is not None:
+            try:
+                await self._enqueue([raised.delivery_id])
+            except Exception as exc:  # stored and due: the sweeper enqueues it
+                log.warning("could not enqueue %s (the sweeper will): %s", raised.delivery_id, exc)
+        return True
+
+    def _log_end(self, stored: StoredDelivery, end: RunEnd, fired: Sequence[str]) -> None:
+        # A failed delivery needs someone to look at it: a warning, which log alerts catch. A
+        # failed alert is an error: no further alert tells anyone about it.
+        failed = end.status is DeliveryStatus.FAILED
+        level = logging.INFO
+        if failed:
+            level = logging.WARNING if raises_alert(stored.event) else logging.ERROR
+        log.log(
+            level,
+            "delivery %s",
+            end.status.value,
+            extra={
+                "delivery_id": stored.delivery_id,
+                "stockaj_event": stored.event,
+                "status": end.status.value,
+                "fired": list(fired),
+                **({"error": end.error} if failed else {}),
+            },
+        )
 
     async def _finish(
         self, delivery: Delivery, outcomes: list[RuleOutcome], state: _RunState, claimed: StoredDelivery
     ) -> float | None:
         now = self._clock()
         recorded = [(o.rule.id, o.status.value, self._masker.mask(o.reason)) for o in outcomes]
+        due, error = None, state.error()
         if state.wait is not None:
             # Claimable again once the wait is over: by this retry's job, or by the sweeper if it is lost.
-            due = now + timedelta(seconds=state.wait)
-            await self._finishes.submit(
-                RunEnd(
-                    delivery.delivery_id,
-                    DeliveryStatus.PROCESSING,
-                    now,
-                    due,
-                    None,
-                    outcomes=recorded,
-                    runs=state.unsaved,
-                    first_run=claimed.runs == 1,
-                )
-            )
-            return state.wait
-        if not any(o.fired for o in outcomes):
+            status, due, error = DeliveryStatus.PROCESSING, now + timedelta(seconds=state.wait), None
+        elif not any(o.fired for o in outcomes):
             status = DeliveryStatus.NO_MATCH
         else:
             status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
-        await self._finishes.submit(
-            RunEnd(
-                delivery.delivery_id,
-                status,
-                now,
-                None,
-                state.error(),
-                outcomes=recorded,
-                runs=state.unsaved,
-                first_run=claimed.runs == 1,
-            )
+        end = RunEnd(
+            delivery.delivery_id,
+            status,
+            now,
+            due,
+            error,
+            outcomes=recorded,
+            runs=state.unsaved,
+            first_run=claimed.runs == 1,
+            token=state.hold.token,
         )
-        self._metrics.deliveries_processed.labels(delivery.event, status.value).inc()
-        self._metrics.processing_lag.observe((now - claimed.received_at).total_seconds())
-        # A failed delivery needs someone to look at it: a warning, which log alerts catch.
-        log.log(
-            logging.WARNING if status is DeliveryStatus.FAILED else logging.INFO,
-            "delivery %s",
-            status.value,
-            extra={
-                "delivery_id": delivery.delivery_id,
-                "stockaj_event": delivery.event,
-                "status": status.value,
-                "fired": [o.rule.id for o in outcomes if o.fired],
-                **({"error": state.error()} if status is DeliveryStatus.FAILED else {}),
-            },
-        )
-        return None
+        errors = [
+            (o.rule.id, why)
+            for o, (_, _, why) in zip(outcomes, recorded, strict=True)
+            if o.status is RuleStatus.ERROR
+        ]
+        fired = [o.rule.id for o in outcomes if o.fired]
+        owned = await self._end(state.hold, claimed, end, Failures(errors, state.failed_actions), fired)
+        return state.wait if owned else None
 
     async def _run_rule(
         self, delivery_id: str, outcome: RuleOutcome, ledger: Ledger, state: _RunState
@@ -291,8 +357,9 @@ class DeliveryProcessor:
             if run is not None and run.next_attempt_at is not None and run.next_attempt_at > now:
                 state.waits((run.next_attempt_at - now).total_seconds())
                 return
-            await self._keep_claim(delivery_id, state)
-            run = await self._execute(delivery_id, rule, planned, run)
+            if not await self._keep_claim(delivery_id, state):
+                return  # the claim was lost: starting this action would run it beside the new run
+            run = await self._executor.execute(delivery_id, rule, planned, run)
             state.unsaved.append(run)
             if run.status is ActionStatus.PENDING:
                 assert run.next_attempt_at is not None
@@ -300,93 +367,26 @@ class DeliveryProcessor:
                 return
             if run.status is ActionStatus.FAILED:
                 state.failed(rule.id, run)
-                state.unsaved.extend(self._skipped(rule, later) for later in outcome.actions[position + 1 :])
+                state.unsaved.extend(
+                    self._executor.skipped(rule, later) for later in outcome.actions[position + 1 :]
+                )
                 return
 
-    async def _keep_claim(self, delivery_id: str, state: _RunState) -> None:
-        """Before an action: save what earlier actions did, and extend the claim if it runs short.
+    async def _keep_claim(self, delivery_id: str, state: _RunState) -> bool:
+        """Before an action: save what earlier actions did; False when the claim is lost.
 
         An action's success is written before the next action starts, so a crash repeats at
-        most the one action that was running.
+        most the one action that was running. The claim itself is kept alive by the
+        `ClaimKeeper` meanwhile, however long the action takes.
         """
-        now = self._clock()
-        if not state.unsaved and now + self._requeue_after / 2 < state.claim_due:
-            return
-        await self._store.save_progress(delivery_id, state.unsaved, now, now + self._requeue_after)
-        state.unsaved = []
-        state.claim_due = now + self._requeue_after
-
-    async def _execute(
-        self, delivery_id: str, rule: Rule, planned: PlannedAction, previous: ActionRun | None
-    ) -> ActionRun:
-        """Run one action; the ledger row it leaves (not saved yet)."""
-        attempts = (previous.attempts if previous else 0) + 1
-        started = time.perf_counter()
-        status, error, response_status, next_attempt = await self._attempt(
-            delivery_id, rule, planned, attempts
-        )
-        self._metrics.action_runs.labels(planned.type, status.value).inc()
-        self._metrics.action_latency.labels(planned.type).observe(time.perf_counter() - started)
-        return ActionRun(
-            rule.id,
-            planned.index,
-            planned.type,
-            status,
-            self._masker.mask(planned.params),
-            attempts,
-            self._masker.mask(error),
-            response_status,
-            next_attempt,
-            self._clock(),
-        )
-
-    async def _attempt(
-        self, delivery_id: str, rule: Rule, planned: PlannedAction, attempts: int
-    ) -> tuple[ActionStatus, str | None, int | None, datetime | None]:
-        """Run the action once: (status, error, response status, when to try again)."""
-        if planned.error is not None or planned.validated is None:
-            return ActionStatus.FAILED, planned.error or "params were not validated", None, None
-        plugin = rule.actions[planned.index].plugin
-        ctx = ActionContext(
-            self._http,
-            self._databases,
-            self._defaults,
-            delivery_id,
-            rule.id,
-            planned.index,
-            self._clock,
-            allowed_origins(plugin, planned.origins, self._defaults),
-        )
-        try:
-            result = await plugin.run(planned.validated, ctx)
-        except ActionFailed as exc:
-            if not exc.transient or attempts >= self._retry.max_attempts:
-                return ActionStatus.FAILED, str(exc), exc.status, None
-            delay = self._retry.delay(attempts, exc.retry_after)
-            if delay is None:
-                error = (
-                    f"{exc}; the server asked to wait {exc.retry_after:g} s (Retry-After), over the "
-                    f"{self._retry.max_retry_after_seconds:g} s limit, so it is not retried"
-                )
-                return ActionStatus.FAILED, error, exc.status, None
-            return ActionStatus.PENDING, str(exc), exc.status, self._clock() + timedelta(seconds=delay)
-        except Exception as exc:  # a plugin bug must not take the worker down
-            log.exception(
-                "action %s of rule %s crashed", planned.type, rule.id, extra={"delivery_id": delivery_id}
+        if state.unsaved:
+            now = self._clock()
+            saved = await self._store.save_progress(
+                delivery_id, state.unsaved, now, now + self._requeue_after, token=state.hold.token
             )
-            return ActionStatus.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", None, None
-        return ActionStatus.SUCCEEDED, None, result.status, None
-
-    def _skipped(self, rule: Rule, planned: PlannedAction) -> ActionRun:
-        return ActionRun(
-            rule.id,
-            planned.index,
-            planned.type,
-            ActionStatus.SKIPPED,
-            self._masker.mask(planned.params),
-            0,
-            "skipped: an earlier action of this rule failed",
-            None,
-            None,
-            self._clock(),
-        )
+            state.unsaved = []  # recorded, or (the claim lost) its successes recorded
+            if saved:
+                self._keeper.kept(state.hold)
+            else:
+                state.hold.lost = True
+        return not state.hold.lost

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from arq import func
+from arq import Retry, func
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import default_queue_name, in_progress_key_prefix
 
@@ -186,6 +186,68 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
     assert [level for level, _ in said] == ["WARNING", "INFO"]
     assert said[0][1].startswith("not subscribed to new jobs (ConnectionError: ")
     assert said[1][1] == "subscribed to new jobs again"
+
+
+async def test_enqueueing_a_job_deferred_by_a_retry_makes_it_due_now(
+    fresh_redis_url: str,
+    redis: aioredis.Redis,
+    arq_queue: ArqQueue,
+    running: Callable[[DeliveryWorker], None],
+) -> None:
+    # `redeliver` while an action waits out a Retry-After of ten minutes: it runs now.
+    runs: list[float] = []
+
+    async def process(ctx: dict[str, Any], delivery_id: str) -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise Retry(defer=600)
+
+    worker = DeliveryWorker(
+        functions=[func(process, name=PROCESS_FUNCTION)],
+        redis_settings=RedisSettings.from_dsn(fresh_redis_url),
+        keep_result=0,
+        poll_delay=0,
+        max_tries=100,
+        handle_signals=False,
+    )
+    running(worker)
+    await wait_until(subscribed(redis, 1))
+    await arq_queue.enqueue(["d-1"])
+
+    async def deferred() -> bool:
+        score = await redis.zscore(default_queue_name, "d-1")
+        return len(runs) == 1 and score is not None and score > time.time() * 1000 + 500_000
+
+    await wait_until(deferred)
+    await arq_queue.enqueue(["d-1"])
+
+    async def ran_again() -> bool:
+        return len(runs) == 2
+
+    await wait_until(ran_again, seconds=3)
+    await asyncio.sleep(0.3)
+    assert len(runs) == 2
+    assert await redis.zcard(default_queue_name) == 0
+
+
+async def test_enqueueing_a_job_in_progress_neither_duplicates_nor_reschedules_it(
+    fresh_redis_url: str,
+    redis: aioredis.Redis,
+    arq_queue: ArqQueue,
+    running: Callable[[DeliveryWorker], None],
+) -> None:
+    ran = Ran(seconds=0.5)
+    running(delivery_worker(fresh_redis_url, ran, "a"))
+    running(delivery_worker(fresh_redis_url, ran, "b"))
+    await wait_until(subscribed(redis, 2))
+    await arq_queue.enqueue(["d-1"])
+    await wait_until(ran_exactly(ran, ["d-1"]))
+
+    await arq_queue.enqueue(["d-1"])  # the sweeper, while it runs
+    await asyncio.sleep(0.8)
+
+    assert ran.all() == ["d-1"]
+    assert await redis.zcard(default_queue_name) == 0
 
 
 async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(

@@ -754,6 +754,25 @@ def test_redeliver_tries_a_failed_action_again_and_exits_1_while_it_fails(
     assert len(server.requests) == 2
 
 
+def test_redeliver_leaves_a_delivery_alone_while_a_run_holds_it(
+    store_url: str, rules_dir: Path, server: RecordingServer
+) -> None:
+    env = env_for(store_url, rules_dir)
+    store_delivery(store_url, "r-4")
+    now = datetime.now(UTC)
+    # A worker is processing it right now: claimed, its claim alive for another minute.
+    with_store(store_url, lambda store: store.claim("r-4", now, now + timedelta(minutes=1)))
+
+    busy = run("redeliver", "r-4", env=env)
+
+    assert busy.exit_code == 1
+    assert busy.stdout.startswith("r-4: not redelivered: a run is processing it right now")
+    assert server.requests == []
+    stored = with_store(store_url, lambda store: store.get("r-4"))
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.PROCESSING, 1)
+
+
 # --- serve and worker refuse bad configuration -----------------------------------------------
 
 

@@ -177,3 +177,22 @@ def test_sensitive_values_include_both_forms_of_an_encoded_password_and_the_slac
 def test_a_short_slack_path_on_a_test_server_is_not_masked_as_a_token() -> None:
     settings = load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9000/slack"})
     assert settings.sensitive_values() == ["http://127.0.0.1:9000/slack"]
+
+
+def test_console_url_is_where_alerts_point_people_without_a_trailing_slash() -> None:
+    assert load_settings({}).console_url == "http://127.0.0.1:8001"
+    assert (
+        load_settings({"CONSOLE_URL": "https://rules.example.com/"}).console_url
+        == "https://rules.example.com"
+    )
+    assert load_settings({"CONSOLE_URL": "https://example.com/stockaj"}).console_url == (
+        "https://example.com/stockaj"
+    )
+
+
+@pytest.mark.parametrize("value", ["rules.example.com", "ftp://rules.example.com", "https://x.example/?a=1"])
+def test_a_console_url_that_is_no_web_address_is_refused_in_one_line(value: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings({"CONSOLE_URL": value})
+    assert str(raised.value).startswith("CONSOLE_URL: not the console's address; write https://")
+    assert str(raised.value).endswith("fix CONSOLE_URL in the environment")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from engine.tables import ActionStatus, DeliveryStatus, metadata
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 TABLES = {"deliveries", "rule_outcomes", "action_runs", "throttle_slots"}
+HEAD = "0002"  # the newest migration
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ async def test_upgrading_twice_is_a_no_op(engine: AsyncEngine) -> None:
 
     await database.upgrade(engine)
 
-    assert await current_revisions(engine) == {"0001"}
+    assert await current_revisions(engine) == {HEAD}
     assert await store.get("a") is not None
     async with engine.connect() as connection:
         assert await connection.run_sync(differences) == []
@@ -92,7 +93,7 @@ async def test_concurrent_upgrades_of_one_database_both_succeed(database_url: st
     engines = [database.create_engine(database_url) for _ in range(3)]
     try:
         await asyncio.gather(*(database.upgrade(engine) for engine in engines))
-        assert await current_revisions(engines[0]) == {"0001"}
+        assert await current_revisions(engines[0]) == {HEAD}
         assert all([await database.schema_is_current(engine) for engine in engines])
     finally:
         for engine in engines:
@@ -120,8 +121,39 @@ def test_migrations_form_one_line_of_history() -> None:
     config.set_main_option("script_location", str(database.MIGRATIONS))
     script = ScriptDirectory.from_config(config)
 
-    assert script.get_heads() == ["0001"]
-    assert [revision.revision for revision in script.walk_revisions()] == ["0001"]
+    assert script.get_heads() == [HEAD]
+    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0001"]
+
+
+def upgrade_to(revision: str) -> Callable[[Connection], None]:
+    def upgrade(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(database.MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    return upgrade
+
+
+async def test_deliveries_stored_before_the_unfinished_runs_column_start_at_zero(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(upgrade_to("0001"))
+        await connection.execute(
+            text(
+                "INSERT INTO deliveries (delivery_id, event, status, headers, body, received_at, updated_at,"
+                " due_at, runs) VALUES ('in-hand', 'item.updated', 'processing', '{}', NULL,"
+                " :t, :t, :t, 2)"
+            ),
+            {"t": T0 if engine.dialect.name == "postgresql" else T0.replace(tzinfo=None)},
+        )
+
+    await database.upgrade(engine)
+
+    stored = await Store(engine).get("in-hand")
+    assert stored is not None
+    assert (stored.status, stored.runs, stored.unfinished_runs) == (DeliveryStatus.PROCESSING, 2, 0)
 
 
 # --- a later migration, as the project will grow them ------------------------------------------
@@ -138,9 +170,9 @@ def migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def add_revision(migrations: Path, body: str) -> None:
     header = (
-        'import sqlalchemy as sa\nfrom alembic import op\n\nrevision = "0002"\ndown_revision = "0001"\n\n'
+        f'import sqlalchemy as sa\nfrom alembic import op\n\nrevision = "next"\ndown_revision = "{HEAD}"\n\n'
     )
-    (migrations / "versions" / "0002_next.py").write_text(header + textwrap.dedent(body))
+    (migrations / "versions" / "9999_next.py").write_text(header + textwrap.dedent(body))
 
 
 async def test_a_migration_rebuilding_deliveries_keeps_every_row_that_references_it(
@@ -166,7 +198,7 @@ async def test_a_migration_rebuilding_deliveries_keeps_every_row_that_references
 
     await database.upgrade(engine)
 
-    assert await current_revisions(engine) == {"0002"}
+    assert await current_revisions(engine) == {"next"}
     assert [o.rule_id for o in await store.outcomes("a")] == ["reorder"]
     assert await store.action_runs("a") == {("reorder", 0): run}
     if engine.dialect.name == "sqlite":  # and the connection the store keeps using enforces them again
@@ -192,7 +224,7 @@ async def test_a_failed_migration_leaves_the_database_as_it_was(
         await database.upgrade(engine)
 
     assert await table_names(engine) == TABLES | {"alembic_version"}
-    assert await current_revisions(engine) == {"0001"}
+    assert await current_revisions(engine) == {HEAD}
     async with engine.connect() as connection:
         assert await connection.run_sync(differences) == []
         if engine.dialect.name == "sqlite":

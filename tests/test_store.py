@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from engine.store import ActionRun, NewDelivery, RunEnd, Store
+from engine.store import ActionRun, NewDelivery, Reopened, RunEnd, Store
 from engine.tables import ActionStatus, DeliveryStatus, action_runs, deliveries, rule_outcomes, throttle_slots
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -248,7 +248,7 @@ async def test_a_claimed_delivery_can_be_claimed_again_only_after_its_due_at(sto
     assert await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
 
     assert not await claimed(store, "a", T0 + timedelta(seconds=59), due_at=T0 + timedelta(minutes=2))
-    await store.save_progress("a", [], T0 + timedelta(seconds=59), T0 + timedelta(minutes=3))
+    await store.save_progress("a", [], T0 + timedelta(seconds=59), T0 + timedelta(minutes=3), token=1)
     assert not await claimed(store, "a", T0 + timedelta(minutes=2), due_at=T0 + timedelta(minutes=4))
     assert await claimed(store, "a", T0 + timedelta(minutes=3), due_at=T0 + timedelta(minutes=4))
 
@@ -314,7 +314,7 @@ async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> No
     await store.finish_run("c", DeliveryStatus.PROCESSING, T0, T0, None, outcomes=[("stale", "fired", "")])
     retry_at = T0 + timedelta(seconds=8)
 
-    await store.finish_runs(
+    assert await store.finish_runs(
         [
             RunEnd(
                 "b",
@@ -325,6 +325,7 @@ async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> No
                 [("reorder", "fired", "")],
                 [action_run()],
                 True,
+                token=1,
             ),
             RunEnd(
                 "a",
@@ -335,10 +336,21 @@ async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> No
                 [("reorder", "condition_false", "q = 9")],
                 (),
                 True,
+                token=1,
             ),
-            RunEnd("c", DeliveryStatus.FAILED, T0, None, "HTTP 400", [("reorder", "fired", "")], (), False),
+            RunEnd(
+                "c",
+                DeliveryStatus.FAILED,
+                T0,
+                None,
+                "HTTP 400",
+                [("reorder", "fired", "")],
+                (),
+                False,
+                token=1,
+            ),
         ]
-    )
+    ) == {"a", "b", "c"}
 
     stored = {d: await store.get(d) for d in ("a", "b", "c")}
     assert {d: (s.status, s.due_at, s.error) for d, s in stored.items() if s} == {
@@ -358,14 +370,14 @@ async def test_finish_runs_of_first_runs_only_records_what_each_run_ended_with(s
     for delivery_id in ("a", "b", "c"):
         await store.claim(delivery_id, T0, due_at=DUE)
     progress = action_run(status=ActionStatus.SUCCEEDED)
-    await store.save_progress("b", [progress], T0, DUE)  # a row the finish updates
+    await store.save_progress("b", [progress], T0, DUE, token=1)  # a row the finish updates
     retry_at = T0 + timedelta(seconds=8)
     failed = replace(action_run(index=1, status=ActionStatus.FAILED), last_error="HTTP 400: x\x00y")
     unrendered = replace(
         action_run(index=2, status=ActionStatus.PENDING), params=None, next_attempt_at=retry_at
     )
 
-    await store.finish_runs(
+    assert await store.finish_runs(
         [
             RunEnd(
                 "b",
@@ -376,13 +388,24 @@ async def test_finish_runs_of_first_runs_only_records_what_each_run_ended_with(s
                 [("reorder", "fired", ""), ("to-slack", "condition_false", "data.name = 'x\x00y'")],
                 [replace(progress, attempts=2), failed, unrendered],
                 True,
+                token=1,
             ),
             RunEnd(
-                "a", DeliveryStatus.NO_MATCH, T0, None, None, [("reorder", "condition_false", "q")], (), True
+                "a",
+                DeliveryStatus.NO_MATCH,
+                T0,
+                None,
+                None,
+                [("reorder", "condition_false", "q")],
+                (),
+                True,
+                token=1,
             ),
-            RunEnd("c", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON", None, (), True),
+            RunEnd(
+                "c", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON", None, (), True, token=1
+            ),
         ]
-    )
+    ) == {"a", "b", "c"}
 
     stored = {d: await store.get(d) for d in ("a", "b", "c")}
     assert {d: (s.status, s.due_at, s.error) for d, s in stored.items() if s} == {
@@ -409,7 +432,9 @@ async def test_save_progress_records_actions_and_extends_the_claim(store: Store)
     await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
     done = action_run(status=ActionStatus.SUCCEEDED)
 
-    await store.save_progress("a", [done], T0 + timedelta(seconds=50), T0 + timedelta(minutes=5))
+    assert await store.save_progress(
+        "a", [done], T0 + timedelta(seconds=50), T0 + timedelta(minutes=5), token=1
+    )
 
     assert await store.action_runs("a") == {("reorder", 0): done}
     assert not await claimed(store, "a", T0 + timedelta(minutes=4), due_at=T0 + timedelta(minutes=6))
@@ -486,7 +511,7 @@ async def test_reopen_makes_a_finished_delivery_due_now_and_clears_its_error(sto
     await store.finish_run("a", DeliveryStatus.FAILED, T0, None, "HTTP 400")
     later = T0 + timedelta(days=2)
 
-    assert await store.reopen("a", later) is True
+    assert await store.reopen("a", later) is Reopened.REOPENED
 
     stored = await store.get("a")
     assert stored is not None
@@ -524,7 +549,7 @@ async def test_reopen_gives_actions_that_did_not_succeed_a_fresh_start(store: St
 
 
 async def test_reopen_of_an_unknown_delivery_is_false(store: Store) -> None:
-    assert await store.reopen("never-sent", T0) is False
+    assert await store.reopen("never-sent", T0) is Reopened.UNKNOWN
 
 
 async def test_due_deliveries_come_oldest_due_first_up_to_the_limit(store: Store) -> None:
@@ -536,6 +561,192 @@ async def test_due_deliveries_come_oldest_due_first_up_to_the_limit(store: Store
     now = T0 + timedelta(minutes=10)
     assert await store.due_deliveries(now) == ["tie-a", "tie-b", "d1", "d3", "d4", "d2", "d0"]
     assert await store.due_deliveries(now, limit=3) == ["tie-a", "tie-b", "d1"]
+
+
+# --- claims are owned: a run's writes apply only while its claim is current -------------------
+
+
+async def claimed_twice(store: Store) -> None:
+    """`a` claimed by a first run (token 1), whose claim expired, then by a second (token 2)."""
+    await store.add_deliveries([delivery("a")], DUE)
+    assert await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
+    assert await claimed(store, "a", T0 + timedelta(minutes=2), due_at=T0 + timedelta(minutes=3))
+
+
+@pytest.mark.parametrize("first_run", [True, False], ids=["first-run", "later-run"])
+async def test_a_run_whose_claim_was_taken_over_records_only_the_actions_it_saw_succeed(
+    store: Store, first_run: bool
+) -> None:
+    await claimed_twice(store)
+    succeeded = action_run(index=0, status=ActionStatus.SUCCEEDED)
+    failed = action_run(index=1, status=ActionStatus.FAILED)
+    alert = delivery("alert-of-a", event="stockaj_rules.delivery_failed")
+
+    recorded = await store.finish_runs(
+        [
+            RunEnd(
+                "a",
+                DeliveryStatus.FAILED,
+                T0 + timedelta(minutes=2, seconds=30),
+                None,
+                "HTTP 400",
+                [("reorder", "fired", "")],
+                [succeeded, failed],
+                first_run,
+                token=1,
+                raised=alert,
+            )
+        ]
+    )
+
+    assert recorded == set()
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.status, stored.error, stored.runs, stored.due_at) == (
+        DeliveryStatus.PROCESSING,
+        None,
+        2,
+        T0 + timedelta(minutes=3),
+    )
+    assert await store.outcomes("a") == []
+    assert await store.action_runs("a") == {("reorder", 0): succeeded}
+    assert await store.get("alert-of-a") is None
+
+
+async def test_a_stale_success_never_replaces_the_new_runs_record_of_the_same_action(store: Store) -> None:
+    await claimed_twice(store)
+    newer = action_run(index=0, status=ActionStatus.SUCCEEDED, attempts=1, at=T0 + timedelta(minutes=2))
+    assert await store.save_progress("a", [newer], T0 + timedelta(minutes=2), DUE, token=2)
+    stale = action_run(index=0, status=ActionStatus.SUCCEEDED, attempts=3)
+
+    assert not await store.save_progress("a", [stale], T0 + timedelta(minutes=4), DUE, token=1)
+    await store.finish_runs([RunEnd("a", DeliveryStatus.DONE, T0, None, None, runs=[stale], token=1)])
+
+    assert await store.action_runs("a") == {("reorder", 0): newer}
+
+
+async def test_a_stale_run_cannot_extend_or_save_over_the_new_claim(store: Store) -> None:
+    await claimed_twice(store)
+
+    assert not await store.save_progress("a", [], T0 + timedelta(minutes=2), T0 + timedelta(hours=1), token=1)
+    assert await store.extend_claims([("a", 1)], T0 + timedelta(hours=1)) == set()
+    await store.note_crash("a", 1, "RuntimeError: the stale run crashed")
+
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.due_at, stored.error) == (T0 + timedelta(minutes=3), None)
+    assert await claimed(store, "a", T0 + timedelta(minutes=3), due_at=T0 + timedelta(minutes=4))
+
+
+async def test_extend_claims_pushes_out_the_claims_still_held_and_says_which(store: Store) -> None:
+    await store.add_deliveries([delivery("held"), delivery("taken"), delivery("done"), delivery("new")], DUE)
+    for delivery_id in ("held", "taken", "done"):
+        await claimed(store, delivery_id, T0, due_at=T0 + timedelta(minutes=1))
+    await claimed(store, "taken", T0 + timedelta(minutes=1), due_at=T0 + timedelta(minutes=2))
+    assert await store.finish_run("done", DeliveryStatus.DONE, T0, None, None, token=1)
+    later = T0 + timedelta(minutes=10)
+
+    held = await store.extend_claims([("held", 1), ("taken", 1), ("done", 1), ("new", 0), ("gone", 1)], later)
+
+    assert held == {"held"}
+    due = {d: (await store.get(d)).due_at for d in ("held", "taken", "done", "new")}  # type: ignore[union-attr]
+    assert due == {"held": later, "taken": T0 + timedelta(minutes=2), "done": None, "new": DUE}
+    assert await store.extend_claims([], later) == set()
+
+
+async def test_claims_count_unfinished_runs_until_a_finish_or_progress(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+
+    async def unfinished() -> int:
+        stored = await store.get("a")
+        assert stored is not None
+        return stored.unfinished_runs
+
+    for n in range(3):
+        await claimed(store, "a", T0 + timedelta(minutes=2 * n), due_at=T0 + timedelta(minutes=2 * n + 1))
+    assert await unfinished() == 3
+    assert await store.save_progress("a", [], T0 + timedelta(minutes=4), T0 + timedelta(minutes=5), token=3)
+    assert await unfinished() == 0
+    await claimed(store, "a", T0 + timedelta(minutes=6), due_at=T0 + timedelta(minutes=7))
+    assert await unfinished() == 1
+    retry_at = T0 + timedelta(minutes=8)
+    assert await store.finish_run(
+        "a", DeliveryStatus.PROCESSING, T0 + timedelta(minutes=6), retry_at, None, token=4
+    )
+    assert await unfinished() == 0
+
+
+async def test_note_crash_keeps_the_error_of_the_run_that_owns_the_claim(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
+
+    await store.note_crash("a", 1, "RecursionError: maximum recursion depth exceeded")
+
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.status, stored.error) == (
+        DeliveryStatus.PROCESSING,
+        "RecursionError: maximum recursion depth exceeded",
+    )
+
+
+async def test_an_event_a_failed_run_raises_is_stored_with_its_end_once(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await claimed(store, "a", T0, due_at=DUE)
+    alert = delivery(
+        "alert-of-a", body=b'{"data": {"delivery_id": "a"}}', event="stockaj_rules.delivery_failed"
+    )
+    end = RunEnd(
+        "a", DeliveryStatus.FAILED, T0 + timedelta(seconds=1), None, "HTTP 400", token=1, raised=alert
+    )
+
+    assert await store.finish_runs([end]) == {"a"}
+    await store.finish_runs([end])  # the same end recorded again (a retried commit): no second event
+
+    raised = await store.get("alert-of-a")
+    assert raised is not None
+    assert (raised.event, raised.status, raised.body, raised.runs, raised.due_at) == (
+        "stockaj_rules.delivery_failed",
+        DeliveryStatus.RECEIVED,
+        alert.body,
+        0,
+        T0 + timedelta(seconds=1),
+    )
+    assert raised.headers == alert.headers
+    assert await count(store, deliveries) == 2
+    assert await store.due_deliveries(T0 + timedelta(seconds=1)) == ["alert-of-a"]
+
+
+async def test_reopen_leaves_a_delivery_alone_while_a_run_holds_it(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
+
+    assert await store.reopen("a", T0 + timedelta(seconds=30)) is Reopened.RUNNING
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.status, stored.due_at) == (DeliveryStatus.PROCESSING, T0 + timedelta(minutes=1))
+
+    # Its claim expired (its worker died): it may be reopened.
+    assert await store.reopen("a", T0 + timedelta(minutes=1)) is Reopened.REOPENED
+
+
+async def test_reopen_takes_a_delivery_waiting_for_a_retry_and_makes_it_due_when_asked(store: Store) -> None:
+    await store.add_deliveries([delivery("a")], DUE)
+    await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
+    retry_at = T0 + timedelta(minutes=10)  # a Retry-After: 600
+    assert await store.finish_run("a", DeliveryStatus.PROCESSING, T0, retry_at, None, token=1)
+    later = T0 + timedelta(seconds=5)
+
+    assert await store.reopen("a", later, due_at=later + timedelta(seconds=60)) is Reopened.REOPENED
+
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.status, stored.due_at, stored.unfinished_runs) == (
+        DeliveryStatus.RECEIVED,
+        later + timedelta(seconds=60),
+        0,
+    )
+    assert await claimed(store, "a", later, due_at=later + timedelta(minutes=1))
 
 
 # --- rule outcomes and the action ledger -------------------------------------------------------

@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 import respx
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,18 +31,22 @@ from actions.base import (
     Action,
     ActionContext,
     ActionDefaults,
+    ActionFailed,
     ActionParams,
     ActionResult,
     DatabaseEngines,
     idempotency_key,
+    utc_now,
 )
+from actions.base import Clock as ClockFunction
 from actions.registry import ActionRegistry, load_registry
 from engine import database
 from engine.loader import load_rules
 from engine.metrics import Metrics
+from engine.queue import InProcessQueue
 from engine.runners import CONNECTION_LOST_RETRY_SECONDS, process_surviving_connection_loss
 from engine.secrets import Masker
-from engine.store import ActionRun, Claim, NewDelivery, RunEnd, Store
+from engine.store import ActionRun, Claim, NewDelivery, Reopened, RunEnd, Store
 from engine.tables import ActionStatus, DeliveryStatus
 from engine.worker import MAX_BACKOFF_SECONDS, DeliveryProcessor, RetryPolicy
 
@@ -138,6 +143,56 @@ class ExplodingParams(ActionParams):
     message: str
 
 
+class GatedParams(ActionParams):
+    name: str
+
+
+class Gate:
+    """What a `gated` action does: each run is counted; the first waits until the gate opens.
+
+    `fail_first` makes that first run fail for good (a 400) once the gate opens.
+    """
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.opened = asyncio.Event()
+        self.started = asyncio.Event()
+        self.runs: list[str] = []
+        self.fail_first = fail_first
+
+    def action(self) -> type[Action[GatedParams]]:
+        gate = self
+
+        class GatedAction(Action[GatedParams]):
+            type = "gated"
+            description = "Waits for the test to open its gate."
+            Params = GatedParams
+
+            async def run(self, params: GatedParams, ctx: ActionContext) -> ActionResult:
+                gate.runs.append(ctx.idempotency_key)
+                gate.started.set()
+                if len(gate.runs) > 1:
+                    return ActionResult(status=200)
+                await gate.opened.wait()
+                if gate.fail_first:
+                    raise ActionFailed("HTTP 400: refused", transient=False, status=400)
+                return ActionResult(status=200)
+
+        return GatedAction
+
+    def registry(self) -> ActionRegistry:
+        registry = load_registry()
+        registry.register(self.action())
+        return registry
+
+
+GATED = """\
+- id: slow
+  on: item.low_stock
+  actions:
+    - {type: gated, name: "{{ data.name }}"}
+"""
+
+
 class ExplodingAction(Action[ExplodingParams]):
     """A plugin with a bug: it raises something that is not ActionFailed."""
 
@@ -171,6 +226,8 @@ class Bench:
         metrics: Metrics | None = None,
         secrets: dict[str, str] | None = None,
         defaults: ActionDefaults | None = None,
+        clock: ClockFunction | None = None,
+        requeue_after: timedelta = REQUEUE_AFTER,
     ) -> DeliveryProcessor:
         folder = self.tmp_path / f"rules-{random.getrandbits(32):08x}"
         folder.mkdir()
@@ -186,8 +243,8 @@ class Bench:
             masker=Masker([TOKEN]),
             metrics=metrics or self.metrics,
             retry=retry or RetryPolicy(max_attempts=4, base_seconds=0.5),
-            requeue_after=REQUEUE_AFTER,
-            clock=self.clock,
+            requeue_after=requeue_after,
+            clock=clock or self.clock,
         )
 
     async def deliver(self, delivery_id: str, data: dict[str, Any], event: str = "item.low_stock") -> None:
@@ -233,6 +290,11 @@ def sent_json(route: respx.Route, call: int = -1) -> Any:
 
 def key(delivery_id: str, rule_id: str, index: int) -> str:
     return idempotency_key(delivery_id, rule_id, index)
+
+
+def alert_id(delivery_id: str, run: int) -> str:
+    """The id of the `stockaj_rules.delivery_failed` event raised when run `run` failed the delivery."""
+    return f"stockaj_rules.delivery_failed:{delivery_id}:{run}"
 
 
 # --- one delivery, start to finish --------------------------------------------------------
@@ -573,9 +635,9 @@ async def test_concurrent_deliveries_share_claim_and_finish_transactions(
         claims.append(len(ids))
         return await claim_many(ids, now, due_at)
 
-    async def counted_finishes(ends: Sequence[RunEnd]) -> None:
+    async def counted_finishes(ends: Sequence[RunEnd]) -> set[str]:
         finishes.append(len(ends))
-        await finish_runs(ends)
+        return await finish_runs(ends)
 
     bench.store.claim_many = counted_claims  # type: ignore[method-assign]
     bench.store.finish_runs = counted_finishes  # type: ignore[method-assign]
@@ -1104,6 +1166,389 @@ async def test_redelivery_retries_a_throttled_rules_failed_action_after_its_slot
 
     assert [sent_json(route, i)["delivery"] for i in range(3)] == ["d-1", "d-2", "d-1"]
     assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+# --- claims: one run at a time, and runs that never finish --------------------------------
+
+
+async def test_an_action_slower_than_requeue_after_runs_once_while_another_processor_tries(
+    bench: Bench,
+) -> None:
+    # The real clock: the claim is kept alive in real time, as in a running worker.
+    gate = Gate()
+    requeue_after = timedelta(seconds=1)
+    running = bench.processor(GATED, registry=gate.registry(), clock=utc_now, requeue_after=requeue_after)
+    other = bench.processor(GATED, registry=gate.registry(), clock=utc_now, requeue_after=requeue_after)
+    await bench.deliver("d-1", low_stock())
+    first = asyncio.create_task(running.process("d-1"))
+    await gate.started.wait()
+
+    # The queue lost the job, or the sweeper offers it again: another worker tries it, again and again.
+    attempts = []
+    for _ in range(25):  # 2.5 s: more than twice REQUEUE_AFTER
+        attempts.append(asyncio.create_task(other.process("d-1")))
+        await asyncio.sleep(0.1)
+    stored = await bench.store.get("d-1")
+    gate.opened.set()
+    results = await asyncio.gather(first, *attempts)
+
+    assert results == [None] * 26
+    assert gate.runs == [key("d-1", "slow", 0)]
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.PROCESSING, 1)
+    assert stored.due_at is not None
+    assert stored.due_at > stored.updated_at + requeue_after  # extended while the action ran
+    final = await bench.store.get("d-1")
+    assert final is not None
+    assert (final.status, final.runs) == (DeliveryStatus.DONE, 1)
+
+
+async def test_a_claim_is_kept_while_the_rules_are_still_being_matched(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # Matching can take long too (here a throttle slot the store is slow to give): the claim
+    # is kept from the start of the run, not only while actions run.
+    route = router.post(CRM_URL).respond(200)
+    slow_store = asyncio.Event()
+    acquire = bench.store.acquire_throttle
+
+    async def slow_acquire(*args: Any) -> datetime | None:
+        await slow_store.wait()
+        return await acquire(*args)
+
+    bench.store.acquire_throttle = slow_acquire  # type: ignore[method-assign]
+    requeue_after = timedelta(seconds=1)
+    running = bench.processor(THROTTLED, clock=utc_now, requeue_after=requeue_after)
+    other = bench.processor(THROTTLED, clock=utc_now, requeue_after=requeue_after)
+    await bench.deliver("d-1", low_stock())
+    first = asyncio.create_task(running.process("d-1"))
+    await asyncio.sleep(2.5)  # more than twice REQUEUE_AFTER
+
+    second = asyncio.create_task(other.process("d-1"))  # the sweeper offered it to another worker
+    await asyncio.sleep(0.2)
+    slow_store.set()
+    assert await asyncio.gather(first, second) == [None, None]
+
+    assert route.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.DONE, 1)
+
+
+async def test_a_run_whose_claim_was_taken_over_leaves_the_new_owners_record_alone(bench: Bench) -> None:
+    # The first run's claim expires without being kept alive (its worker stalled); a second run
+    # takes the delivery over and finishes it. The first run, ending late, must not overwrite that.
+    gate = Gate(fail_first=True)
+    stalled = bench.processor(GATED, registry=gate.registry())
+    taking_over = bench.processor(GATED, registry=gate.registry())
+    await bench.deliver("d-1", low_stock())
+    first = asyncio.create_task(stalled.process("d-1"))
+    await gate.started.wait()
+    bench.clock.advance(REQUEUE_AFTER.total_seconds() + 1)  # fake time: the claim expired unseen
+
+    assert await taking_over.process("d-1") is None
+    gate.opened.set()
+    assert await first is None
+
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.error, stored.runs) == (DeliveryStatus.DONE, None, 2)
+    run = (await bench.ledger("d-1"))[("slow", 0)]
+    assert (run.status, run.last_error) == (ActionStatus.SUCCEEDED, None)
+
+
+async def test_a_run_that_lost_its_claim_starts_no_further_action(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # Its worker stalled past the claim (fake time) and another run took the delivery over
+    # and finished it; the heartbeat (real time) tells the first run, which stops there.
+    gate = Gate()
+    rules = GATED + "    - {type: http, url: 'https://crm.example.com/hook', json: {step: 1}}\n"
+    quick = timedelta(seconds=0.4)
+    stalled = bench.processor(rules, registry=gate.registry(), requeue_after=quick)
+    taking_over = bench.processor(rules, registry=gate.registry(), requeue_after=quick)
+    crm = router.post(CRM_URL).respond(200)
+    await bench.deliver("d-1", low_stock())
+    first = asyncio.create_task(stalled.process("d-1"))
+    await gate.started.wait()
+    bench.clock.advance(1)
+    assert await taking_over.process("d-1") is None
+    assert crm.call_count == 1
+
+    await asyncio.sleep(0.35)  # a few beats: the stalled run learns its claim is gone
+    gate.opened.set()
+    assert await first is None
+
+    assert crm.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert (stored.status, stored.runs) == (DeliveryStatus.DONE, 2)
+
+
+async def test_deliveries_processed_quickly_cost_no_claim_extension(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(PO_URL).respond(201)
+    extensions: list[int] = []
+    extend_claims = bench.store.extend_claims
+
+    async def counted(claims: Sequence[tuple[str, int]], due_at: datetime) -> set[str]:
+        extensions.append(len(claims))
+        return await extend_claims(claims, due_at)
+
+    bench.store.extend_claims = counted  # type: ignore[method-assign]
+    processor = bench.processor(REORDER, clock=utc_now, requeue_after=timedelta(seconds=0.4))
+    for n in range(20):
+        await bench.deliver(f"d-{n}", low_stock())
+        assert await processor.process(f"d-{n}") is None
+    await asyncio.sleep(0.3)  # past a beat
+
+    assert extensions == []
+
+
+async def test_a_delivery_whose_runs_keep_dying_is_failed_after_three_instead_of_run_for_ever(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    calls: list[str] = []
+
+    def killed(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["Idempotency-Key"])
+        raise asyncio.CancelledError  # the worker dies while the request is in flight
+
+    router.post(PO_URL).mock(side_effect=killed)
+    processor = bench.processor(REORDER)
+    await bench.deliver("d-1", low_stock())
+    for _ in range(3):
+        with pytest.raises(asyncio.CancelledError):
+            await processor.process("d-1")
+        bench.clock.advance(REQUEUE_AFTER.total_seconds())  # the sweeper offers it again
+
+    assert await processor.process("d-1") is None
+
+    assert calls == [key("d-1", "reorder", 0)] * 3
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert stored.error.startswith("processing this delivery stopped 3 times before it finished")
+    assert "stockaj-rules redeliver d-1" in stored.error
+    assert await bench.store.due_deliveries(bench.clock() + timedelta(days=1)) == [
+        alert_id("d-1", stored.runs)
+    ]
+    alert = await raised(bench, "d-1", stored.runs)
+    assert alert["error"] == stored.error
+    assert (alert["failed_rules"], alert["failed_actions"]) == ([], [])
+
+
+async def test_an_error_escaping_processing_is_recorded_and_the_delivery_fails_after_three(
+    bench: Bench, tmp_path: Path
+) -> None:
+    calls = []
+
+    def broken_rules() -> Any:
+        calls.append(1)
+        raise RuntimeError("the rule set could not be read")
+
+    processor = bench.processor(REORDER)
+    processor._rules = broken_rules  # type: ignore[method-assign]  # a bug in the engine itself
+    await bench.deliver("d-1", low_stock())
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await processor.process("d-1")
+        bench.clock.advance(REQUEUE_AFTER.total_seconds())
+
+    assert await processor.process("d-1") is None
+
+    assert len(calls) == 3
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert "the last: RuntimeError: the rule set could not be read" in stored.error
+
+
+async def test_progress_between_crashes_resets_the_count_of_runs_that_never_finished(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    # Four actions, and the run dies in each one after the first succeeded: every run made
+    # progress, so the delivery is never given up on, and each action succeeds once.
+    rules = "- id: steps\n  on: item.low_stock\n  actions:\n" + "".join(
+        f"    - {{type: http, url: 'https://po.example.com/orders', json: {{step: {n}}}}}\n" for n in range(4)
+    )
+    seen: list[int] = []
+
+    def dies_once_per_step(request: httpx.Request) -> httpx.Response:
+        step = json.loads(request.content)["step"]
+        seen.append(step)
+        if step > 0 and seen.count(step) == 1:
+            raise asyncio.CancelledError
+        return httpx.Response(201)
+
+    router.post(PO_URL).mock(side_effect=dies_once_per_step)
+    processor = bench.processor(rules)
+    await bench.deliver("d-1", low_stock())
+    for _ in range(3):
+        with pytest.raises(asyncio.CancelledError):
+            await processor.process("d-1")
+        bench.clock.advance(REQUEUE_AFTER.total_seconds())
+
+    assert await processor.process("d-1") is None
+
+    assert seen == [0, 1, 1, 2, 2, 3, 3]
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+
+
+# --- failures reach people: stockaj_rules.delivery_failed -------------------------------------
+
+ALERTED = """\
+- id: crm
+  on: item.low_stock
+  actions:
+    - type: http
+      url: https://crm.example.com/hook
+      headers: {Authorization: "Bearer {{ secrets.PO_TOKEN }}"}
+      json: {id: "{{ data.id }}"}
+    - {type: log, message: never}
+- id: alert
+  on: stockaj_rules.delivery_failed
+  actions:
+    - type: http
+      url: https://alerts.example.com/hook
+      json: {text: "{{ data.delivery_id }} failed: {{ data.error }}", link: "{{ data.console_url }}"}
+"""
+ALERTS_URL = "https://alerts.example.com/hook"
+
+
+async def raised(bench: Bench, delivery_id: str, run: int) -> dict[str, Any]:
+    stored = await bench.store.get(alert_id(delivery_id, run))
+    assert stored is not None, "no stockaj_rules.delivery_failed event was raised"
+    assert stored.event == "stockaj_rules.delivery_failed"
+    assert stored.body is not None
+    payload: dict[str, Any] = json.loads(stored.body)
+    assert payload["event"] == "stockaj_rules.delivery_failed"
+    return payload["data"]
+
+
+async def test_a_failed_delivery_raises_delivery_failed_with_what_failed_and_where_to_look(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(CRM_URL).respond(400, text=f"token {TOKEN} refused")
+    router.post(PO_URL).respond(201)
+    await bench.deliver("d/1 é", low_stock())
+
+    assert await bench.processor(ALERTED).process("d/1 é") is None
+
+    assert await bench.status("d/1 é") is DeliveryStatus.FAILED
+    data = await raised(bench, "d/1 é", 1)
+    assert data["delivery_id"] == "d/1 é"
+    assert data["event"] == "item.low_stock"
+    assert data["error"].startswith("an action failed: crm actions[0] (http): POST https://crm")
+    assert data["console_url"] == "http://127.0.0.1:8001/deliveries/d%2F1%20%C3%A9"
+    assert data["received_at"] == T0.isoformat()
+    assert data["failed_at"] == T0.isoformat()
+    [rule] = data["failed_rules"]
+    assert rule["rule"] == "crm"
+    assert rule["error"].startswith("actions[0] (http): POST https://crm.example.com/… answered 400")
+    [action] = data["failed_actions"]
+    assert {k: action[k] for k in ("rule", "index", "type", "attempts", "response_status")} == {
+        "rule": "crm",
+        "index": 0,
+        "type": "http",
+        "attempts": 1,
+        "response_status": 400,
+    }
+    assert "400" in action["last_error"]
+    assert TOKEN not in json.dumps(data)
+
+
+async def test_the_raised_event_is_processed_like_any_delivery_once_enqueued(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(CRM_URL).respond(422)
+    alerts = router.post(ALERTS_URL).respond(200)
+    processor = bench.processor(ALERTED)
+    queue = InProcessQueue(processor.process, concurrency=2)
+    processor.enqueue_raised_to(queue.enqueue)
+    await bench.deliver("d-1", low_stock())
+    try:
+        await processor.process("d-1")
+        for _ in range(200):
+            if alerts.call_count:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await queue.close()
+
+    assert alerts.call_count == 1
+    request = alerts.calls.last.request
+    assert request.headers["Idempotency-Key"] == key(alert_id("d-1", 1), "alert", 0)
+    body = json.loads(request.content)
+    assert body["text"].startswith("d-1 failed: an action failed: crm actions[0] (http)")
+    assert body["link"] == "http://127.0.0.1:8001/deliveries/d-1"
+    assert await bench.status(alert_id("d-1", 1)) is DeliveryStatus.DONE
+
+
+async def test_a_failure_of_the_alerts_own_actions_raises_nothing_further(
+    bench: Bench, router: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    router.post(CRM_URL).respond(422)
+    router.post(ALERTS_URL).respond(404)
+    processor = bench.processor(ALERTED)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+
+    with caplog.at_level(logging.INFO, logger="engine.worker"):
+        assert await processor.process(alert_id("d-1", 1)) is None
+
+    assert await bench.status(alert_id("d-1", 1)) is DeliveryStatus.FAILED
+    assert await bench.store.get(alert_id(alert_id("d-1", 1), 1)) is None
+    assert await bench.store.due_deliveries(bench.clock() + timedelta(days=1)) == []
+    lines = {r.delivery_id: r.levelno for r in caplog.records if r.msg == "delivery %s"}  # type: ignore[attr-defined]
+    assert lines == {"d-1": logging.WARNING, alert_id("d-1", 1): logging.ERROR}
+
+
+async def test_a_delivery_redelivered_and_failing_again_raises_a_new_alert(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(CRM_URL).respond(400)
+    processor = bench.processor(ALERTED)
+    await bench.deliver("d-1", low_stock())
+    await processor.process("d-1")
+    assert await bench.store.reopen("d-1", bench.clock()) is Reopened.REOPENED
+    await processor.process("d-1")
+
+    assert (await raised(bench, "d-1", 1))["delivery_id"] == "d-1"
+    assert (await raised(bench, "d-1", 2))["delivery_id"] == "d-1"
+
+
+async def test_a_delivery_that_cannot_be_read_raises_the_alert_too(bench: Bench) -> None:
+    await bench.deliver("d-1", low_stock())
+    async with bench.store.engine.begin() as connection:
+        await connection.execute(text("UPDATE deliveries SET body = NULL"))
+
+    await bench.processor(ALERTED).process("d-1")
+
+    data = await raised(bench, "d-1", 1)
+    assert data["error"].startswith("the body of this delivery was purged")
+    assert (data["failed_rules"], data["failed_actions"]) == ([], [])
+
+
+async def test_a_long_delivery_id_gets_an_alert_id_that_fits_the_store(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    router.post(CRM_URL).respond(400)
+    long_id = "x" * 200
+    await bench.deliver(long_id, low_stock())
+
+    await bench.processor(ALERTED).process(long_id)
+
+    [due] = await bench.store.due_deliveries(bench.clock() + timedelta(days=1))
+    assert due.startswith("stockaj_rules.delivery_failed:sha256-")
+    assert len(due) <= 200
+    stored = await bench.store.get(due)
+    assert stored is not None
+    assert stored.body is not None
+    assert json.loads(stored.body)["data"]["delivery_id"] == long_id
 
 
 # --- metrics ------------------------------------------------------------------------------

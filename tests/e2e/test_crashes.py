@@ -20,6 +20,7 @@ from engine.tables import ActionStatus, DeliveryStatus
 from .conftest import (
     PO_PATH,
     REORDER,
+    REQUEUE_AFTER_SECONDS,
     SLACK_PATH,
     Answer,
     Deployment,
@@ -145,3 +146,27 @@ async def test_workers_report_the_queue_lag_of_a_delivery_waiting_for_a_retry(
         assert asyncio.get_running_loop().time() < deadline, "no worker reported the waiting delivery"
         await asyncio.sleep(0.2)
     await deployment.finished(["lagging-1"])
+
+
+@distributed
+async def test_an_action_outliving_its_job_in_redis_is_not_run_again_by_another_worker(
+    deployment: Deployment, sink: Sink
+) -> None:
+    # The Slack call takes three times REQUEUE_AFTER_SECONDS, and Redis loses the job meanwhile:
+    # the sweeper must not hand the delivery to the other worker while its action still runs.
+    sink.script(SLACK_PATH, Answer(delay=3 * REQUEUE_AFTER_SECONDS))
+    await deployment.accept("long-1", low_stock("long"))
+    order, slack = keys("long-1", REORDER)
+    await until(lambda: bool(sink.with_key(slack)), 15, "the Slack action never started")
+    assert deployment.redis_url is not None
+    redis = aioredis.from_url(deployment.redis_url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+
+    rows = await deployment.finished(["long-1"], within=20)
+
+    assert rows["long-1"].status is DeliveryStatus.DONE
+    assert sink.counts([order, slack]) == {order: 1, slack: 1}
+    assert rows["long-1"].runs == 1
