@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -140,3 +142,148 @@ def test_literal_strings_and_non_strings_pass_through() -> None:
         "c": None,
         "d": "{ not a template }",
     }
+
+
+# --- runaway limits hold while rendering, not after ---------------------------------------
+
+# Each builds (or would build) far more than the limits allow, from a small template.
+AMPLIFIERS = [
+    "{{ '%*d' % (300000000, 1) }}",
+    "{{ '%.300000000d' % 1 }}",
+    "{{ ('%999999d' * 100) % ((1,) * 100) }}",
+    "{{ ('x' * 300) | replace('', 'y' * 1000000) }}",
+    "{{ ('x' * 300).replace('', 'y' * 100000) }}",
+    "{{ range(10000) | join('y' * 100000) }}",
+    "{{ ('y' * 100000).join(range(10000) | map('string')) }}",
+    "{{ ['x' * 100000] * 1000 }}",
+    "{{ [range(10000) | list] * 100 }}",
+    "{{ ('x' * 1000000) | batch(1) | list }}",
+    "{{ [1] | batch(30000000, 'x') | list }}",
+    "{{ range(10) | slice(3000000) | list }}",
+    "{{ ('x' * 1000000) | list }}",
+    "{{ (' ' * 999999).split(' ') }}",
+    "{{ ('x\\n' * 400000) | indent(100) }}",
+    "{{ ('x ' * 100000) | wordwrap(1, wrapstring='y' * 1000) }}",
+    "{% set s = 'x' * 1000000 %}{{ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s ~ s }}",
+    "{% set s = 'x' * 1000000 %}{% for i in range(30) %}{{ s }}{% endfor %}",
+    "{% set s = 'x' * 1000000 %}{% macro m() %}{% for i in range(100) %}{{ s }}{% endfor %}{% endmacro %}"
+    "{{ m() | length }}",
+    "{{ (10 ** 256) ** 256 }}",
+    "{% set n = 10 ** 200 %}{{ n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n }}",
+    "{{ ('x' * 45000) | batch(1) | sum(start=[]) | length }}",
+]
+
+
+def _measured(source: str) -> tuple[BaseException | None, int, float]:
+    """Render `source`: what it raised, the peak of memory allocated meanwhile, and the seconds taken."""
+    template, problems = compile_value(source)
+    assert problems == []
+    tracemalloc.start()
+    started = time.perf_counter()
+    raised: BaseException | None = None
+    try:
+        render(template, CONTEXT)
+    except BaseException as exc:  # noqa: BLE001 - MemoryError and RecursionError are what is tested
+        raised = exc
+    finally:
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak, seconds
+
+
+@pytest.mark.parametrize("source", AMPLIFIERS)
+def test_amplifying_operations_are_refused_before_they_build_their_result(source: str) -> None:
+    raised, peak, seconds = _measured(source)
+    assert isinstance(raised, TemplateRenderError), f"expected a limit error, got {raised!r}"
+    assert "limit" in str(raised)
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB allocated before the limit held"
+    assert seconds < 2
+
+
+def test_a_macro_calling_itself_is_stopped_with_a_clear_error() -> None:
+    raised, _, _ = _measured("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
+    assert isinstance(raised, TemplateRenderError), f"expected a render error, got {raised!r}"
+    assert "calls nested more than" in str(raised)
+
+
+def test_a_loop_with_no_output_is_stopped_by_the_step_limit() -> None:
+    source = "{% set s = 'x' * 40000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}"
+    raised, _, seconds = _measured(source)
+    assert isinstance(raised, TemplateRenderError), f"expected a render error, got {raised!r}"
+    assert "steps" in str(raised)
+    assert seconds < 3
+
+
+def test_a_slow_filter_is_stopped_at_the_time_limit() -> None:
+    # One filter call that runs Python code for seconds: no step or size limit stops it.
+    raised, _, seconds = _measured("{{ ('x ' * 500000) | urlize | length }}")
+    assert isinstance(raised, TemplateRenderError), f"expected a render error, got {raised!r}"
+    assert "second" in str(raised)
+    assert seconds < 2.5
+
+
+def test_a_huge_number_is_refused_as_the_value_of_a_param() -> None:
+    raised, _, _ = _measured("{{ (10 ** 250) * (10 ** 250) * (10 ** 250) * (10 ** 250) * (10 ** 250) }}")
+    assert isinstance(raised, TemplateRenderError), f"expected a limit error, got {raised!r}"
+
+
+# --- secrets are used as they are ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ secrets.CRM_TOKEN | urlencode }}",
+        "{{ secrets.CRM_TOKEN | upper }}",
+        "{{ secrets.CRM_TOKEN[1:] }}",
+        "{{ secrets.CRM_TOKEN[0] }}",
+        "{{ secrets.CRM_TOKEN | reverse }}",
+        "{{ secrets.CRM_TOKEN | list }}",
+        "{{ secrets['CRM_TOKEN'] | lower }}",
+        "{{ secrets.CRM_TOKEN.upper() }}",
+        "{{ (secrets.CRM_TOKEN ~ 'x') | upper }}",
+        "{{ secrets.CRM_TOKEN + 'x' }}",
+        "{{ secrets.CRM_TOKEN * 2 }}",
+        "{{ '%s' % secrets.CRM_TOKEN }}",
+        "{{ secrets.CRM_TOKEN == 'x' }}",
+        "{% if secrets.CRM_TOKEN %}x{% endif %}",
+        "{% set t = secrets.CRM_TOKEN %}{{ t | upper }}",
+        "{% with t = secrets.CRM_TOKEN %}{{ t }}{% endwith %}",
+        "{% for c in secrets.CRM_TOKEN %}{{ c }}{% endfor %}",
+        "{% filter upper %}{{ secrets.CRM_TOKEN }}{% endfilter %}",
+        "{% set t %}{{ secrets.CRM_TOKEN }}{% endset %}{{ t | upper }}",
+        "{% macro m() %}{{ secrets.CRM_TOKEN }}{% endmacro %}{{ m() | upper }}",
+        "{{ [secrets.CRM_TOKEN] | join }}",
+        "{{ dict(a=secrets.CRM_TOKEN) }}",
+        "{{ secrets[data.name] }}",
+        "{{ secrets | list }}",
+        "{{ secrets }}",
+        "{{ secrets.CRM_TOKEN | e }}",
+    ],
+)
+def test_a_secret_transformed_in_any_way_is_refused_when_the_rule_loads(source: str) -> None:
+    _, problems = compile_value({"headers": {"Authorization": source}})
+    assert len(problems) == 1, f"{source} should be refused"
+    assert problems[0].loc == ("headers", "Authorization")
+    assert "secrets" in problems[0].message
+    assert "as it is" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ secrets.CRM_TOKEN }}",
+        "Bearer {{ secrets.CRM_TOKEN }}",
+        "{{ secrets['CRM_TOKEN'] }}",
+        "{{ 'Bearer ' ~ secrets.CRM_TOKEN }}",
+        "{{ secrets.CRM_TOKEN ~ ':' ~ secrets.CRM_TOKEN }}",
+        "{% if data.id %}{{ secrets.CRM_TOKEN }}{% endif %}",
+        "{% for i in data.items %}{{ secrets.CRM_TOKEN }}{% endfor %}",
+        "{{ secrets.CRM_TOKEN if data.id else 'none' }}",
+    ],
+)
+def test_a_secret_used_as_it_is_loads_and_renders(source: str) -> None:
+    template, problems = compile_value(source)
+    assert problems == []
+    assert "crm-token-value" in str(render(template, CONTEXT))
