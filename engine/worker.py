@@ -31,7 +31,7 @@ import httpx
 from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines, utc_now
 from engine.delivery import Delivery
 from engine.group_commit import GroupCommit
-from engine.matching import Matcher, PlannedAction, RuleOutcome
+from engine.matching import Matcher, PlannedAction, RuleOutcome, RuleStatus
 from engine.metrics import Metrics
 from engine.rules import Rule, RuleSet
 from engine.secrets import Masker, Secrets
@@ -102,6 +102,8 @@ class _RunState:
     failures: int = 0
     first_failure: str | None = None
     unsaved: list[ActionRun] = field(default_factory=list)
+    # Rules that could not be evaluated (RuleStatus.ERROR): (rule id, masked reason).
+    rule_errors: list[tuple[str, str]] = field(default_factory=list)
 
     def waits(self, seconds: float) -> None:
         self.wait = seconds if self.wait is None else min(self.wait, seconds)
@@ -112,6 +114,11 @@ class _RunState:
             self.first_failure = f"{rule_id} actions[{run.action_index}] ({run.type}): {run.last_error}"
 
     def error(self) -> str | None:
+        if self.rule_errors:
+            rule_id, reason = self.rule_errors[0]
+            others = len(self.rule_errors) - 1 + self.failures
+            more = f" (and {others} more failed; see the delivery's rules and actions)" if others else ""
+            return f"rule {rule_id} could not be evaluated: {reason}{more}"
         if self.first_failure is None:
             return None
         more = f" (and {self.failures - 1} more)" if self.failures > 1 else ""
@@ -211,10 +218,14 @@ class DeliveryProcessor:
         delivery = Delivery(stored.event, delivery_id, payload, stored.headers)
         ledger = claim.ledger
         throttle = StoreThrottle(self._store, delivery_id, frozenset(rule_id for rule_id, _ in ledger))
-        outcomes = await Matcher(self._rules(), throttle, self._secrets, self._clock).match(delivery, now)
+        matcher = Matcher(self._rules(), throttle, self._secrets, self._clock)
+        outcomes = await matcher.match(delivery, now, explain=True)
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
         state = _RunState(claim_due=stored.due_at or now)
+        state.rule_errors = [
+            (o.rule.id, self._masker.mask(o.reason)) for o in outcomes if o.status is RuleStatus.ERROR
+        ]
         for outcome in outcomes:
             if outcome.fired:
                 await self._run_rule(delivery_id, outcome, ledger, state)
@@ -241,10 +252,10 @@ class DeliveryProcessor:
                 )
             )
             return state.wait
-        if not any(o.fired for o in outcomes):
-            status = DeliveryStatus.NO_MATCH
+        if state.failures or state.rule_errors:  # a rule in error needs someone to look at it
+            status = DeliveryStatus.FAILED
         else:
-            status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
+            status = DeliveryStatus.DONE if any(o.fired for o in outcomes) else DeliveryStatus.NO_MATCH
         await self._finishes.submit(
             RunEnd(
                 delivery.delivery_id,

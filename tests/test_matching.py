@@ -78,7 +78,7 @@ async def test_every_failure_of_one_rule_becomes_its_error_and_the_other_rules_s
   actions: [{{type: log, message: "{RECURSION}"}}]
 - id: buggy-validator
   on: item.low_stock
-  actions: [{{type: buggy_validator, message: "{{{{ data.id }}}}"}}]
+  actions: [{{type: buggy_validator, message: "id {{{{ data.id }}}}"}}]
 - id: fine
   on: item.low_stock
   actions: [{{type: log, message: "ok {{{{ data.id }}}}"}}]
@@ -98,15 +98,16 @@ async def test_every_failure_of_one_rule_becomes_its_error_and_the_other_rules_s
     assert "calls nested more than" in errors[0]
     status, _, errors = seen["buggy-validator"]
     assert status is RuleStatus.FIRED
-    assert errors == ["actions[0] (buggy_validator): unexpected error: RuntimeError: validator bug on 42"]
+    assert errors == ["actions[0] (buggy_validator): unexpected error: RuntimeError: validator bug on id 42"]
     assert seen["fine"] == (RuleStatus.FIRED, "no condition: fires on every matching event", [None])
 
 
 async def test_a_slow_template_does_not_hold_the_event_loop(tmp_path: Path) -> None:
     rules = _rules(
         tmp_path,
-        "- id: slow\n  on: item.low_stock\n"
-        "  actions: [{type: log, message: \"{{ ('x ' * 500000) | urlize | length }} characters\"}]\n",
+        "- id: slow\n  on: item.low_stock\n  actions:\n    - type: log\n"
+        "      message: \"{% set s = 'x' * 100000 %}"
+        "{% for i in range(10000) %}{{ s | replace('x', 'yy') | length }}{% endfor %}\"\n",
     )
     gaps: list[float] = []
 
@@ -129,4 +130,4 @@ async def test_a_slow_template_does_not_hold_the_event_loop(tmp_path: Path) -> N
     assert errors[0] is not None
     assert "second" in errors[0]
     assert took < 3
-    assert max(gaps) < 0.5, f"the loop stalled for {max(gaps):.2f} s while a template rendered"
+    assert max(gaps) < 0.25, f"the loop stalled for {max(gaps):.2f} s while a template rendered"
