@@ -20,6 +20,7 @@ from engine.template_budget import (
     MAX_EXPONENT,
     MAX_ITEMS,
     MAX_STEPS,
+    MAX_TEXT_CHARS,
     LimitExceeded,
     check_items,
     check_number,
@@ -66,7 +67,7 @@ def check_printf(template: str, values: object, what: str = "the % format") -> N
     """Refuse `template % values` when its widths, precisions and values would make too much text."""
     positional = list(values) if isinstance(values, tuple) else [values]
     keyed = values if isinstance(values, Mapping) else None
-    total, at = len(template), 0
+    total, padding, at = len(template), 0, 0
 
     def take() -> Any:
         nonlocal at
@@ -82,10 +83,15 @@ def check_printf(template: str, values: object, what: str = "the % format") -> N
             precision_value = take() if precision == "*" else int(precision or 0)
             key = conversion["key"]
             value = keyed[key] if key is not None and keyed is not None else take()
-            total += abs(int(width_value)) + abs(int(precision_value)) + text_length(value) + 32
+            padding += abs(int(width_value)) + abs(int(precision_value))
+            total += text_length(value) + 32
     except (IndexError, KeyError, TypeError, ValueError):
         return  # Python refuses these arguments itself, with its own message
-    check_text(total, what)
+    if padding > MAX_TEXT_CHARS:
+        raise LimitExceeded(
+            f"{what} asks for widths and precisions of {padding:,} characters, over the {MAX_TEXT_CHARS:,} limit"
+        )
+    check_text(total + padding, what)
 
 
 def check_repeat(left: object, right: object) -> None:

@@ -116,7 +116,7 @@ def test_dry_run_secrets_read_as_a_mask_when_unset() -> None:
         ("{{ [1] * 10**8 }}", "over the 1,000,000 limit"),
         ("{{ 2 ** 1000000 }}", "exponent"),
         ('{{ "x" | center(10**9) }}', "center.* over the 1,000,000 limit"),
-        ('{{ "%999999999d" | format(1) }}', "format would make .* over the 1,000,000 limit"),
+        ('{{ "%999999999d" | format(1) }}', "format asks for widths .* over the 1,000,000 limit"),
         ('{{ "{:>999999999}".format(1) }}', "str.format"),
         ('{{ "a".ljust(10**9) }}', "unsafe"),
         ("{{ data.items.append(1) }}", "unsafe"),
