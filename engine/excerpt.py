@@ -8,7 +8,7 @@ many it had. A whole reason is cut to a few KB, whatever it holds.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MAX_VALUE_CHARS = 200
@@ -46,7 +46,9 @@ def _short(value: Any, room: int, depth: int) -> str:
         return cut(text, max(room, 40))
 
 
-def _container(items: list[tuple[str | None, Any]], total: int, brackets: str, room: int, depth: int) -> str:
+def _container(
+    items: Sequence[tuple[str | None, Any]], total: int, brackets: str, room: int, depth: int
+) -> str:
     if total and depth >= _MAX_DEPTH:
         return f"{brackets[0]}…{brackets[1]} ({total:,} items)"
     parts: list[str] = []

@@ -264,7 +264,8 @@ def render_action(
         planned.error = cut(f"actions[{action.index}] ({action.type}): {exc}")
     except Exception as exc:  # a plugin's validator with a bug fails this action, not the delivery
         planned.validated = None
-        planned.error = cut(f"actions[{action.index}] ({action.type}): unexpected error: {type(exc).__name__}: {exc}")
+        unexpected = f"unexpected error: {type(exc).__name__}: {exc}"
+        planned.error = cut(f"actions[{action.index}] ({action.type}): {unexpected}")
     return planned
 
 

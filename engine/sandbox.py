@@ -184,7 +184,7 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
             return False
         return bool(super().is_safe_attribute(obj, attr, value))
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = template_budget.current()
         budget.spend()
         if not __self.is_safe_callable(__obj):
@@ -241,15 +241,17 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
 
 def _refuse_unlisted(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Refuse a call to anything but the template globals, Jinja's own objects and the listed methods."""
-    if any(function is value for value in TEMPLATE_GLOBALS.values()) or isinstance(function, _JINJA_CALLABLES):
+    if isinstance(function, _JINJA_CALLABLES) or any(
+        function is value for value in TEMPLATE_GLOBALS.values()
+    ):
         return
     owner, name = getattr(function, "__self__", None), getattr(function, "__name__", "")
     if isinstance(owner, _JINJA_CALLABLES):
         return
     allowed, estimate = sandbox_costs.method_estimate(owner, name)
     if not allowed:
-        kind = type(owner).__name__ if owner is not None else "this"
-        raise SecurityError(f"{kind}.{name}() is not available in templates" if name else "this call is not available in templates")
+        shown = f"{type(owner).__name__}.{name}()" if owner is not None else repr(function)[:80]
+        raise SecurityError(f"{shown} is not available in templates")
     if estimate is not None:
         estimate(owner, args, kwargs)
 

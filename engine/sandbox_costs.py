@@ -35,9 +35,10 @@ FilterEstimate = Callable[[Arguments], None]
 MethodEstimate = Callable[[Any, tuple[Any, ...], dict[str, Any]], None]
 
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_WHITESPACE = " \t" + _LINE_BREAKS + "\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000\x1f"
+_WHITESPACE = " \t\x1f\xa0\u1680\u202f\u205f\u3000" + _LINE_BREAKS + "".join(map(chr, range(0x2000, 0x200B)))
 _PRINTF = re.compile(
-    r"%(?:\((?P<key>[^)]*)\))?[-+ #0]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d*))?[hlL]?(?P<type>[diouxXeEfFgGcrsa%])"
+    r"%(?:\((?P<key>[^)]*)\))?[-+ #0]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d*))?"
+    r"[hlL]?(?P<type>[diouxXeEfFgGcrsa%])"
 )
 _STRFTIME = re.compile(r"%[-_0^#]*(\d*)[EO]?.")
 # Summing lists copies the running total at each item: quadratic, and in one C call.
@@ -89,7 +90,8 @@ def check_printf(template: str, values: object, what: str = "the % format") -> N
         return  # Python refuses these arguments itself, with its own message
     if padding > MAX_TEXT_CHARS:
         raise LimitExceeded(
-            f"{what} asks for widths and precisions of {padding:,} characters, over the {MAX_TEXT_CHARS:,} limit"
+            f"{what} asks for widths and precisions of {padding:,} characters, "
+            f"over the {MAX_TEXT_CHARS:,} limit"
         )
     check_text(total + padding, what)
 
@@ -232,10 +234,52 @@ FILTER_ESTIMATES: dict[str, FilterEstimate] = {
 # at most (checked afterwards), the others are estimated above. A filter in neither set
 # (a new Jinja version) makes tests/test_templates.py fail until it is reviewed.
 BOUNDED_FILTERS = frozenset(
-    "abs attr capitalize count d default dictsort e escape filesizeformat first float forceescape "
-    "groupby int items last length lower map max min pprint random reject rejectattr reverse round "
-    "safe select selectattr sort string striptags title tojson trim truncate unique upper urlencode "
-    "urlize wordcount xmlattr".split()
+    [
+        "abs",
+        "attr",
+        "capitalize",
+        "count",
+        "d",
+        "default",
+        "dictsort",
+        "e",
+        "escape",
+        "filesizeformat",
+        "first",
+        "float",
+        "forceescape",
+        "groupby",
+        "int",
+        "items",
+        "last",
+        "length",
+        "lower",
+        "map",
+        "max",
+        "min",
+        "pprint",
+        "random",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "round",
+        "safe",
+        "select",
+        "selectattr",
+        "sort",
+        "string",
+        "striptags",
+        "title",
+        "tojson",
+        "trim",
+        "truncate",
+        "unique",
+        "upper",
+        "urlencode",
+        "urlize",
+        "wordcount",
+        "xmlattr",
+    ]
 )
 
 
@@ -244,7 +288,8 @@ BOUNDED_FILTERS = frozenset(
 
 def _str_replace(owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     if len(args) >= 2:
-        check_replace(owner, str(args[0]), str(args[1]), args[2] if len(args) > 2 else kwargs.get("count"), "replace")
+        count = args[2] if len(args) > 2 else kwargs.get("count")
+        check_replace(owner, str(args[0]), str(args[1]), count, "replace")
 
 
 def _str_join(owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -310,4 +355,3 @@ def method_estimate(owner: object, name: str) -> tuple[bool, MethodEstimate | No
         if isinstance(owner, kind) and not isinstance(owner, bool):
             return name in methods, methods.get(name)
     return False, None
-

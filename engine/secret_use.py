@@ -64,24 +64,25 @@ def _visit(node: nodes.Node, *, allowed: bool, buffered: bool, where: str, found
             found.append(SecretMisuse(node.lineno, _message(name, where)))
         return
     if isinstance(node, nodes.Output):
-        inner = "the output of a macro or block, which can be changed afterwards" if buffered else "the text"
+        shown_in = "the output of a macro or block (it can be changed later)" if buffered else "the text"
         for child in node.nodes:
-            _visit(child, allowed=not buffered, buffered=buffered, where=inner, found=found)
+            _visit(child, allowed=not buffered, buffered=buffered, where=shown_in, found=found)
         return
     if isinstance(node, nodes.Concat | nodes.CondExpr):
         passes = [node.expr1, node.expr2] if isinstance(node, nodes.CondExpr) else node.nodes
-        for child in node.iter_child_nodes():
-            keeps = any(child is part for part in passes)
+        for part in node.iter_child_nodes():
+            keeps = any(part is kept for kept in passes)
             condition = where if keeps else "the condition of an inline if"
-            _visit(child, allowed=allowed and keeps, buffered=buffered, where=condition, found=found)
+            _visit(part, allowed=allowed and keeps, buffered=buffered, where=condition, found=found)
         return
-    body_buffered = buffered or isinstance(node, _BUFFERED) or (isinstance(node, nodes.For) and node.recursive)
+    recursive = isinstance(node, nodes.For) and node.recursive
+    body_buffered = buffered or isinstance(node, _BUFFERED) or recursive
     bodies = _bodies(node)
-    for child in node.iter_child_nodes():
-        if any(child is statement for statement in bodies):
-            _visit(child, allowed=False, buffered=body_buffered, where=where, found=found)
+    for inner in node.iter_child_nodes():
+        if any(inner is statement for statement in bodies):
+            _visit(inner, allowed=False, buffered=body_buffered, where=where, found=found)
         else:
-            _visit(child, allowed=False, buffered=buffered, where=_describe(node), found=found)
+            _visit(inner, allowed=False, buffered=buffered, where=_describe(node), found=found)
 
 
 def _bodies(node: nodes.Node) -> list[nodes.Node]:
@@ -121,7 +122,8 @@ def _message(name: str | None, where: str) -> str:
         what = "secrets may only be read one at a time, as it is: {{ secrets.NAME }}"
         found = f"found secrets on its own in {where}"
     else:
-        what = f"secrets.{name} may only be used as it is: {{{{ secrets.{name} }}}} in the text, or joined with ~"
+        written = f"{{{{ secrets.{name} }}}}"
+        what = f"secrets.{name} may only be used as it is: {written} in the text, or joined with ~"
         found = f"found it in {where}"
     return (
         f"{what}; {found}. A transformed secret would show unmasked in logs; "

@@ -40,7 +40,7 @@ class LimitExceeded(SecurityError):
     """A render went over one of the runaway limits; the message names the limit."""
 
 
-class OutOfTime(BaseException):  # noqa: N818 - raised asynchronously; not an Exception so nothing swallows it
+class OutOfTime(BaseException):
     """Raised inside a rendering thread by the watchdog when its deadline passed."""
 
 

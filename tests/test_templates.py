@@ -12,6 +12,8 @@ import pytest
 from actions.slack import slack_escape
 from engine.errors import TemplateRenderError
 from engine.secrets import Secrets
+from engine.sandbox import environment
+from engine.sandbox_costs import BOUNDED_FILTERS, FILTER_ESTIMATES
 from engine.templates import compile_value, render
 
 CONTEXT: dict[str, Any] = {
@@ -184,7 +186,7 @@ def _measured(source: str, *, trace_memory: bool = True) -> tuple[BaseException 
     raised: BaseException | None = None
     try:
         render(template, CONTEXT)
-    except BaseException as exc:  # noqa: BLE001 - MemoryError and RecursionError are what is tested
+    except BaseException as exc:
         raised = exc
     finally:
         seconds = time.perf_counter() - started
@@ -289,3 +291,22 @@ def test_a_secret_used_as_it_is_loads_and_renders(source: str) -> None:
     template, problems = compile_value(source)
     assert problems == []
     assert "crm-token-value" in str(render(template, CONTEXT))
+
+
+def test_every_filter_is_known_to_grow_values_by_a_small_factor_or_is_estimated() -> None:
+    # A new Jinja version's new filter fails here until someone decides which it is.
+    assert set(environment().filters) == BOUNDED_FILTERS | set(FILTER_ESTIMATES)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ (1).to_bytes(1000000000, 'big') }}", "int.to_bytes\\(\\) is not available"),
+        ("{{ 'x'.encode() }}", "str.encode\\(\\) is not available"),
+        ("{{ dict.fromkeys(range(10), 'x') }}", "fromkeys\\(\\) is not available"),
+        ("{{ now.strftime('%_100000000Y') }}", "strftime would make"),
+    ],
+)
+def test_only_the_listed_methods_can_be_called(source: str, expected: str) -> None:
+    with pytest.raises(TemplateRenderError, match=expected):
+        _render(source)
