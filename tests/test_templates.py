@@ -11,9 +11,9 @@ import pytest
 
 from actions.slack import slack_escape
 from engine.errors import TemplateRenderError
-from engine.secrets import Secrets
 from engine.sandbox import environment
 from engine.sandbox_costs import BOUNDED_FILTERS, FILTER_ESTIMATES
+from engine.secrets import Secrets
 from engine.templates import compile_value, render
 
 CONTEXT: dict[str, Any] = {
