@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 import tracemalloc
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from actions.slack import slack_escape
+from engine import template_budget
 from engine.errors import TemplateRenderError
 from engine.sandbox import environment
 from engine.sandbox_costs import BOUNDED_FILTERS, FILTER_ESTIMATES
@@ -310,3 +312,21 @@ def test_every_filter_is_known_to_grow_values_by_a_small_factor_or_is_estimated(
 def test_only_the_listed_methods_can_be_called(source: str, expected: str) -> None:
     with pytest.raises(TemplateRenderError, match=expected):
         _render(source)
+
+
+def test_a_deadline_landing_as_a_render_ends_never_escapes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watchdog raises asynchronously: one that fires just as the render returns must not
+    # surface later in unrelated code. Deadlines around the render's own length hit both sides.
+    template, _ = compile_value("{% for i in range(3000) %}{{ i }}{% endfor %}")
+    rng = random.Random(7)
+    outcomes = {"finished": 0, "stopped": 0}
+    for _ in range(300):
+        monkeypatch.setattr(template_budget, "MAX_RENDER_SECONDS", rng.uniform(0.0001, 0.05))
+        try:
+            render(template, CONTEXT)
+            outcomes["finished"] += 1
+        except TemplateRenderError:
+            outcomes["stopped"] += 1
+        sum(range(2_000))  # Python code after the render, where a stray exception would land
+    assert outcomes["finished"] > 0
+    assert outcomes["stopped"] > 0
