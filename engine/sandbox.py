@@ -104,8 +104,10 @@ class GuardedCodeGenerator(CodeGenerator):
     def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
         self.write("environment.emit(")
         super()._output_child_pre(node, frame, finalize)
+        self.write("environment.shown(")
 
     def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        self.write(")")
         super()._output_child_post(node, frame, finalize)
         self.write(")")
 
@@ -118,9 +120,12 @@ def _guard_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]
     estimate = sandbox_costs.FILTER_ESTIMATES.get(name)
     signature = _call_signature(function)
 
+    passed = 0 if _PassArg.from_obj(function) is None else 1
+
     @functools.wraps(function)  # keeps Jinja's pass_environment/pass_eval_context marker
     def guarded(*args: Any, **kwargs: Any) -> Any:
         template_budget.current().spend()
+        args = (*args[:passed], *_read_iterators(args[passed:], f"the {name} filter"))
         if estimate is not None:
             bound = signature.bind(*args, **kwargs)
             estimate(bound.arguments)
@@ -142,6 +147,16 @@ def _call_signature(function: Callable[..., Any]) -> inspect.Signature:
         return signature
     passed = inspect.Parameter("passed", inspect.Parameter.POSITIONAL_ONLY)
     return signature.replace(parameters=[passed, *signature.parameters.values()])
+
+
+def _read_iterators(values: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    """Iterators among `values` read into lists within the limits: nothing reads one unchecked."""
+    if not any(isinstance(value, Iterator) for value in values):
+        return values
+    return tuple(
+        sandbox_costs.read_within_limits(value, what) if isinstance(value, Iterator) else value
+        for value in values
+    )
 
 
 def _checked_result(result: Any, what: str) -> Any:
@@ -189,13 +204,13 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
         budget.spend()
         if not __self.is_safe_callable(__obj):
             raise SecurityError(f"{__obj!r} is not safely callable")
-        if isinstance(__obj, Macro | LoopContext):
+        if isinstance(__obj, Macro | LoopContext | BlockReference):
             if isinstance(__obj, LoopContext) and args:  # a recursive loop's next level
                 args = (__self.iterate(args[0]), *args[1:])
             if budget.depth >= template_budget.MAX_CALL_DEPTH:
                 raise LimitExceeded(
-                    f"macros or recursive loops calls nested more than {template_budget.MAX_CALL_DEPTH} "
-                    "deep, the limit (a macro that calls itself without end?)"
+                    f"calls nested more than {template_budget.MAX_CALL_DEPTH} deep (macros, blocks and "
+                    "recursive loops), the limit; a macro that calls itself without end?"
                 )
             budget.depth += 1
             try:
@@ -203,6 +218,7 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
             finally:
                 budget.depth -= 1
         _refuse_unlisted(__obj, args, kwargs)
+        args = _read_iterators(args, "the call")
         return _checked_result(__context.call(__obj, *args, **kwargs), "the call")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -228,12 +244,19 @@ class FieldEnvironment(ImmutableSandboxedEnvironment):
             budget.spend()
             yield item
 
+    def shown(self, value: Any) -> Any:
+        """A value about to be written out, refused before it is turned into text if too big."""
+        if not isinstance(value, str):
+            check_value(value, "writing the value out")
+        return value
+
     def emit(self, text: str) -> str:
         return template_budget.current().emit(text)
 
     def join_texts(self, values: tuple[Any, ...]) -> str:
         """`a ~ b ~ c`, refused before joining when the text would be too long."""
         template_budget.current().spend()
+        check_text(sum(map(sandbox_costs.text_length, values)), "joining texts with ~")
         texts = [value if isinstance(value, str) else str(value) for value in values]
         check_text(sum(map(len, texts)), "joining texts with ~")
         return "".join(texts)

@@ -12,7 +12,7 @@ listed; any other is refused.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -51,16 +51,30 @@ def text_length(value: object) -> int:
 
 
 def items_of(arguments: Arguments, name: str, what: str) -> Sequence[Any]:
-    """The argument as a sequence; an iterator is read into a list of at most MAX_ITEMS items."""
+    """The argument as a sequence; an iterator is read into a list, within the limits."""
     value = arguments[name]
     if isinstance(value, str | list | tuple | range):
         return value
-    found: list[Any] = []
-    for item in value.keys() if isinstance(value, Mapping) else value:
-        found.append(item)
-        if len(found) > MAX_ITEMS:
-            raise LimitExceeded(f"{what} reads more than {MAX_ITEMS:,} items, the limit")
+    found = read_within_limits(value.keys() if isinstance(value, Mapping) else value, what)
     arguments[name] = found
+    return found
+
+
+def read_within_limits(values: Iterable[Any], what: str) -> list[Any]:
+    """Read an iterator (`map`, `select`...) into a list, stopping as soon as it holds too much.
+
+    Its items are made one by one as it is read: a lazy `map` of a big result over many
+    items is refused at the item that goes over, not after all of them were made.
+    """
+    found: list[Any] = []
+    chars = 0
+    for item in values:
+        found.append(item)
+        chars += text_length(item) + 2
+        if len(found) > MAX_ITEMS or chars > MAX_TEXT_CHARS:
+            raise LimitExceeded(
+                f"{what} reads more than {MAX_ITEMS:,} items or {MAX_TEXT_CHARS:,} characters, the limit"
+            )
     return found
 
 
@@ -103,7 +117,9 @@ def check_repeat(left: object, right: object) -> None:
             if isinstance(sequence, str):
                 check_text(len(sequence) * count, f"repeating {len(sequence):,} characters {count:,} times")
             else:
-                check_value(sequence, f"repeating a list of {len(sequence):,} items {count:,} times", count)
+                what = f"repeating a list of {len(sequence):,} items {count:,} times"
+                check_items(len(sequence) * count, what)
+                check_value(sequence, what, count)
             return
     if isinstance(left, int) and isinstance(right, int):
         check_number(number_digits(left) + number_digits(right), "the product")

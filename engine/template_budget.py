@@ -16,11 +16,12 @@ import contextvars
 import ctypes
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
+from typing import Any
 
 from jinja2.exceptions import SecurityError
 
@@ -182,16 +183,16 @@ def check_value(value: object, what: str, times: int = 1) -> None:
         return
     times = max(times, 1)
     chars, items = measure(value, MAX_TEXT_CHARS // times + 1, MAX_ITEMS // times + 1)
+    # Counting stopped at the limit: say "more than", not a number that would be wrong.
     if chars * times > MAX_TEXT_CHARS:
-        raise LimitExceeded(
-            f"{what} would make about {chars * times:,} characters, over the {MAX_TEXT_CHARS:,} limit"
-        )
+        raise LimitExceeded(f"{what} would make more than {MAX_TEXT_CHARS:,} characters, the limit")
     if items * times > MAX_ITEMS:
-        raise LimitExceeded(f"{what} would make about {items * times:,} items, over the {MAX_ITEMS:,} limit")
+        raise LimitExceeded(f"{what} would make more than {MAX_ITEMS:,} items, the limit")
 
 
 # --- the deadline ------------------------------------------------------------------------
 
+_REFIRE_SECONDS = 0.05
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 _set_async_exc.restype = ctypes.c_int
@@ -202,6 +203,7 @@ class _Watch:
     thread_id: int
     deadline: float
     fired: bool = False
+    leaving: bool = False  # set (by a plain store, which nothing interrupts) before disarming
 
 
 class _Watchdog:
@@ -233,11 +235,13 @@ class _Watchdog:
         with self._lock:
             while True:
                 now = time.monotonic()
-                for watch in [w for w in self._watches if w.deadline <= now]:
-                    self._watches.discard(watch)
+                for watch in [w for w in self._watches if w.deadline <= now and not w.leaving]:
+                    # Fired again until the render ends: one that lands in code run implicitly in
+                    # that thread (a gc callback, a __del__) is dropped by Python, not raised.
                     watch.fired = True
+                    watch.deadline = now + _REFIRE_SECONDS
                     _set_async_exc(watch.thread_id, ctypes.py_object(OutOfTime))
-                self._next_check = min((w.deadline for w in self._watches), default=math.inf)
+                self._next_check = min((w.deadline for w in self._watches if not w.leaving), default=math.inf)
                 self._wake.wait(None if self._next_check == math.inf else self._next_check - now)
 
     def forget_thread(self) -> None:
@@ -251,31 +255,50 @@ class _Watchdog:
 
 _watchdog = _Watchdog()
 os.register_at_fork(after_in_child=_watchdog.forget_thread)
+_previous_unraisable_hook = sys.unraisablehook
+
+
+def _drop_out_of_time(unraisable: Any) -> None:
+    """An `OutOfTime` that landed in a gc callback or a __del__ is no error: the watchdog fires again."""
+    if not isinstance(unraisable.exc_value, OutOfTime):
+        _previous_unraisable_hook(unraisable)
+
+
+sys.unraisablehook = _drop_out_of_time
 
 
 class Deadline:
-    """`with Deadline(at):` raises `OutOfTime` in this thread if the block is still running at `at`.
+    """Raises `OutOfTime` in this thread, from `arm()` until it leaves, once `deadline` has passed.
 
-    Leaving the block disarms the watch under the watchdog's lock, then clears an
-    `OutOfTime` the watchdog may have set just before, so none ever escapes the block
-    into unrelated code.
+    The watchdog raises asynchronously, at any point of the thread's Python code, so leaving
+    follows a protocol that lets none escape into unrelated code:
+
+        deadline = Deadline(at)
+        try:
+            try:
+                deadline.arm()
+                ...
+            finally:
+                deadline.watch.leaving = True  # a plain store: nothing is raised before it
+                deadline.disarm()
+        except OutOfTime:
+            deadline.disarm()  # it may have been raised as disarm() was entered
+            ...
+
+    Once `leaving` is set the watchdog fires no more; `disarm()` stops the watch under the
+    watchdog's lock and clears an `OutOfTime` set just before. One set earlier and not yet
+    raised is raised at the latest as `disarm()` is entered: it is the `except` clause's.
     """
 
-    __slots__ = ("_watch",)
+    __slots__ = ("watch",)
 
     def __init__(self, deadline: float) -> None:
-        self._watch = _Watch(threading.get_ident(), deadline)
+        self.watch = _Watch(threading.get_ident(), deadline)
 
-    def __enter__(self) -> None:
-        _watchdog.arm(self._watch)
+    def arm(self) -> None:
+        _watchdog.arm(self.watch)
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        while True:
-            try:
-                if _watchdog.disarm(self._watch):
-                    _set_async_exc(self._watch.thread_id, ctypes.py_object())  # NULL: clear a pending one
-                return
-            except OutOfTime:  # delivered while leaving: the block is over, so drop it
-                continue
+    def disarm(self) -> None:
+        self.watch.leaving = True
+        if _watchdog.disarm(self.watch):
+            _set_async_exc(self.watch.thread_id, ctypes.py_object())  # NULL: clear a pending one

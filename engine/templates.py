@@ -192,9 +192,14 @@ def render(template: ParamTemplate, context: dict[str, Any]) -> Any:
     token = template_budget.start(budget)
     if "range" not in context:
         context = with_globals(context)
+    deadline = Deadline(budget.deadline)
     try:
-        with Deadline(budget.deadline):
+        try:
+            deadline.arm()
             return template.render(context)
+        finally:
+            deadline.watch.leaving = True  # a plain store first: see Deadline
+            deadline.disarm()
     except MissingField as exc:
         raise TemplateRenderError(cut(_describe_missing(exc, context), 1_000)) from None
     except TemplateRenderError:
@@ -202,6 +207,7 @@ def render(template: ParamTemplate, context: dict[str, Any]) -> Any:
     except SecurityError as exc:
         raise TemplateRenderError(cut(f"template stopped: {exc}", 1_000)) from None
     except OutOfTime:
+        deadline.disarm()
         raise TemplateRenderError(f"template stopped: {template_budget.out_of_time_message()}") from None
     except RecursionError:
         raise TemplateRenderError(

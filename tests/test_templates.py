@@ -117,7 +117,7 @@ def test_dry_run_secrets_read_as_a_mask_when_unset() -> None:
         ("{% for i in range(10**9) %}x{% endfor %}", "range\\(\\) asked for more than 10,000 items"),
         ("{% for i in range(200) %}{% for j in range(200) %}{% endfor %}{% endfor %}", "range"),
         ('{{ "a" * 10**9 }}', "over the 1,000,000 limit"),
-        ("{{ [1] * 10**8 }}", "over the 1,000,000 limit"),
+        ("{{ [1] * 10**8 }}", "100,000,000 items, over the 100,000 limit"),
         ("{{ 2 ** 1000000 }}", "exponent"),
         ('{{ "x" | center(10**9) }}', "center.* over the 1,000,000 limit"),
         ('{{ "%999999999d" | format(1) }}', "format asks for widths .* over the 1,000,000 limit"),
