@@ -24,6 +24,7 @@ from typing import Any
 
 import datalogic_py as dl
 
+from engine.excerpt import cut, value_text
 from engine.expression_explain import explain as explain_expression
 from engine.expressions import CompiledExpression
 from engine.sources import JsonPath
@@ -136,7 +137,11 @@ class Condition:
         return _FIRED if fired else _NOT_FIRED
 
     def explain(self, data: DeliveryData) -> str:
-        """The condition with the values it saw: `data.quantity (7) <= data.minimum_quantity (5) -> false`."""
+        """The condition with the values it saw: `data.quantity (7) <= data.minimum_quantity (5) -> false`.
+
+        Values are cut to a few hundred characters each (a long text keeps its start and its
+        length, a long list its first items and its count), the whole to a few KB.
+        """
         context = data.json if self._reads is None else json.dumps(_only(data.value, self._reads))
         trace = json.loads(_standard.evaluate_with_trace(self._logic_json, context))
         values = _TraceValues(trace)
@@ -145,8 +150,8 @@ class Condition:
         else:
             text = _render(self.logic, "", values, top=True)
         if trace.get("error"):
-            return f"{text} -> error: {trace['error']}"
-        return f"{text} -> {_literal(trace.get('result'))}"
+            return cut(f"{text} -> error: {cut(str(trace['error']), 500)}")
+        return cut(f"{text} -> {_literal(trace.get('result'))}")
 
 
 def _only(value: dict[str, Any], reads: list[list[str]]) -> dict[str, Any]:
@@ -225,7 +230,7 @@ def _render(logic: Any, pointer: str, values: _TraceValues, *, top: bool = False
 
 
 def _literal(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return value_text(value)
 
 
 def _default_scoped_reads(logic: Any, scoped: bool = False) -> Any:

@@ -8,12 +8,12 @@ throttle holding back its second delivery.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.excerpt import value_text
 from engine.fixtures import ExpectedAction, Fixture, FixtureFile
 from engine.matching import Matcher, PlannedAction, RuleOutcome, RuleStatus
 from engine.rules import RuleSet
@@ -156,7 +156,7 @@ def _show_action(action: PlannedAction) -> str:
 
 
 def _value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return value_text(value, 2_000)  # a rendered param can be long: show its start and its size
 
 
 def masked_results(results: list[FixtureResult], masker: Masker) -> list[dict[str, Any]]:

@@ -3,13 +3,18 @@
 Rule files never hold secret values: `{{ secrets.NAME }}` reads the environment
 variable `SECRET_NAME` (config.secret_variables), and nothing else — the webhook
 signing secret and database credentials are out of reach. Everything shown to a
-person (delivery log, CLI output, logs) goes through `Masker.mask`.
+person (delivery log, CLI output, logs) goes through `Masker.mask`, which finds
+each secret as it is and in the forms the engine itself may write it in: percent-
+encoded (in a URL or form) and JSON-escaped (in a JSON body). Templates cannot
+transform a secret (engine.secret_use), so these are all the forms there are.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 # Shorter values would mask ordinary text ("1", "id"); such a value is no secret.
@@ -57,10 +62,9 @@ class Masker:
     """Replaces every known secret value with `***` in strings and nested data."""
 
     def __init__(self, values: Iterable[str] = ()) -> None:
+        forms = {form for value in values if len(value) >= MIN_MASKED_LENGTH for form in written_forms(value)}
         # Longest first, so a secret that contains another is masked whole.
-        self._values = sorted(
-            {value for value in values if len(value) >= MIN_MASKED_LENGTH}, key=len, reverse=True
-        )
+        self._values = sorted(forms, key=len, reverse=True)
 
     def mask(self, value: Any) -> Any:
         if not self._values:
@@ -75,3 +79,16 @@ class Masker:
         if isinstance(value, list | tuple):
             return [self.mask(item) for item in value]
         return value
+
+
+def written_forms(value: str) -> set[str]:
+    """`value` as it is, percent-encoded (path, query and form styles) and JSON-escaped."""
+    return {
+        value,
+        quote(value),
+        quote(value, safe=""),
+        quote_plus(value),
+        quote_plus(value, safe="/"),
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }

@@ -1,6 +1,7 @@
 """Jinja2 templates in action params: parsed when rules load, rendered per delivery.
 
-Every string param is a template, rendered in a sandbox with strict undefined:
+Every string param is a template, rendered in a sandbox with strict undefined
+(engine.sandbox):
 
 - a param that is exactly one `{{ expression }}` keeps the expression's native
   type (`"{{ data.minimum_quantity * 2 - data.quantity }}"` renders the number 7);
@@ -8,173 +9,59 @@ Every string param is a template, rendered in a sandbox with strict undefined:
 - `data.items` always means the payload's field, even where a dict method has
   that name;
 - a missing field is an error naming the field and what the object holds;
-- runaway templates (`range(10**9)`, huge repetition, padding) fail fast.
+- a secret may only be used as it is (engine.secret_use), so masking finds it;
+- runaway templates fail fast, while they run: each render has its own budget of
+  size, steps, call depth and time (engine.template_budget).
+
+`render` turns every failure of a render, whatever its kind, into a
+`TemplateRenderError` with a readable message.
 """
 
 from __future__ import annotations
 
-import contextvars
 import difflib
-import functools
-import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine import template_budget
 from engine.errors import TemplateRenderError
+from engine.excerpt import cut
+from engine.sandbox import TEMPLATE_GLOBALS, Escape, MissingField, environment
+from engine.secret_use import secret_misuses
 from engine.secrets import Secrets
 from engine.sources import JsonPath
+from engine.template_budget import (
+    MAX_EXPONENT,
+    MAX_ITEMS,
+    MAX_RANGE_ITEMS,
+    MAX_TEXT_CHARS,
+    Budget,
+    Deadline,
+    OutOfTime,
+    check_value,
+)
 
-MAX_RANGE_ITEMS = 10_000  # across all `range()` calls of one render
-MAX_TEXT_CHARS = 1_000_000
-MAX_EXPONENT = 256
-_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "format", "format_map"})
-_range_budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("range_budget")
-
-Escape = Callable[[str], str]
-
-
-class MissingField(jinja2.UndefinedError):
-    """A template read a name or field that is not there."""
-
-    def __init__(self, owner: Any, name: str) -> None:
-        super().__init__(name)
-        self.owner = owner
-        self.name = name
-
-
-class _StrictField(jinja2.StrictUndefined):
-    """Strict undefined that remembers which object lacked which field."""
-
-    __slots__ = ()
-
-    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:
-        if self._undefined_hint:  # the sandbox refused an unsafe attribute
-            raise SecurityError(self._undefined_hint)
-        raise MissingField(self._undefined_obj, str(self._undefined_name))
-
-    __str__ = __iter__ = __len__ = __bool__ = __eq__ = __ne__ = __hash__ = _fail_with_undefined_error
-
-
-def _budgeted_range(*args: int) -> range:
-    values = range(*args)
-    budget = _range_budget.get(None)
-    if budget is not None:
-        budget[0] -= len(values)
-        if budget[0] < 0:
-            raise SecurityError(
-                f"range() asked for more than {MAX_RANGE_ITEMS:,} items in one template; "
-                "loop over the payload's own lists instead"
-            )
-    elif len(values) > MAX_RANGE_ITEMS:
-        raise SecurityError(f"range() of {len(values):,} items is over the {MAX_RANGE_ITEMS:,} limit")
-    return values
-
-
-_WIDTH_IN_FORMAT = re.compile(r"%[-+ #0]*(\d+)")
-
-
-def _check_widths(*values: Any) -> None:
-    """Refuse a width (a number, or `%N` inside a format string) that would build a huge string."""
-    for value in values:
-        widths = [int(w) for w in _WIDTH_IN_FORMAT.findall(value)] if isinstance(value, str) else [value]
-        too_wide = [
-            w for w in widths if isinstance(w, int) and not isinstance(w, bool) and w > MAX_TEXT_CHARS
-        ]
-        if too_wide:
-            raise SecurityError(f"a width of {too_wide[0]:,} is over the {MAX_TEXT_CHARS:,} limit")
-
-
-def _width_checked(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    """A padding filter that refuses huge widths (keeps Jinja's pass_environment marker)."""
-
-    @functools.wraps(filter_function)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        _check_widths(*args, *kwargs.values())
-        return filter_function(*args, **kwargs)
-
-    return checked
-
-
-TEMPLATE_GLOBALS: dict[str, Any] = {"range": _budgeted_range, "dict": dict}
-
-
-class FieldEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox: payload fields before attributes, and no runaway arithmetic."""
-
-    intercepted_binops = frozenset({"*", "**", "%"})
-
-    def __init__(self, finalize: Escape | None = None) -> None:
-        super().__init__(
-            undefined=_StrictField,
-            autoescape=False,
-            finalize=(lambda value: finalize(str(value))) if finalize else None,
-        )
-        self.globals = dict(TEMPLATE_GLOBALS)
-        for name in ("center", "indent", "format", "wordwrap", "truncate"):
-            self.filters[name] = _width_checked(self.filters[name])
-
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        if super().wrap_str_format(value) is None:
-            return None
-
-        def refused(*args: Any, **kwargs: Any) -> str:
-            raise SecurityError("str.format() is not available in templates; join text with ~")
-
-        return refused
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, jinja2.Undefined):  # report the first missing piece of a path
-            obj._fail_with_undefined_error()
-        if isinstance(obj, Mapping):
-            if attribute in obj:
-                return obj[attribute]
-            return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, str) and attr in _PADDING_METHODS:
-            return False
-        return bool(super().is_safe_attribute(obj, attr, value))
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "%":
-            if isinstance(left, str):
-                _check_widths(left)
-            return left % right
-        if operator == "**":
-            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-                raise SecurityError(f"exponent {right} is over the limit of {MAX_EXPONENT}")
-            return left**right
-        for seq, count in ((left, right), (right, left)):
-            if (
-                isinstance(seq, str | list | tuple)
-                and isinstance(count, int)
-                and len(seq) * count > MAX_TEXT_CHARS
-            ):
-                raise SecurityError(
-                    f"repeating {len(seq):,} items {count:,} times is over the {MAX_TEXT_CHARS:,} limit"
-                )
-        return left * right
-
-
-_plain = FieldEnvironment()
-_escaping_envs: dict[Escape, FieldEnvironment] = {}
-
-
-def environment(escape: Escape | None = None) -> FieldEnvironment:
-    if escape is None:
-        return _plain
-    if escape not in _escaping_envs:
-        _escaping_envs[escape] = FieldEnvironment(finalize=escape)
-    return _escaping_envs[escape]
+__all__ = [
+    "MAX_EXPONENT",
+    "MAX_ITEMS",
+    "MAX_RANGE_ITEMS",
+    "MAX_TEXT_CHARS",
+    "Escape",
+    "ParamTemplate",
+    "TemplateProblem",
+    "compile_value",
+    "environment",
+    "has_template_syntax",
+    "render",
+    "with_globals",
+]
 
 
 def has_template_syntax(text: str) -> bool:
@@ -224,13 +111,16 @@ def _compile(
         return ParamTemplate(lambda ctx: value)
     env = environment(escape)
     try:
-        expression = None if escape else _single_expression(env, value)
+        tree = env.parse(value)
+        misuses = secret_misuses(tree)
+        problems += [TemplateProblem(loc, misuse.message, misuse.line) for misuse in misuses]
+        expression = None if escape else _single_expression(tree)
         if expression is not None:
             # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
             assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
             expression_template = env.from_string(assign)
             return ParamTemplate(lambda ctx: _native(_evaluate(expression_template, ctx)))
-        text_template = env.from_string(value)
+        text_template = env.from_string(tree)
     except jinja2.TemplateSyntaxError as exc:
         problems.append(TemplateProblem(loc, f"template syntax error: {exc.message}", exc.lineno))
         return ParamTemplate(lambda ctx: value)
@@ -243,9 +133,9 @@ def _render_text(template: jinja2.Template, context: dict[str, Any]) -> str:
     return "".join(template.root_render_func(template.new_context(context, shared=True)))
 
 
-def _single_expression(env: FieldEnvironment, source: str) -> nodes.Expr | None:
-    """The expression when `source` is exactly one `{{ ... }}` and nothing else, else None."""
-    body = env.parse(source).body
+def _single_expression(tree: nodes.Template) -> nodes.Expr | None:
+    """The expression when the template is exactly one `{{ ... }}` and nothing else, else None."""
+    body = tree.body
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
         return None
     expression = body[0].nodes[0]
@@ -257,7 +147,10 @@ def _evaluate(template: jinja2.Template, context: dict[str, Any]) -> Any:
     jinja_context = template.new_context(context, shared=True)
     for _ in template.root_render_func(jinja_context):
         pass
-    return jinja_context.vars["result"]
+    result = jinja_context.vars["result"]
+    if not isinstance(result, jinja2.Undefined):
+        check_value(result, "the value")
+    return result
 
 
 def _native(value: Any) -> Any:
@@ -294,22 +187,38 @@ def with_globals(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(template: ParamTemplate, context: dict[str, Any]) -> Any:
-    """Render with a fresh runaway budget; every failure becomes a `TemplateRenderError`."""
-    token = _range_budget.set([MAX_RANGE_ITEMS])
+    """Render with a fresh budget and deadline; every failure becomes a `TemplateRenderError`."""
+    budget = Budget()
+    token = template_budget.start(budget)
     if "range" not in context:
         context = with_globals(context)
+    deadline = Deadline(budget.deadline)
     try:
-        return template.render(context)
+        try:
+            deadline.arm()
+            return template.render(context)
+        finally:
+            deadline.watch.leaving = True  # a plain store first: see Deadline
+            deadline.disarm()
     except MissingField as exc:
-        raise TemplateRenderError(_describe_missing(exc, context)) from None
+        raise TemplateRenderError(cut(_describe_missing(exc, context), 1_000)) from None
     except TemplateRenderError:
         raise
     except SecurityError as exc:
-        raise TemplateRenderError(f"template stopped: {exc}") from None
-    except (jinja2.TemplateError, ArithmeticError, AttributeError, TypeError, ValueError, LookupError) as exc:
-        raise TemplateRenderError(f"template failed: {type(exc).__name__}: {exc}") from None
+        raise TemplateRenderError(cut(f"template stopped: {exc}", 1_000)) from None
+    except OutOfTime:
+        deadline.disarm()
+        raise TemplateRenderError(f"template stopped: {template_budget.out_of_time_message()}") from None
+    except RecursionError:
+        raise TemplateRenderError(
+            "template stopped: it nests too deeply (a macro or loop that calls itself?)"
+        ) from None
+    except MemoryError:
+        raise TemplateRenderError("template stopped: it ran out of memory; make it build less") from None
+    except Exception as exc:  # whatever a template does wrong is this template's error, never the engine's
+        raise TemplateRenderError(cut(f"template failed: {type(exc).__name__}: {exc}", 1_000)) from None
     finally:
-        _range_budget.reset(token)
+        template_budget.finish(token)
 
 
 def _describe_missing(exc: MissingField, context: dict[str, Any]) -> str:
@@ -324,9 +233,10 @@ def _describe_missing(exc: MissingField, context: dict[str, Any]) -> str:
         return f"{exc.name} is not a field of a {type(exc.owner).__name__} value"
     path = f"{owner_path}.{exc.name}"
     if isinstance(exc.owner, Mapping):
-        keys = sorted(str(key) for key in exc.owner)
+        keys = sorted(str(key) for key in list(exc.owner)[:10_000])
         hint = _did_you_mean(exc.name, keys, prefix=f"{owner_path}.")
-        holds = f" ({owner_path} has: {', '.join(keys[:20])})" if keys else f" ({owner_path} is empty)"
+        shown = ", ".join(key if len(key) <= 40 else f"{key[:40]}…" for key in keys[:20])
+        holds = f" ({owner_path} has: {shown})" if keys else f" ({owner_path} is empty)"
         return f"{path} is not in the delivery{hint}{holds}"
     return f"{path} is not in the delivery ({owner_path} is a {type(exc.owner).__name__})"
 

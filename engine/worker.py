@@ -92,6 +92,8 @@ class _RunState:
     first_failure: str | None = None
     unsaved: list[ActionRun] = field(default_factory=list)
     failed_actions: list[tuple[str, ActionRun]] = field(default_factory=list)
+    # Rules that could not be evaluated (RuleStatus.ERROR): (rule id, masked reason).
+    rule_errors: list[tuple[str, str]] = field(default_factory=list)
 
     def waits(self, seconds: float) -> None:
         self.wait = seconds if self.wait is None else min(self.wait, seconds)
@@ -103,6 +105,11 @@ class _RunState:
             self.first_failure = f"{rule_id} actions[{run.action_index}] ({run.type}): {run.last_error}"
 
     def error(self) -> str | None:
+        if self.rule_errors:
+            rule_id, reason = self.rule_errors[0]
+            others = len(self.rule_errors) - 1 + self.failures
+            more = f" (and {others} more failed; see the delivery's rules and actions)" if others else ""
+            return f"rule {rule_id} could not be evaluated: {reason}{more}"
         if self.first_failure is None:
             return None
         more = f" (and {self.failures - 1} more)" if self.failures > 1 else ""
@@ -231,10 +238,14 @@ class DeliveryProcessor:
         delivery = Delivery(stored.event, stored.delivery_id, payload, stored.headers)
         ledger = claim.ledger
         throttle = StoreThrottle(self._store, stored.delivery_id, frozenset(rule_id for rule_id, _ in ledger))
-        outcomes = await Matcher(self._rules(), throttle, self._secrets, self._clock).match(delivery, now)
+        matcher = Matcher(self._rules(), throttle, self._secrets, self._clock)
+        outcomes = await matcher.match(delivery, now, explain=True)
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
         state = _RunState(hold)
+        state.rule_errors = [
+            (o.rule.id, self._masker.mask(o.reason)) for o in outcomes if o.status is RuleStatus.ERROR
+        ]
         for outcome in outcomes:
             if outcome.fired:
                 await self._run_rule(stored.delivery_id, outcome, ledger, state)
@@ -317,10 +328,10 @@ class DeliveryProcessor:
         if state.wait is not None:
             # Claimable again once the wait is over: by this retry's job, or by the sweeper if it is lost.
             status, due, error = DeliveryStatus.PROCESSING, now + timedelta(seconds=state.wait), None
-        elif not any(o.fired for o in outcomes):
-            status = DeliveryStatus.NO_MATCH
+        elif state.failures or state.rule_errors:  # a rule in error needs someone to look at it
+            status = DeliveryStatus.FAILED
         else:
-            status = DeliveryStatus.FAILED if state.failures else DeliveryStatus.DONE
+            status = DeliveryStatus.DONE if any(o.fired for o in outcomes) else DeliveryStatus.NO_MATCH
         end = RunEnd(
             delivery.delivery_id,
             status,

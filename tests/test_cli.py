@@ -1050,7 +1050,8 @@ def test_replay_stops_a_percent_format_width_over_the_limit() -> None:
     width, _ = _template_actions("runaway")
 
     assert width["error"] == (
-        "actions[0] (log) param message: template stopped: a width of 50,000,000 is over the 1,000,000 limit"
+        "actions[0] (log) param message: template stopped: the % format asks for widths and precisions "
+        "of 50,000,000 characters, over the 1,000,000 limit"
     )
 
 
@@ -1058,7 +1059,8 @@ def test_replay_refuses_single_expression_text_over_the_limit() -> None:
     _, text = _template_actions("runaway")
 
     assert text["error"] == (
-        "actions[1] (log) param message: the rendered text is 1,000,001 characters, over the 1,000,000 limit"
+        "actions[1] (log) param message: template stopped: joining texts with ~ would make "
+        "1,000,001 characters, over the 1,000,000 limit"
     )
 
 

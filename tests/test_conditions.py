@@ -130,3 +130,30 @@ def test_check_reports_unknown_operators_with_their_location() -> None:
 def test_check_finds_operators_outside_the_jsonlogic_core() -> None:
     # datalogic has extension families; rules stay portable JsonLogic.
     assert check({"upper": "abc"})
+
+
+def test_explanation_cuts_a_long_text_and_says_how_long_it_was() -> None:
+    note = "y" * 888_000
+    data = DeliveryData({"data": {"note": note}})
+    reason = Condition({"==": [{"var": "data.note"}, "x"]}).explain(data)
+    assert len(reason) < 600
+    assert "888,000 characters" in reason
+    assert reason.startswith('data.note ("yyyy')
+    assert reason.endswith('== "x" -> false')
+
+
+def test_explanation_cuts_a_long_list_and_an_object_and_says_how_many_items() -> None:
+    data = DeliveryData({"data": {"items": list(range(100_000)), "meta": {f"k{i}": i for i in range(5_000)}}})
+    logic = {"or": [{"in": [-1, {"var": "data.items"}]}, {"==": [{"var": "data.meta"}, 1]}]}
+    reason = Condition(logic).explain(data)
+    assert len(reason) < 1_500
+    assert "100,000 items" in reason
+    assert "5,000 items" in reason
+
+
+def test_an_explanation_stays_bounded_however_many_values_it_shows() -> None:
+    fields = {f"f{i}": "z" * 10_000 for i in range(200)}
+    logic = {"and": [{"==": [{"var": f"data.f{i}"}, {"var": f"data.f{i}"}]} for i in range(200)] + [False]}
+    reason = Condition(logic).explain(DeliveryData({"data": fields}))
+    assert len(reason) <= 4_000
+    assert reason.endswith("characters)")

@@ -41,7 +41,16 @@ from engine.params import rule_params
 from engine.rules import RuleSpec, parse_duration
 from engine.secrets import Secrets
 from engine.sources import SourceDocument, parse_text
-from engine.templates import MAX_EXPONENT, MAX_RANGE_ITEMS, MAX_TEXT_CHARS
+from engine.template_budget import (
+    MAX_CALL_DEPTH,
+    MAX_EXPONENT,
+    MAX_ITEMS,
+    MAX_NUMBER_DIGITS,
+    MAX_RANGE_ITEMS,
+    MAX_RENDER_SECONDS,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+)
 from engine.throttle import InMemoryThrottleState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -490,4 +499,13 @@ def test_duration_table_examples_mean_what_they_say() -> None:
 
 def test_template_limits_table_states_the_engine_limits() -> None:
     numbers = {row[1].replace("`", "") for row in GUIDE_DOC.table("template-limits").rows}
-    assert numbers == {f"{MAX_RANGE_ITEMS:,}", f"{MAX_TEXT_CHARS:,}", str(MAX_EXPONENT)}
+    assert numbers == {
+        f"{MAX_TEXT_CHARS:,}",
+        f"{MAX_ITEMS:,}",
+        f"{MAX_RANGE_ITEMS:,}",
+        f"{MAX_STEPS:,}",
+        str(MAX_CALL_DEPTH),
+        f"{MAX_RENDER_SECONDS:g}",
+        str(MAX_EXPONENT),
+        f"{MAX_NUMBER_DIGITS:,}",
+    }

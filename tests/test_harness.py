@@ -175,3 +175,26 @@ async def test_unset_secrets_read_as_a_mask_in_dry_runs(tmp_path: Path) -> None:
 )
 def test_subset_match_is_exact_in_value_and_type(actual: object, expected: object, holds: bool) -> None:
     assert contains(actual, expected) is holds
+
+
+async def test_a_dry_run_reports_a_poisonous_template_as_the_live_engine_does(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(
+        """\
+- id: recursive-key
+  on: item.low_stock
+  throttle: {key: "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", per: 1h}
+  actions: [{type: log, message: x}]
+- id: runaway
+  on: item.low_stock
+  actions: [{type: log, message: "{{ '%*d' % (300000000, 1) }}"}]
+"""
+    )
+    (tmp_path / "f.yaml").write_text(f"name: poison\nevent: item.low_stock\npayload: {_payload(3)}\n")
+    files, _ = load_fixtures([tmp_path / "f.yaml"])
+
+    (result,) = await replay(load_rules(tmp_path / "rules", load_registry()), files, {})
+
+    messages = [failure.message for failure in result.failures]
+    assert any(m.startswith("recursive-key: throttle key: ") and "nested" in m for m in messages), messages
+    assert any(m.startswith("runaway: actions[0] (log) param message: ") and "limit" in m for m in messages)

@@ -189,3 +189,23 @@ def test_missing_rules_folder_says_what_to_do(tmp_path: Path) -> None:
 def test_disabled_rule_loads_and_stays_disabled(tmp_path: Path) -> None:
     _write(tmp_path, {"r.yaml": "id: r\non: '*'\nenabled: false\nactions: [{type: log, message: x}]\n"})
     assert _load(tmp_path).rules[0].enabled is False
+
+
+def test_a_transformed_secret_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "r.yaml": """\
+id: r
+on: '*'
+actions:
+  - type: http
+    url: "https://crm.example.com/?t={{ secrets.CRM_TOKEN | urlencode }}"
+    headers: {Authorization: "Bearer {{ secrets.CRM_TOKEN }}"}
+"""
+        },
+    )
+    (problem,) = _problems(tmp_path)
+    assert problem.startswith("r.yaml:5:10: r: ")
+    assert "secrets.CRM_TOKEN" in problem
+    assert "urlencode" in problem

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from urllib.parse import quote, quote_plus
+
 from engine.secrets import MASK, Masker, Secrets
 
 
@@ -24,3 +27,18 @@ def test_secrets_mapping_never_shows_values_in_its_repr() -> None:
     secrets = Secrets({"CRM_TOKEN": "tok-123456"})
     assert "tok-123456" not in repr(secrets)
     assert secrets["CRM_TOKEN"] == "tok-123456"
+
+
+def test_percent_encoded_and_json_escaped_forms_of_a_secret_are_masked() -> None:
+    secret = 'p@ss w/rd"ü\\x'
+    masker = Masker([secret])
+    forms = [
+        quote(secret),
+        quote(secret, safe=""),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    ]
+    for form in forms:
+        assert masker.mask(f"error at ?token={form}&x=1") == f"error at ?token={MASK}&x=1", form
+    assert masker.mask({"body": json.dumps({"token": secret})}) == {"body": f'{{"token": "{MASK}"}}'}

@@ -1623,3 +1623,56 @@ def test_retry_after_beyond_the_limit_gives_up() -> None:
     assert policy.delay(1, policy.max_retry_after_seconds + 1) is None
     assert policy.delay(1, float("inf")) is None
     assert policy.delay(1, policy.max_retry_after_seconds) == policy.max_retry_after_seconds
+
+
+# --- a rule that cannot be evaluated -------------------------------------------------------
+
+
+async def test_a_rule_that_cannot_be_evaluated_fails_the_delivery_and_the_other_rules_still_run(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    rules = """\
+- id: poison
+  on: item.low_stock
+  throttle: {key: "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", per: 1h}
+  actions: [{type: log, message: never}]
+- id: crm
+  on: item.low_stock
+  actions:
+    - {type: http, url: "https://crm.example.com/hook", json: {id: "{{ data.id }}"}}
+"""
+    crm = router.post(CRM_URL).respond(200)
+    await bench.deliver("d-1", low_stock())
+
+    assert await bench.processor(rules).process("d-1") is None
+
+    assert crm.call_count == 1
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert stored.error.startswith("rule poison could not be evaluated: throttle key: ")
+    assert "nested" in stored.error
+    status, reason = (await bench.outcomes("d-1"))["poison"]
+    assert status == "error"
+    assert "nested" in reason
+
+
+async def test_a_condition_that_cannot_be_evaluated_fails_the_delivery_instead_of_no_match(
+    bench: Bench, router: respx.MockRouter
+) -> None:
+    rules = """\
+- id: sums
+  on: item.low_stock
+  when: {"<": [{"+": [1, {"*": ["x", 2]}]}, 5]}
+  actions: [{type: log, message: never}]
+"""
+    await bench.deliver("d-1", low_stock())
+
+    assert await bench.processor(rules).process("d-1") is None
+
+    stored = await bench.store.get("d-1")
+    assert stored is not None
+    assert stored.status is DeliveryStatus.FAILED
+    assert stored.error is not None
+    assert stored.error.startswith("rule sums could not be evaluated: condition could not be evaluated")
