@@ -5,16 +5,21 @@ line and column. `read_document()` parses a file once and returns a
 `SourceDocument`: the value, plus a lazily built map from a path inside the
 value (`("actions", 0, "type")`) to its position in the text. The map comes from
 PyYAML's node marks, which also serve JSON files (JSON is YAML's flow syntax);
-it is built only when an error needs it, so a large fixture costs one
-`json.loads`.
+it is built only when an error or a rule's `source` needs it, so a large
+fixture costs one `json.loads`.
+
+YAML is composed into nodes first and constructed only when its anchors and
+aliases expand to a bounded size: a few hundred bytes of nested aliases would
+otherwise stand for billions of values to every walk of the result. The nodes
+are kept for the position map, so a YAML file is parsed once.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,14 @@ from typing import Any
 import yaml
 
 from engine.errors import SourceProblem
+from engine.source_files import MAX_RULE_FILE_BYTES, SourceTooBig, read_source
 
 JsonPath = tuple[str | int, ...]
 
-RULE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
-MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_NESTING = 64
+# How many values aliases may add to a file beyond those written in it: sharing an action
+# list between rules is a few hundred; a YAML bomb is billions.
+MAX_ALIAS_EXPANSION = 100_000
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BOOL = "tag:yaml.org,2002:bool"
@@ -50,6 +57,28 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
+class _Refused(yaml.constructor.ConstructorError):
+    """Valid YAML this loader will not build; its message is complete as it stands."""
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """An integer, or a located error for one longer than Python reads (4,300 digits)."""
+    try:
+        return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
+    except ValueError:
+        raise _Refused(None, None, _long_number(len(str(node.value))), node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _long_number(digits: int) -> str:
+    return (
+        f"a number of {digits:,} digits, more than the {sys.get_int_max_str_digits():,} "
+        "that can be read; write it as text (in quotes)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     line: int  # 1-based
@@ -63,6 +92,7 @@ class SourceDocument:
     path: str
     text: str
     value: Any
+    _root: yaml.Node | None = field(default=None, repr=False)  # YAML's nodes, kept for positions
     _values: dict[JsonPath, Position] | None = field(default=None, repr=False)
     _keys: dict[JsonPath, Position] = field(default_factory=dict, repr=False)
 
@@ -73,7 +103,9 @@ class SourceDocument:
         first line when nothing is known.
         """
         if self._values is None:
-            self._values, self._keys = _positions(self.text)
+            root = self._root if self._root is not None else _compose(self.text)
+            self._values, self._keys = _positions(root)
+            self._root = None
         if key and loc in self._keys:
             return self._keys[loc]
         for end in range(len(loc), -1, -1):
@@ -104,45 +136,15 @@ class SourceDocument:
         return SourceProblem(self.path, line, column, message, rule_id)
 
 
-def find_source_files(root: Path) -> tuple[list[Path], list[SourceProblem]]:
-    """Every rule or fixture file under `root` (or `root` itself), sorted, hidden ones skipped.
-
-    A folder that cannot be read is a problem, not a silent gap in the rule set.
-    """
-    if not root.is_dir():
-        return [root], []
-    found: list[Path] = []
-    problems: list[SourceProblem] = []
-
-    def unreadable(error: OSError) -> None:
-        problems.append(
-            SourceProblem(str(error.filename or root), 1, 1, f"cannot read the folder: {error.strerror}")
-        )
-
-    for folder, subfolders, files in os.walk(root, onerror=unreadable):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        found += [
-            Path(folder, name)
-            for name in files
-            if not name.startswith(".") and Path(name).suffix in RULE_FILE_SUFFIXES
-        ]
-    return sorted(found), problems
-
-
-def read_document(path: Path, display: str | None = None) -> SourceDocument | SourceProblem:
+def read_document(
+    path: Path, display: str | None = None, *, max_bytes: int = MAX_RULE_FILE_BYTES
+) -> SourceDocument | SourceProblem:
     """Parse `path` as JSON (`.json`) or YAML; a problem instead of raising."""
     name = display or str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return SourceProblem(
-                name,
-                1,
-                1,
-                f"file is {size:,} bytes, more than the {MAX_FILE_BYTES:,} allowed; "
-                "split it into several files",
-            )
-        text = path.read_bytes().decode("utf-8")
+        text = read_source(path, max_bytes).decode("utf-8")
+    except SourceTooBig as exc:
+        return SourceProblem(name, 1, 1, str(exc))
     except UnicodeDecodeError as exc:
         before = exc.object[: exc.start]
         line = before.count(b"\n") + 1
@@ -160,8 +162,12 @@ def read_document(path: Path, display: str | None = None) -> SourceDocument | So
 
 def parse_text(text: str, name: str, *, yaml_syntax: bool) -> SourceDocument | SourceProblem:
     """Parse `text`; JSON unless `yaml_syntax`. Never raises for bad input."""
+    root = None
     try:
-        value = _parse_yaml(text) if yaml_syntax else json.loads(text, parse_constant=_not_json)
+        if yaml_syntax:
+            value, root = _parse_yaml(text)
+        else:
+            value = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         return _json_problem(exc, text, name)
     except yaml.MarkedYAMLError as exc:
@@ -170,11 +176,9 @@ def parse_text(text: str, name: str, *, yaml_syntax: bool) -> SourceDocument | S
         return SourceProblem(name, 1, 1, f"invalid YAML: {exc}")
     except RecursionError:
         return SourceProblem(name, 1, 1, TOO_DEEP)
-    except ValueError as exc:  # NaN or Infinity, refused by _not_json
-        found = _JSON_CONSTANT.search(text)
-        line, column = _line_column(text, found.start()) if found else (1, 1)
-        return SourceProblem(name, line, column, f"invalid JSON: {exc}")
-    document = SourceDocument(name, text, value)
+    except ValueError as exc:  # NaN or Infinity, refused by _not_json; a number too long to read
+        return _json_value_problem(exc, text, name)
+    document = SourceDocument(name, text, value, root)
     return _check_shape(document) or document
 
 
@@ -183,6 +187,7 @@ TOO_DEEP = (
     "flatten the condition or split it into several rules"
 )
 _JSON_CONSTANT = re.compile(r"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+_LONG_NUMBER = re.compile(rf"(?<![\w.\"])-?\d{{{sys.get_int_max_str_digits() + 1},}}")
 
 
 def _line_column(text: str, offset: int) -> tuple[int, int]:
@@ -210,21 +215,95 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, name: str) -> SourceProblem:
         problem = f"{(exc.context or 'a value').removeprefix('while scanning ')} is never closed"
     if "unhashable key" in problem or "alphabetic or numeric character" in problem:
         problem += "; quote values that start with {, * or & (write \"{{ data.id }}\", '*')"
-    problem = TOO_DEEP if "maximum nesting depth" in problem else f"invalid YAML: {problem}"
+    if "maximum nesting depth" in problem:
+        problem = TOO_DEEP
+    elif not isinstance(exc, _Refused):
+        problem = f"invalid YAML: {problem}"
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     return SourceProblem(name, line, column, problem)
+
+
+def _json_value_problem(exc: ValueError, text: str, name: str) -> SourceProblem:
+    long_number = _LONG_NUMBER.search(text)
+    if long_number is not None:
+        line, column = _line_column(text, long_number.start())
+        digits = len(long_number.group().lstrip("-"))
+        return SourceProblem(name, line, column, f"invalid JSON: {_long_number(digits)}")
+    found = _JSON_CONSTANT.search(text)
+    line, column = _line_column(text, found.start()) if found else (1, 1)
+    return SourceProblem(name, line, column, f"invalid JSON: {exc}")
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number; write a number or null")
 
 
-def _parse_yaml(text: str) -> Any:
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The value and the nodes it was built from; aliases are bounded before anything is built."""
     loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_aliases(root)
+        return loader.construct_document(root), root
     finally:
         loader.dispose()
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The nodes of `text` (JSON or YAML) for positions; None when it does not compose."""
+    loader = _Loader(text)
+    try:
+        root: yaml.Node | None = loader.get_single_node()
+        if root is not None:
+            _check_aliases(root)
+        return root
+    except (yaml.YAMLError, RecursionError):
+        return None
+    finally:
+        loader.dispose()
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse nodes whose aliases expand past MAX_ALIAS_EXPANSION values, or into themselves.
+
+    A node reached through an alias is the anchor's node object again, so sizes are
+    counted once per node (memoised) over the graph, never by walking the tree.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the node being counted and its ancestors
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if counted:
+            open_nodes.discard(key)
+            size = sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if size > len(sizes) + MAX_ALIAS_EXPANSION:
+                raise _Refused(None, None, _ALIAS_BOMB, node.start_mark)
+        elif key in open_nodes:
+            raise _Refused(None, None, _ALIAS_LOOP, node.start_mark)
+        elif key not in sizes:
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+_ALIAS_BOMB = (
+    f"aliases expand this file to more than {MAX_ALIAS_EXPANSION:,} values beyond those written "
+    "(a value reached through an alias counts each time); use fewer anchors and aliases"
+)
+_ALIAS_LOOP = "an alias here refers to itself (its anchor encloses it), which never ends; remove the alias"
 
 
 def _check_shape(document: SourceDocument) -> SourceProblem | None:
@@ -252,17 +331,10 @@ def _check_shape(document: SourceDocument) -> SourceProblem | None:
     return None
 
 
-def _positions(text: str) -> tuple[dict[JsonPath, Position], dict[JsonPath, Position]]:
+def _positions(root: yaml.Node | None) -> tuple[dict[JsonPath, Position], dict[JsonPath, Position]]:
     """Map every path to the position of its value and, for mapping entries, its key."""
     values: dict[JsonPath, Position] = {}
     keys: dict[JsonPath, Position] = {}
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-    except (yaml.YAMLError, RecursionError):
-        return values, keys
-    finally:
-        loader.dispose()
     stack: list[tuple[yaml.Node, JsonPath]] = [(root, ())] if root is not None else []
     while stack:
         node, loc = stack.pop()

@@ -228,13 +228,28 @@ def _compile(
         if expression is not None:
             # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
             assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
-            expression_template = env.from_string(assign)
+            expression_template = _acyclic(env.from_string(assign))
             return ParamTemplate(lambda ctx: _native(_evaluate(expression_template, ctx)))
-        text_template = env.from_string(value)
+        text_template = _acyclic(env.from_string(value))
     except jinja2.TemplateSyntaxError as exc:
         problems.append(TemplateProblem(loc, f"template syntax error: {exc.message}", exc.lineno))
         return ParamTemplate(lambda ctx: value)
     return ParamTemplate(lambda ctx: _checked_text(_render_text(text_template, ctx)))
+
+
+def _acyclic(template: jinja2.Template) -> jinja2.Template:
+    """`template` without the references from its code's namespace back to it.
+
+    Jinja keeps `__jinja_template__` there only to rewrite tracebacks in
+    `Template.render` (not used here), and `root` only to build the template
+    (done). Without those cycles, a rule set replaced by a reload is freed by
+    reference counting: a running server needs no full garbage collection,
+    which holds every thread, after each reload.
+    """
+    namespace = template.root_render_func.__globals__
+    namespace.pop("__jinja_template__", None)
+    namespace.pop("root", None)
+    return template
 
 
 def _render_text(template: jinja2.Template, context: dict[str, Any]) -> str:
