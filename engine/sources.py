@@ -103,6 +103,10 @@ class SourceDocument:
         first line when nothing is known.
         """
         if self._values is None:
+            if self._root is not None and not key:  # a rule's own line, on every load: no map needed
+                node = _node_at(self._root, loc)
+                if node is not None:
+                    return _mark(node)
             root = self._root if self._root is not None else _compose(self.text)
             self._values, self._keys = _positions(root)
             self._root = None
@@ -245,7 +249,8 @@ def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
         root = loader.get_single_node()
         if root is None:
             return None, None
-        _check_aliases(root)
+        if "&" in text:  # no anchor, no alias
+            _check_aliases(root)
         return loader.construct_document(root), root
     finally:
         loader.dispose()
@@ -347,6 +352,22 @@ def _positions(root: yaml.Node | None) -> tuple[dict[JsonPath, Position], dict[J
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, (*loc, index)) for index, item in enumerate(node.value))
     return values, keys
+
+
+def _node_at(root: yaml.Node, loc: JsonPath) -> yaml.Node | None:
+    """The node at `loc`, found by walking down from `root`; None when it is not there."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+        elif isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            found = [value for key, value in node.value if key.value == part]
+            if len(found) != 1:
+                return None
+            node = found[0]
+        else:
+            return None
+    return node
 
 
 def _mark(node: yaml.Node) -> Position:

@@ -222,19 +222,30 @@ def _compile(
         return ParamTemplate(lambda ctx: [t.render(ctx) for t in elements])
     if not (isinstance(value, str) and has_template_syntax(value)):
         return ParamTemplate(lambda ctx: value)
-    env = environment(escape)
     try:
-        expression = None if escape else _single_expression(env, value)
-        if expression is not None:
-            # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
-            assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
-            expression_template = _acyclic(env.from_string(assign))
-            return ParamTemplate(lambda ctx: _native(_evaluate(expression_template, ctx)))
-        text_template = _acyclic(env.from_string(value))
+        template, native = _compiled(environment(escape), value, escape is None)
     except jinja2.TemplateSyntaxError as exc:
         problems.append(TemplateProblem(loc, f"template syntax error: {exc.message}", exc.lineno))
         return ParamTemplate(lambda ctx: value)
-    return ParamTemplate(lambda ctx: _checked_text(_render_text(text_template, ctx)))
+    if native:
+        return ParamTemplate(lambda ctx: _native(_evaluate(template, ctx)))
+    return ParamTemplate(lambda ctx: _checked_text(_render_text(template, ctx)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(env: FieldEnvironment, source: str, native: bool) -> tuple[jinja2.Template, bool]:
+    """The template of `source`, parsed once; True when it is one expression keeping its type.
+
+    Cached: rules generated from a list (one per item or site) share their templates,
+    and a compiled template is only ever read.
+    """
+    parsed = env.parse(source)
+    expression = _single_expression(parsed) if native else None
+    if expression is not None:
+        # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
+        assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
+        return _acyclic(env.from_string(assign)), True
+    return _acyclic(env.from_string(parsed)), False
 
 
 def _acyclic(template: jinja2.Template) -> jinja2.Template:
@@ -258,9 +269,9 @@ def _render_text(template: jinja2.Template, context: dict[str, Any]) -> str:
     return "".join(template.root_render_func(template.new_context(context, shared=True)))
 
 
-def _single_expression(env: FieldEnvironment, source: str) -> nodes.Expr | None:
-    """The expression when `source` is exactly one `{{ ... }}` and nothing else, else None."""
-    body = env.parse(source).body
+def _single_expression(parsed: nodes.Template) -> nodes.Expr | None:
+    """The expression when the template is exactly one `{{ ... }}` and nothing else, else None."""
+    body = parsed.body
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
         return None
     expression = body[0].nodes[0]
