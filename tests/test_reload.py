@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from actions.registry import load_registry
 from engine.metrics import Metrics
 from engine.reload import LiveRules
+from engine.rules import Rule
 
 RULE = "- id: {id}\n  on: item.updated\n  actions:\n    - type: log\n      message: '{id}: {{{{ data.name }}}}'\n"
 
@@ -148,3 +151,25 @@ async def test_a_rule_file_that_changes_is_read_again_the_others_are_not(
     assert live().get("kept-0-0") is kept  # the same object: its file was not read again
     assert "changed" in live().ids()
     assert "kept-3-0" not in live().ids()
+
+
+def test_a_replaced_rule_set_is_freed_without_the_cyclic_collector(rules_dir: Path) -> None:
+    write_many(rules_dir, files=5, per_file=4, prefix="old")
+    live = LiveRules(rules_dir, load_registry(), Metrics())
+    for path in rules_dir.glob("old-*.yaml"):
+        path.write_text(path.read_text().replace("data.name", "data.id"))
+    collecting = gc.isenabled()
+    gc.disable()  # only reference counting may free the replaced rules
+    try:
+        assert live.reload()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.unfreeze()
+        gc.collect()
+        left = [type(found).__name__ for found in gc.garbage if isinstance(found, jinja2.Template | Rule)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.freeze()
+        if collecting:
+            gc.enable()
+    assert left == []  # a template in a reference cycle would wait for a full collection
