@@ -27,7 +27,7 @@ from actions.registry import ActionRegistry, load_registry
 from engine.errors import SourceErrors, SourceProblem
 from engine.loader import load_rules
 from engine.rules import RuleSet
-from engine.sources import SourceDocument, parse_text, read_document
+from engine.sources import SourceDocument, _Loader, parse_text, read_document
 
 SECONDS_PER_EXAMPLE = 5.0  # generous for a shared machine; an unbounded expansion never ends
 PEAK_BYTES = 64 * 1024 * 1024
@@ -240,3 +240,19 @@ def test_a_folder_of_random_files_loads_or_every_problem_is_located(
         f"f{i}{suffix}": text.encode() for i, (text, suffix) in enumerate(zip(texts, suffixes, strict=True))
     }
     _loaded(folder, files, registry)
+
+
+def _pyyaml_value(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+@RULES
+@given(text=st.one_of(YAMLISH, VALUES.map(lambda value: yaml.safe_dump(value, allow_unicode=True))))
+def test_yaml_values_are_the_ones_pyyaml_builds(text: str) -> None:
+    parsed = parse_text(text, "r.yaml", yaml_syntax=True)
+    if isinstance(parsed, SourceDocument):
+        assert parsed.value == _pyyaml_value(text)
