@@ -134,7 +134,9 @@ class LiveRules:
                     REWATCH_SECONDS,
                 )
                 await asyncio.sleep(REWATCH_SECONDS)
-            await self._folder_back()
+            if not self._dir.is_dir():
+                await in_thread(self.reload)  # /readyz says the folder is gone; the last rules stay
+                await self._folder_back()
             await self._settle()
             await in_thread(self.reload)
 
