@@ -10,6 +10,7 @@ so a reload reads only the files whose stamp (inode, size, times) changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,17 @@ class LoadedFile:
 FileCache = dict[str, tuple[Stamp, LoadedFile]]
 
 
-def load_rules(rules_dir: Path, registry: ActionRegistry, cache: FileCache | None = None) -> RuleSet:
+def load_rules(
+    rules_dir: Path,
+    registry: ActionRegistry,
+    cache: FileCache | None = None,
+    pace: Callable[[], None] | None = None,
+) -> RuleSet:
     """Every rule under `rules_dir`; raises `SourceErrors` listing every problem found.
 
     With a `cache`, a file whose stamp is the one cached is not read again; the
-    cache is left holding exactly the files found this time.
+    cache is left holding exactly the files found this time. `pace` is called
+    before each file read (a reload beside a receiver lets it go first).
     """
     if not rules_dir.exists():
         raise SourceErrors(
@@ -61,7 +68,12 @@ def load_rules(rules_dir: Path, registry: ActionRegistry, cache: FileCache | Non
         name = str(path)
         stamp = Stamp.of(path)
         cached = cache.get(name) if cache is not None and stamp is not None else None
-        file = cached[1] if cached is not None and cached[0] == stamp else load_file(path, registry)
+        if cached is not None and cached[0] == stamp:
+            file = cached[1]
+        else:
+            if pace is not None:
+                pace()
+            file = load_file(path, registry)
         if stamp is not None:
             kept[name] = (stamp, file)
         loaded.append(file)

@@ -6,7 +6,8 @@ active, the problems are logged with file:line and what is wrong, and
 
 Nothing in the folder may stop the process answering, so a reload runs in a
 thread of its own beside the event loop (a daemon thread: a SIGTERM during a
-long load is not kept waiting for it), and only reads files that changed.
+long load is not kept waiting for it), only reads files that changed, and
+between two files lets webhook requests in hand go first (`yield_to`).
 A file is loaded once it is stable: a change is taken up when no rule file
 has changed for SETTLE_SECONDS, so a copy in progress is not loaded half
 written (an atomic rename into the folder is the safe way to deploy; see
@@ -51,6 +52,8 @@ SETTLE_SECONDS = 1.0
 STILL_CHANGING_WARNING_SECONDS = 30.0
 MAX_LOCATIONS_SHOWN = 20
 LOADING_SWITCH_INTERVAL = 0.0005
+YIELD_SECONDS = 0.001
+MAX_YIELD_PER_FILE_SECONDS = 0.01
 RELEASE_CHUNK = 100
 
 T = TypeVar("T")
@@ -66,6 +69,7 @@ class LiveRules:
         self._metrics = metrics
         self._cache: FileCache = {}
         self._lock = threading.Lock()  # one load at a time, whoever asks
+        self._receiver_busy: Callable[[], bool] | None = None
         self.current = load_rules(rules_dir, registry, self._cache)  # at start, broken rules are fatal
         self.error: str | None = None  # for /readyz: where, never what the files say
         self.problems: tuple[str, ...] = ()  # "file:line:column", relative to the folder
@@ -74,6 +78,19 @@ class LiveRules:
     def __call__(self) -> RuleSet:
         return self.current
 
+    def yield_to(self, receiver_busy: Callable[[], bool]) -> None:
+        """Between two files, a reload waits (a little) while `receiver_busy()` (called from its thread)."""
+        self._receiver_busy = receiver_busy
+
+    def _pace(self) -> None:
+        """Let webhook requests in hand have the interpreter first; a little per file, so a
+        reload still ends under a steady stream of them."""
+        busy = self._receiver_busy
+        waited = 0.0
+        while busy is not None and busy() and waited < MAX_YIELD_PER_FILE_SECONDS:
+            time.sleep(YIELD_SECONDS)
+            waited += YIELD_SECONDS
+
     def reload(self) -> bool:
         """Load the files again; keep the last good set when they are broken. Blocks: see `watch`."""
         with self._lock, _sharing_the_interpreter():
@@ -81,7 +98,7 @@ class LiveRules:
 
     def _reload(self) -> bool:
         try:
-            rules = load_rules(self._dir, self._registry, self._cache)
+            rules = load_rules(self._dir, self._registry, self._cache, self._pace)
         except SourceErrors as exc:
             self.problems = tuple(self._where(problem) for problem in exc.problems)
             self.error = self._summary(exc.problems)

@@ -186,6 +186,8 @@ async def open_service(
     if receive:
         service.intake = DeliveryIntake(store, queue, metrics, requeue_after)
         service.intake.start()
+        quiet = service.intake.activity.quiet
+        rules.yield_to(lambda: not quiet.is_set())  # a reload lets webhook answers go first
         if isinstance(queue, InProcessQueue):
             queue.yield_to(service.intake.activity)  # one process, one core: webhook answers first
     if process_in_process and background:
