@@ -30,7 +30,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,6 +51,7 @@ REWATCH_SECONDS = 1.0
 SETTLE_SECONDS = 1.0
 STILL_CHANGING_WARNING_SECONDS = 30.0
 MAX_LOCATIONS_SHOWN = 20
+MAX_IDS_SHOWN = 100
 LOADING_SWITCH_INTERVAL = 0.0005
 YIELD_SECONDS = 0.001
 MAX_YIELD_PER_FILE_SECONDS = 0.01
@@ -115,7 +116,7 @@ class LiveRules:
                 "rules reloaded without %d rule(s) that were loaded before: %s; "
                 "if they were not meant to go, put their files back in %s",
                 len(dropped),
-                ", ".join(dropped),
+                _listed(dropped, MAX_IDS_SHOWN),
                 self._dir,
             )
         log.info("rules reloaded: %d rule(s) from %d file(s)", len(rules), len(rules.files))
@@ -225,12 +226,9 @@ class LiveRules:
     def _summary(self, problems: list[SourceProblem]) -> str:
         if not self._dir.is_dir():
             return f"rules folder not found: {self._dir}; the last good rules stay active"
-        shown = ", ".join(self.problems[:MAX_LOCATIONS_SHOWN])
-        more = len(self.problems) - MAX_LOCATIONS_SHOWN
-        if more > 0:
-            shown += f" and {more} more"
+        where = _listed(self.problems, MAX_LOCATIONS_SHOWN)
         return (
-            f"{len(problems)} problem(s) in the rule files, at {shown}; the last good rules stay "
+            f"{len(problems)} problem(s) in the rule files, at {where}; the last good rules stay "
             "active; the log and `stockaj-rules check` say what is wrong"
         )
 
@@ -262,6 +260,12 @@ async def in_thread(work: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="rules-reload", daemon=True).start()
     return await done
+
+
+def _listed(items: Sequence[str], limit: int) -> str:
+    """The first `limit` of `items`, and how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _compact() -> int:
