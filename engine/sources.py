@@ -28,13 +28,11 @@ import yaml
 
 from engine.errors import SourceProblem
 from engine.source_files import MAX_RULE_FILE_BYTES, SourceTooBig, read_source
+from engine.yaml_nodes import Refused, check_aliases, construct
 
 JsonPath = tuple[str | int, ...]
 
 MAX_NESTING = 64
-# How many values aliases may add to a file beyond those written in it: sharing an action
-# list between rules is a few hundred; a YAML bomb is billions.
-MAX_ALIAS_EXPANSION = 100_000
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BOOL = "tag:yaml.org,2002:bool"
@@ -57,16 +55,12 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-class _Refused(yaml.constructor.ConstructorError):
-    """Valid YAML this loader will not build; its message is complete as it stands."""
-
-
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     """An integer, or a located error for one longer than Python reads (4,300 digits)."""
     try:
         return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
     except ValueError:
-        raise _Refused(None, None, _long_number(len(str(node.value))), node.start_mark) from None
+        raise Refused(None, None, _long_number(len(str(node.value))), node.start_mark) from None
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
@@ -221,7 +215,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, name: str) -> SourceProblem:
         problem += "; quote values that start with {, * or & (write \"{{ data.id }}\", '*')"
     if "maximum nesting depth" in problem:
         problem = TOO_DEEP
-    elif not isinstance(exc, _Refused):
+    elif not isinstance(exc, Refused):
         problem = f"invalid YAML: {problem}"
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     return SourceProblem(name, line, column, problem)
@@ -250,49 +244,10 @@ def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
         if root is None:
             return None, None
         if "&" in text:  # no anchor, no alias
-            _check_aliases(root)
-        return _construct(loader, root), root
+            check_aliases(root)
+        return construct(loader, root), root
     finally:
         loader.dispose()
-
-
-_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
-_MERGE = "tag:yaml.org,2002:merge"
-
-
-def _construct(loader: _Loader, root: yaml.Node) -> Any:
-    """The value of `root`: texts, lists and mappings built here, anything else by PyYAML.
-
-    The same values as `loader.construct_document` (a property test holds them equal),
-    built in a third of the time: PyYAML's generic construction was most of loading a
-    rule folder once templates were shared.
-    """
-    built: dict[int, Any] = {}
-
-    def build(node: yaml.Node) -> Any:
-        found = built.get(id(node), built)
-        if found is not built:
-            return found
-        value: Any
-        if node.tag == _STR and isinstance(node, yaml.ScalarNode):
-            value = node.value
-        elif node.tag == _SEQ and isinstance(node, yaml.SequenceNode):
-            value = built[id(node)] = []
-            value.extend(build(child) for child in node.value)
-        elif (
-            node.tag == _MAP
-            and isinstance(node, yaml.MappingNode)
-            and all(isinstance(key, yaml.ScalarNode) and key.tag != _MERGE for key, _ in node.value)
-        ):
-            value = built[id(node)] = {}
-            for key_node, value_node in node.value:
-                value[build(key_node)] = build(value_node)
-        else:  # numbers, booleans, null, merge keys, explicit tags, and the errors they raise
-            value = loader.construct_object(node, deep=True)
-        built[id(node)] = value
-        return value
-
-    return build(root)
 
 
 def _compose(text: str) -> yaml.Node | None:
@@ -301,53 +256,12 @@ def _compose(text: str) -> yaml.Node | None:
     try:
         root: yaml.Node | None = loader.get_single_node()
         if root is not None:
-            _check_aliases(root)
+            check_aliases(root)
         return root
     except (yaml.YAMLError, RecursionError):
         return None
     finally:
         loader.dispose()
-
-
-def _check_aliases(root: yaml.Node) -> None:
-    """Refuse nodes whose aliases expand past MAX_ALIAS_EXPANSION values, or into themselves.
-
-    A node reached through an alias is the anchor's node object again, so sizes are
-    counted once per node (memoised) over the graph, never by walking the tree.
-    """
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()  # the node being counted and its ancestors
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, counted = stack.pop()
-        key = id(node)
-        children = _children(node)
-        if counted:
-            open_nodes.discard(key)
-            size = sizes[key] = 1 + sum(sizes[id(child)] for child in children)
-            if size > len(sizes) + MAX_ALIAS_EXPANSION:
-                raise _Refused(None, None, _ALIAS_BOMB, node.start_mark)
-        elif key in open_nodes:
-            raise _Refused(None, None, _ALIAS_LOOP, node.start_mark)
-        elif key not in sizes:
-            open_nodes.add(key)
-            stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in sizes)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-_ALIAS_BOMB = (
-    f"aliases expand this file to more than {MAX_ALIAS_EXPANSION:,} values beyond those written "
-    "(a value reached through an alias counts each time); use fewer anchors and aliases"
-)
-_ALIAS_LOOP = "an alias here refers to itself (its anchor encloses it), which never ends; remove the alias"
 
 
 def _check_shape(document: SourceDocument) -> SourceProblem | None:

@@ -20,7 +20,8 @@ from engine.errors import SourceErrors, SourceProblem
 from engine.fixtures import load_fixtures
 from engine.loader import load_rules
 from engine.source_files import MAX_RULE_FILE_BYTES, find_source_files
-from engine.sources import MAX_ALIAS_EXPANSION, SourceDocument, parse_text, read_document
+from engine.sources import SourceDocument, parse_text, read_document
+from engine.yaml_nodes import MAX_ALIAS_EXPANSION
 
 RULE = "id: {id}\non: item.updated\nactions:\n  - type: log\n    message: hi\n"
 
