@@ -8,14 +8,14 @@ Three measurements, one run:
   with the templates shared (rules generated from a list, one per item or site).
 - idle: the CPU `serve` uses over --idle seconds with that folder and nothing
   happening (change detection).
-- reload: a real `stockaj-rules serve` (embedded, SQLite) with the folder,
+- reload: a real `stockaj-rules serve` (SQLite, REDIS_URL to a leased Redis
+  database, no worker: the receiver alone) with the folder,
   signed item.low_stock deliveries at a fixed --rate (`pipeline_load.generate`:
   an open-loop schedule, latency from the scheduled send to the answer), in
   alternating windows of --window seconds: quiet, then one where every rule
   file is rewritten at the window's start, so `serve` reloads the whole folder
-  while it answers. p50/p99/max per kind of window; the folder's rules are on
-  `item.updated`, so the deliveries match none of them and the in-process
-  worker's cost stays the same in both kinds.
+  while it answers. p50/p99/max per kind of window. (The folder's rules are on
+  `item.updated`, the deliveries item.low_stock.)
 
 Run: `.venv/bin/python bench/bench_reload.py` (~3 min); `--quick` for a smoke
 run. Progress to stderr, Markdown tables to stdout.
@@ -39,7 +39,19 @@ import orjson
 import pipeline_load
 import workload
 import yaml
-from loadrun import BIN, PYTHON, ROOT, Proc, free_port, log, process_cpu_seconds, sign, wait_ready
+from loadrun import (
+    BIN,
+    PYTHON,
+    REDIS_BASE,
+    ROOT,
+    Proc,
+    free_port,
+    log,
+    process_cpu_seconds,
+    redis_database,
+    sign,
+    wait_ready,
+)
 
 SECRET = "bench-reload-secret"
 EVENT_OF_RULES = "item.updated"  # not the deliveries' event: matching stays the same throughout
@@ -125,8 +137,18 @@ async def windows(proc: Proc, port: int, folder: Path, args: argparse.Namespace)
 
 
 def run_serve(root: Path, folder: Path, args: argparse.Namespace) -> tuple[float, dict[str, list[float]]]:
+    """`serve` as a receiver only (SQLite, REDIS_URL, no worker): what is timed is the receiver's
+    answer, not a worker on the same loop recording every rule's verdict for each delivery."""
+    with redis_database(14) as index:
+        return _run_serve(root, folder, args, f"{REDIS_BASE}/{index}")
+
+
+def _run_serve(
+    root: Path, folder: Path, args: argparse.Namespace, redis_url: str
+) -> tuple[float, dict[str, list[float]]]:
     port = free_port()
     env = {
+        "REDIS_URL": redis_url,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(root),
         "STOCKAJ_WEBHOOK_SECRET": SECRET,

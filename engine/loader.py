@@ -55,7 +55,7 @@ def load_rules(
 
     With a `cache`, a file whose stamp is the one cached is not read again; the
     cache is left holding exactly the files found this time. `pace` is called
-    before each file read (a reload beside a receiver lets it go first).
+    before each file and rule is read (a reload beside a receiver lets it go first).
     """
     if not rules_dir.exists():
         raise SourceErrors(
@@ -68,12 +68,8 @@ def load_rules(
         name = str(path)
         stamp = Stamp.of(path)
         cached = cache.get(name) if cache is not None and stamp is not None else None
-        if cached is not None and cached[0] == stamp:
-            file = cached[1]
-        else:
-            if pace is not None:
-                pace()
-            file = load_file(path, registry)
+        fresh = cached is None or cached[0] != stamp
+        file = load_file(path, registry, pace) if fresh or cached is None else cached[1]
         if stamp is not None:
             kept[name] = (stamp, file)
         loaded.append(file)
@@ -86,18 +82,25 @@ def load_rules(
     return RuleSet(tuple(rules), tuple(str(path) for path in paths))
 
 
-def load_file(path: Path, registry: ActionRegistry) -> LoadedFile:
+def load_file(path: Path, registry: ActionRegistry, pace: Callable[[], None] | None = None) -> LoadedFile:
     """The rules of one file, or its problems."""
+    pace = pace or _no_pause
+    pace()
     document = read_document(path)
     if isinstance(document, SourceProblem):
         return LoadedFile((), (document,))
     problems: list[SourceProblem] = []
     rules = []
     for loc, item in _rule_items(document, problems):
+        pace()
         rule = _load_rule(document, loc, item, registry, problems)
         if rule is not None:
             rules.append((rule, document.position((*loc, "id"))))
     return LoadedFile(tuple(rules), tuple(problems))
+
+
+def _no_pause() -> None:
+    pass
 
 
 def _unique_rules(files: list[LoadedFile], problems: list[SourceProblem]) -> list[Rule]:

@@ -7,7 +7,8 @@ active, the problems are logged with file:line and what is wrong, and
 Nothing in the folder may stop the process answering, so a reload runs in a
 thread of its own beside the event loop (a daemon thread: a SIGTERM during a
 long load is not kept waiting for it), only reads files that changed, and
-between two files lets webhook requests in hand go first (`yield_to`).
+while webhook requests are in hand takes at most a quarter of the
+interpreter's time (`yield_to`).
 A file is loaded once it is stable: a change is taken up when no rule file
 has changed for SETTLE_SECONDS, so a copy in progress is not loaded half
 written (an atomic rename into the folder is the safe way to deploy; see
@@ -53,8 +54,7 @@ STILL_CHANGING_WARNING_SECONDS = 30.0
 MAX_LOCATIONS_SHOWN = 20
 MAX_IDS_SHOWN = 100
 LOADING_SWITCH_INTERVAL = 0.0005
-YIELD_SECONDS = 0.001
-MAX_YIELD_PER_FILE_SECONDS = 0.01
+RELOAD_SHARE = 0.25  # of the interpreter, while the receiver is busy
 RELEASE_CHUNK = 100
 
 T = TypeVar("T")
@@ -71,6 +71,7 @@ class LiveRules:
         self._cache: FileCache = {}
         self._lock = threading.Lock()  # one load at a time, whoever asks
         self._receiver_busy: Callable[[], bool] | None = None
+        self._paced_at = 0.0
         self.current = load_rules(rules_dir, registry, self._cache)  # at start, broken rules are fatal
         self.error: str | None = None  # for /readyz: where, never what the files say
         self.problems: tuple[str, ...] = ()  # "file:line:column", relative to the folder
@@ -80,17 +81,19 @@ class LiveRules:
         return self.current
 
     def yield_to(self, receiver_busy: Callable[[], bool]) -> None:
-        """Between two files, a reload waits (a little) while `receiver_busy()` (called from its thread)."""
+        """While `receiver_busy()` (called from the reload's thread), a reload goes slower: see `_pace`."""
         self._receiver_busy = receiver_busy
 
     def _pace(self) -> None:
-        """Let webhook requests in hand have the interpreter first; a little per file, so a
-        reload still ends under a steady stream of them."""
+        """Called between two pieces of loading: while the receiver has requests in hand, a
+        reload takes at most RELOAD_SHARE of the interpreter's time (it sleeps, releasing it,
+        for the rest), so it still ends under a steady stream of requests."""
+        now = time.perf_counter()
+        worked, self._paced_at = now - self._paced_at, now
         busy = self._receiver_busy
-        waited = 0.0
-        while busy is not None and busy() and waited < MAX_YIELD_PER_FILE_SECONDS:
-            time.sleep(YIELD_SECONDS)
-            waited += YIELD_SECONDS
+        if busy is not None and busy() and 0 < worked < 1:
+            time.sleep(worked * (1 - RELOAD_SHARE) / RELOAD_SHARE)
+            self._paced_at = time.perf_counter()
 
     def reload(self) -> bool:
         """Load the files again; keep the last good set when they are broken. Blocks: see `watch`."""
