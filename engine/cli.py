@@ -64,7 +64,7 @@ def check(rules_dir: Path | None) -> None:
     try:
         rules = load_rules(folder, load_registry())
     except SourceErrors as exc:
-        click.echo(report.problems_text(exc.problems), err=True)
+        click.echo(_masker(settings).mask(report.problems_text(exc.problems)), err=True)
         files = len({p.path for p in exc.problems})
         click.echo(f"{len(exc.problems)} problem(s) in {files} file(s) under {folder}", err=True)
         sys.exit(EXIT_FAILED)
@@ -103,7 +103,7 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
     for line in report.test_report(results, masker, verbose=verbose):
         click.echo(line)
     if problems:
-        click.echo(report.problems_text(problems), err=True)
+        click.echo(masker.mask(report.problems_text(problems)), err=True)
     if junit_path is not None:
         problem = write_junit(junit_path, results, problems, masker)
         if problem:
@@ -133,7 +133,7 @@ def replay(rules_dir: Path | None, fixtures: tuple[Path, ...], as_json: bool) ->
         click.echo(f"warning: no rules loaded from {rules_dir or settings.rules_dir}", err=True)
     files, problems = load_fixtures(fixtures)
     if problems:
-        click.echo(report.problems_text(problems), err=True)
+        click.echo(masker.mask(report.problems_text(problems)), err=True)
         sys.exit(EXIT_BAD_INPUT)
     results = _replay(rules, files)
     if as_json:
@@ -163,7 +163,8 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
     try:
         rules = _load(rules_dir, settings, load_registry())
     except SourceErrors as exc:
-        click.echo(report.problems_text(exc.problems), err=True)
+        # A broken file's message may quote what the file holds (an env file copied in by mistake).
+        click.echo(_masker(settings).mask(report.problems_text(exc.problems)), err=True)
         click.echo("fix the rule files above (stockaj-rules check lists them all)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     # Loaded rules live as long as the process: keep the garbage collector from rescanning them.

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from engine.delivery import Delivery
 from engine.errors import SourceProblem
-from engine.sources import JsonPath, SourceDocument, find_source_files, read_document
+from engine.source_files import MAX_FIXTURE_FILE_BYTES, find_source_files
+from engine.sources import JsonPath, SourceDocument, read_document
 from engine.validation import describe, describe_value
 
 DEFAULT_FIXTURES_DIR = Path("fixtures")
@@ -77,10 +78,10 @@ def load_fixtures(paths: Iterable[Path]) -> tuple[list[FixtureFile], list[Source
         if not root.exists():
             problems.append(SourceProblem(str(root), 1, 1, "no such file or folder"))
             continue
-        paths, unreadable = find_source_files(root)
+        paths, unreadable = find_source_files(root, confined=False)
         problems += unreadable
         for path in paths:
-            document = read_document(path)
+            document = read_document(path, max_bytes=MAX_FIXTURE_FILE_BYTES)
             if isinstance(document, SourceProblem):
                 problems.append(document)
                 continue

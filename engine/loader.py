@@ -2,10 +2,16 @@
 
 Each problem is located in the source text:
 `rules/stock.yaml:5:15: reorder-low-stock: unknown action type 'slak' (did you mean 'slack'?)`.
+
+Each file is loaded on its own into a `LoadedFile`; ids are checked across
+files afterwards. A running process keeps its `LoadedFile`s in a `FileCache`,
+so a reload reads only the files whose stamp (inode, size, times) changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,8 @@ from engine.expressions import CompiledExpression, compile_expression
 from engine.params import bind_action
 from engine.rules import Rule, RuleSet, RuleSpec, Throttle, parse_duration
 from engine.scalar_positions import position_in
-from engine.sources import JsonPath, SourceDocument, find_source_files, read_document
+from engine.source_files import Stamp, find_source_files
+from engine.sources import JsonPath, Position, SourceDocument, read_document
 from engine.templates import compile_value
 from engine.validation import FieldProblem, describe, describe_value
 
@@ -29,40 +36,97 @@ _EXPECTATIONS: dict[JsonPath, str] = {
 }
 
 
-def load_rules(rules_dir: Path, registry: ActionRegistry) -> RuleSet:
-    """Every rule under `rules_dir`; raises `SourceErrors` listing every problem found."""
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    """One file's rules, each with where its id stands, and the file's own problems."""
+
+    rules: tuple[tuple[Rule, Position], ...]
+    problems: tuple[SourceProblem, ...]
+
+
+FileCache = dict[str, tuple[Stamp, LoadedFile]]
+
+
+def load_rules(
+    rules_dir: Path,
+    registry: ActionRegistry,
+    cache: FileCache | None = None,
+    pace: Callable[[], None] | None = None,
+) -> RuleSet:
+    """Every rule under `rules_dir`; raises `SourceErrors` listing every problem found.
+
+    With a `cache`, a file whose stamp is the one cached is not read again; the
+    cache is left holding exactly the files found this time. `pace` is called
+    before each file and rule is read (a reload beside a receiver lets it go first).
+    """
     if not rules_dir.exists():
         raise SourceErrors(
             [SourceProblem(str(rules_dir), 1, 1, "rules folder not found; create it or set RULES_DIR")]
         )
+    paths, problems = find_source_files(rules_dir)
+    loaded: list[LoadedFile] = []
+    kept: FileCache = {}
+    for path in paths:
+        name = str(path)
+        stamp = Stamp.of(path)
+        cached = cache.get(name) if cache is not None and stamp is not None else None
+        fresh = cached is None or cached[0] != stamp
+        file = load_file(path, registry, pace) if fresh or cached is None else cached[1]
+        if stamp is not None:
+            kept[name] = (stamp, file)
+        loaded.append(file)
+    if cache is not None:
+        cache.clear()
+        cache.update(kept)
+    rules = _unique_rules(loaded, problems)
+    if problems:
+        raise SourceErrors(problems)
+    return RuleSet(tuple(rules), tuple(str(path) for path in paths))
+
+
+def load_file(path: Path, registry: ActionRegistry, pace: Callable[[], None] | None = None) -> LoadedFile:
+    """The rules of one file, or its problems."""
+    pace = pace or _no_pause
+    pace()
+    document = read_document(path)
+    if isinstance(document, SourceProblem):
+        return LoadedFile((), (document,))
+    problems: list[SourceProblem] = []
+    rules = []
+    for loc, item in _rule_items(document, problems):
+        pace()
+        rule = _load_rule(document, loc, item, registry, problems)
+        if rule is not None:
+            rules.append((rule, document.position((*loc, "id"))))
+    return LoadedFile(tuple(rules), tuple(problems))
+
+
+def _no_pause() -> None:
+    pass
+
+
+def _unique_rules(files: list[LoadedFile], problems: list[SourceProblem]) -> list[Rule]:
+    """The rules of every file in order; a second rule with an id already seen is a problem."""
     rules: list[Rule] = []
     seen: dict[str, str] = {}
-    files = []
-    paths, problems = find_source_files(rules_dir)
-    for path in paths:
-        files.append(str(path))
-        document = read_document(path)
-        if isinstance(document, SourceProblem):
-            problems.append(document)
-            continue
-        for loc, item in _rule_items(document, problems):
-            rule = _load_rule(document, loc, item, registry, problems)
-            if rule is None:
-                continue
+    for file in files:
+        problems += file.problems
+        for rule, where in file.rules:
             if rule.id in seen:
+                path = rule.source.rpartition(":")[0]
                 problems.append(
-                    document.problem(
-                        (*loc, "id"),
+                    SourceProblem(
+                        path,
+                        where.line,
+                        where.column,
                         f"duplicate rule id: also defined at {seen[rule.id]}; give each rule its own id",
-                        rule_id=rule.id,
+                        rule.id,
                     )
                 )
                 continue
             seen[rule.id] = rule.source
             rules.append(rule)
-    if problems:
-        raise SourceErrors(problems)
-    return RuleSet(tuple(rules), tuple(files))
+    return rules
 
 
 def _rule_items(document: SourceDocument, problems: list[SourceProblem]) -> list[tuple[JsonPath, Any]]:

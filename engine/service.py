@@ -56,8 +56,10 @@ class Service:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     intake: DeliveryIntake | None = None
     closed: bool = False
+    masker: Masker = field(default_factory=Masker)
 
     async def readiness(self) -> dict[str, Any]:
+        """Ready or not, and where a problem is; never what a file says (anyone may ask), masked."""
         checks: dict[str, Any] = {}
         for name, probe in (("store", self.store.ping), ("queue", self.queue.ping)):
             try:
@@ -68,7 +70,9 @@ class Service:
         checks["rules"] = {"ok": self.rules.error is None, "loaded": len(self.rules.current)}
         if self.rules.error is not None:
             checks["rules"]["error"] = self.rules.error
-        return checks
+            checks["rules"]["problems"] = list(self.rules.problems)
+        masked: dict[str, Any] = self.masker.mask(checks)
+        return masked
 
     async def refresh_metrics(self) -> None:
         with contextlib.suppress(Exception):
@@ -168,12 +172,25 @@ async def open_service(
         timedelta(days=settings.body_retention_days),
         timedelta(days=settings.delivery_retention_days),
     )
-    service = Service(settings, store, rules, metrics, processor, queue, sweeper, http, databases)
+    service = Service(
+        settings,
+        store,
+        rules,
+        metrics,
+        processor,
+        queue,
+        sweeper,
+        http,
+        databases,
+        masker=masker_for(settings),
+    )
     if background:
         service.tasks.append(asyncio.create_task(rules.watch(), name="rules-watcher"))
     if receive:
         service.intake = DeliveryIntake(store, queue, metrics, requeue_after)
         service.intake.start()
+        quiet = service.intake.activity.quiet
+        rules.yield_to(lambda: not quiet.is_set())  # a reload lets webhook answers go first
         if isinstance(queue, InProcessQueue):
             queue.yield_to(service.intake.activity)  # one process, one core: webhook answers first
     if process_in_process and background:

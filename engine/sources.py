@@ -5,16 +5,21 @@ line and column. `read_document()` parses a file once and returns a
 `SourceDocument`: the value, plus a lazily built map from a path inside the
 value (`("actions", 0, "type")`) to its position in the text. The map comes from
 PyYAML's node marks, which also serve JSON files (JSON is YAML's flow syntax);
-it is built only when an error needs it, so a large fixture costs one
-`json.loads`.
+it is built only when an error or a rule's `source` needs it, so a large
+fixture costs one `json.loads`.
+
+YAML is composed into nodes first and constructed only when its anchors and
+aliases expand to a bounded size: a few hundred bytes of nested aliases would
+otherwise stand for billions of values to every walk of the result. The nodes
+are kept for the position map, so a YAML file is parsed once.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,11 @@ from typing import Any
 import yaml
 
 from engine.errors import SourceProblem
+from engine.source_files import MAX_RULE_FILE_BYTES, SourceTooBig, read_source
+from engine.yaml_nodes import Refused, check_aliases, construct
 
 JsonPath = tuple[str | int, ...]
 
-RULE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
-MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_NESTING = 64
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -48,6 +53,24 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """An integer, or a located error for one longer than Python reads (4,300 digits)."""
+    try:
+        return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
+    except ValueError:
+        raise Refused(None, None, _long_number(len(str(node.value))), node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _long_number(digits: int) -> str:
+    return (
+        f"a number of {digits:,} digits, more than the {sys.get_int_max_str_digits():,} "
+        "that can be read; write it as text (in quotes)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +97,7 @@ class SourceDocument:
     path: str
     text: str
     value: Any
+    _root: yaml.Node | None = field(default=None, repr=False)  # YAML's nodes, kept for positions
     _values: dict[JsonPath, Position] | None = field(default=None, repr=False)
     _keys: dict[JsonPath, Position] = field(default_factory=dict, repr=False)
     _scalars: dict[JsonPath, ScalarMark] = field(default_factory=dict, repr=False)
@@ -85,7 +109,12 @@ class SourceDocument:
         first line when nothing is known.
         """
         if self._values is None:
-            self._values, self._keys, self._scalars = _positions(self.text)
+            if self._root is not None and not key:  # a rule's own line, on every load: no map needed
+                node = _node_at(self._root, loc)
+                if node is not None:
+                    return _mark(node)
+            self._build_maps()
+        assert self._values is not None
         if key and loc in self._keys:
             return self._keys[loc]
         for end in range(len(loc), -1, -1):
@@ -96,8 +125,14 @@ class SourceDocument:
 
     def scalar(self, loc: JsonPath) -> ScalarMark | None:
         """The start and style of the text value at `loc` (None when it is not a scalar)."""
-        self.position(loc)
+        if self._values is None:
+            self._build_maps()
         return self._scalars.get(loc)
+
+    def _build_maps(self) -> None:
+        root = self._root if self._root is not None else _compose(self.text)
+        self._values, self._keys, self._scalars = _positions(root)
+        self._root = None
 
     def problem(
         self,
@@ -121,45 +156,15 @@ class SourceDocument:
         return SourceProblem(self.path, line, column, message, rule_id)
 
 
-def find_source_files(root: Path) -> tuple[list[Path], list[SourceProblem]]:
-    """Every rule or fixture file under `root` (or `root` itself), sorted, hidden ones skipped.
-
-    A folder that cannot be read is a problem, not a silent gap in the rule set.
-    """
-    if not root.is_dir():
-        return [root], []
-    found: list[Path] = []
-    problems: list[SourceProblem] = []
-
-    def unreadable(error: OSError) -> None:
-        problems.append(
-            SourceProblem(str(error.filename or root), 1, 1, f"cannot read the folder: {error.strerror}")
-        )
-
-    for folder, subfolders, files in os.walk(root, onerror=unreadable):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        found += [
-            Path(folder, name)
-            for name in files
-            if not name.startswith(".") and Path(name).suffix in RULE_FILE_SUFFIXES
-        ]
-    return sorted(found), problems
-
-
-def read_document(path: Path, display: str | None = None) -> SourceDocument | SourceProblem:
+def read_document(
+    path: Path, display: str | None = None, *, max_bytes: int = MAX_RULE_FILE_BYTES
+) -> SourceDocument | SourceProblem:
     """Parse `path` as JSON (`.json`) or YAML; a problem instead of raising."""
     name = display or str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return SourceProblem(
-                name,
-                1,
-                1,
-                f"file is {size:,} bytes, more than the {MAX_FILE_BYTES:,} allowed; "
-                "split it into several files",
-            )
-        text = path.read_bytes().decode("utf-8")
+        text = read_source(path, max_bytes).decode("utf-8")
+    except SourceTooBig as exc:
+        return SourceProblem(name, 1, 1, str(exc))
     except UnicodeDecodeError as exc:
         before = exc.object[: exc.start]
         line = before.count(b"\n") + 1
@@ -177,8 +182,12 @@ def read_document(path: Path, display: str | None = None) -> SourceDocument | So
 
 def parse_text(text: str, name: str, *, yaml_syntax: bool) -> SourceDocument | SourceProblem:
     """Parse `text`; JSON unless `yaml_syntax`. Never raises for bad input."""
+    root = None
     try:
-        value = _parse_yaml(text) if yaml_syntax else json.loads(text, parse_constant=_not_json)
+        if yaml_syntax:
+            value, root = _parse_yaml(text)
+        else:
+            value = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         return _json_problem(exc, text, name)
     except yaml.MarkedYAMLError as exc:
@@ -187,11 +196,9 @@ def parse_text(text: str, name: str, *, yaml_syntax: bool) -> SourceDocument | S
         return SourceProblem(name, 1, 1, f"invalid YAML: {exc}")
     except RecursionError:
         return SourceProblem(name, 1, 1, TOO_DEEP)
-    except ValueError as exc:  # NaN or Infinity, refused by _not_json
-        found = _JSON_CONSTANT.search(text)
-        line, column = _line_column(text, found.start()) if found else (1, 1)
-        return SourceProblem(name, line, column, f"invalid JSON: {exc}")
-    document = SourceDocument(name, text, value)
+    except ValueError as exc:  # NaN or Infinity, refused by _not_json; a number too long to read
+        return _json_value_problem(exc, text, name)
+    document = SourceDocument(name, text, value, root)
     return _check_shape(document) or document
 
 
@@ -200,6 +207,7 @@ TOO_DEEP = (
     "flatten the condition or split it into several rules"
 )
 _JSON_CONSTANT = re.compile(r"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+_LONG_NUMBER = re.compile(rf"(?<![\w.\"])-?\d{{{sys.get_int_max_str_digits() + 1},}}")
 
 
 def _line_column(text: str, offset: int) -> tuple[int, int]:
@@ -227,21 +235,57 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, name: str) -> SourceProblem:
         problem = f"{(exc.context or 'a value').removeprefix('while scanning ')} is never closed"
     if "unhashable key" in problem or "alphabetic or numeric character" in problem:
         problem += "; quote values that start with {, * or & (write \"{{ data.id }}\", '*')"
-    problem = TOO_DEEP if "maximum nesting depth" in problem else f"invalid YAML: {problem}"
+    if "maximum nesting depth" in problem:
+        problem = TOO_DEEP
+    elif not isinstance(exc, Refused):
+        problem = f"invalid YAML: {problem}"
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     return SourceProblem(name, line, column, problem)
+
+
+def _json_value_problem(exc: ValueError, text: str, name: str) -> SourceProblem:
+    long_number = _LONG_NUMBER.search(text)
+    if long_number is not None:
+        line, column = _line_column(text, long_number.start())
+        digits = len(long_number.group().lstrip("-"))
+        return SourceProblem(name, line, column, f"invalid JSON: {_long_number(digits)}")
+    found = _JSON_CONSTANT.search(text)
+    line, column = _line_column(text, found.start()) if found else (1, 1)
+    return SourceProblem(name, line, column, f"invalid JSON: {exc}")
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number; write a number or null")
 
 
-def _parse_yaml(text: str) -> Any:
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The value and the nodes it was built from; aliases are bounded before anything is built."""
     loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        if "&" in text:  # no anchor, no alias
+            check_aliases(root)
+        return construct(loader, root), root
     finally:
         loader.dispose()
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The nodes of `text` (JSON or YAML) for positions; None when it does not compose."""
+    # libyaml refuses JSON's surrogate pairs ("\ud83d\ude00"), which the pure-Python reader takes.
+    for loader in (_Loader(text), yaml.SafeLoader(text)):
+        try:
+            root: yaml.Node | None = loader.get_single_node()
+            if root is not None:
+                check_aliases(root)
+            return root
+        except (yaml.YAMLError, RecursionError):
+            continue
+        finally:
+            loader.dispose()
+    return None
 
 
 def _check_shape(document: SourceDocument) -> SourceProblem | None:
@@ -270,23 +314,13 @@ def _check_shape(document: SourceDocument) -> SourceProblem | None:
 
 
 def _positions(
-    text: str,
+    root: yaml.Node | None,
 ) -> tuple[dict[JsonPath, Position], dict[JsonPath, Position], dict[JsonPath, ScalarMark]]:
-    """Map every path to the position of its value and, for mapping entries, its key."""
+    """Map every path to the position of its value and, for mapping entries, its key;
+    and every text value to its start and style (engine.scalar_positions reads inside it)."""
     values: dict[JsonPath, Position] = {}
     keys: dict[JsonPath, Position] = {}
     scalars: dict[JsonPath, ScalarMark] = {}
-    # libyaml refuses JSON's surrogate pairs ("\ud83d\ude00"), which the pure-Python reader takes.
-    for loader in (_Loader(text), yaml.SafeLoader(text)):
-        try:
-            root = loader.get_single_node()
-            break
-        except (yaml.YAMLError, RecursionError):
-            continue
-        finally:
-            loader.dispose()
-    else:
-        return values, keys, scalars
     stack: list[tuple[yaml.Node, JsonPath]] = [(root, ())] if root is not None else []
     while stack:
         node, loc = stack.pop()
@@ -301,6 +335,22 @@ def _positions(
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, (*loc, index)) for index, item in enumerate(node.value))
     return values, keys, scalars
+
+
+def _node_at(root: yaml.Node, loc: JsonPath) -> yaml.Node | None:
+    """The node at `loc`, found by walking down from `root`; None when it is not there."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+        elif isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            found = [value for key, value in node.value if key.value == part]
+            if len(found) != 1:
+                return None
+            node = found[0]
+        else:
+            return None
+    return node
 
 
 def _mark(node: yaml.Node) -> Position:

@@ -20,6 +20,7 @@ Every string param is a template, rendered in a sandbox with strict undefined
 from __future__ import annotations
 
 import difflib
+import functools
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ from jinja2.exceptions import SecurityError
 from engine import template_budget
 from engine.errors import TemplateRenderError
 from engine.excerpt import cut
-from engine.sandbox import TEMPLATE_GLOBALS, Escape, MissingField, environment
-from engine.secret_use import secret_misuses
+from engine.sandbox import TEMPLATE_GLOBALS, Escape, FieldEnvironment, MissingField, environment
+from engine.secret_use import SecretMisuse, secret_misuses
 from engine.secrets import Secrets
 from engine.sources import JsonPath
 from engine.template_budget import (
@@ -109,22 +110,50 @@ def _compile(
         return ParamTemplate(lambda ctx: [t.render(ctx) for t in elements])
     if not (isinstance(value, str) and has_template_syntax(value)):
         return ParamTemplate(lambda ctx: value)
-    env = environment(escape)
     try:
-        tree = env.parse(value)
-        misuses = secret_misuses(tree)
-        problems += [TemplateProblem(loc, misuse.message, misuse.line) for misuse in misuses]
-        expression = None if escape else _single_expression(tree)
-        if expression is not None:
-            # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
-            assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
-            expression_template = env.from_string(assign)
-            return ParamTemplate(lambda ctx: _native(_evaluate(expression_template, ctx)))
-        text_template = env.from_string(tree)
+        template, native, misuses = _compiled(environment(escape), value, escape is None)
     except jinja2.TemplateSyntaxError as exc:
         problems.append(TemplateProblem(loc, f"template syntax error: {exc.message}", exc.lineno))
         return ParamTemplate(lambda ctx: value)
-    return ParamTemplate(lambda ctx: _checked_text(_render_text(text_template, ctx)))
+    problems += [TemplateProblem(loc, misuse.message, misuse.line) for misuse in misuses]
+    if native:
+        return ParamTemplate(lambda ctx: _native(_evaluate(template, ctx)))
+    return ParamTemplate(lambda ctx: _checked_text(_render_text(template, ctx)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(
+    env: FieldEnvironment, source: str, native: bool
+) -> tuple[jinja2.Template, bool, tuple[SecretMisuse, ...]]:
+    """The template of `source`, parsed once; True when it is one expression keeping its type;
+    and how it misuses `secrets`, if it does (engine.secret_use).
+
+    Cached: rules generated from a list (one per item or site) share their templates,
+    and a compiled template is only ever read.
+    """
+    parsed = env.parse(source)
+    misuses = tuple(secret_misuses(parsed))
+    expression = _single_expression(parsed) if native else None
+    if expression is not None:
+        # `{% set result = <expression> %}`, built from the parsed tree: the value keeps its type.
+        assign = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression)])
+        return _acyclic(env.from_string(assign)), True, misuses
+    return _acyclic(env.from_string(parsed)), False, misuses
+
+
+def _acyclic(template: jinja2.Template) -> jinja2.Template:
+    """`template` without the references from its code's namespace back to it.
+
+    Jinja keeps `__jinja_template__` there only to rewrite tracebacks in
+    `Template.render` (not used here), and `root` only to build the template
+    (done). Without those cycles, a rule set replaced by a reload is freed by
+    reference counting: a running server needs no full garbage collection,
+    which holds every thread, after each reload.
+    """
+    namespace = template.root_render_func.__globals__
+    namespace.pop("__jinja_template__", None)
+    namespace.pop("root", None)
+    return template
 
 
 def _render_text(template: jinja2.Template, context: dict[str, Any]) -> str:
@@ -133,9 +162,9 @@ def _render_text(template: jinja2.Template, context: dict[str, Any]) -> str:
     return "".join(template.root_render_func(template.new_context(context, shared=True)))
 
 
-def _single_expression(tree: nodes.Template) -> nodes.Expr | None:
+def _single_expression(parsed: nodes.Template) -> nodes.Expr | None:
     """The expression when the template is exactly one `{{ ... }}` and nothing else, else None."""
-    body = tree.body
+    body = parsed.body
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
         return None
     expression = body[0].nodes[0]

@@ -1175,3 +1175,38 @@ def test_console_script_reports_bad_configuration_in_one_line_with_exit_2() -> N
     assert completed.stderr.count("\n") == 1
     assert completed.stderr.startswith("configuration error: MAX_BODY_BYTES: ")
     assert "fix MAX_BODY_BYTES in the environment" in completed.stderr
+
+
+# --- what the CLI prints about broken files is masked, and confined to the rules folder ----------
+
+
+def test_check_never_prints_a_secret_value_a_broken_file_quotes(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    # An env file copied into the rules folder by mistake: the loader quotes what it found.
+    (rules / "env.yaml").write_text("crm-token-7f3a9c-live\n")
+    (rules / "bad.yaml").write_text(
+        "id: r\non: item.updated\nactions: [{type: slak, text: whsec-live-1234}]\n"
+    )
+    env = {"SECRET_CRM_TOKEN": "crm-token-7f3a9c-live", "STOCKAJ_WEBHOOK_SECRET": "whsec-live-1234"}
+    for command in (["check"], ["test"], ["replay", "fixtures-none.json"]):
+        result = run(*command, "--rules", str(rules), env=env)
+        assert result.exit_code != 0
+        assert "crm-token-7f3a9c-live" not in result.output
+        assert "whsec-live-1234" not in result.output
+        assert f"{rules}/env.yaml:1:1: " in result.output
+        assert "***" in result.output
+
+
+def test_check_refuses_a_rule_file_that_links_outside_the_rules_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "users.yaml").symlink_to(outside)
+    result = run("check", "--rules", str(rules))
+    assert result.exit_code == 1
+    [problem] = problems(result.stderr)
+    assert problem.startswith(f"{rules}/users.yaml:1:1: this link leads to the file ")
+    assert "outside the rules folder" in problem
+    assert "root:x" not in result.output

@@ -10,7 +10,7 @@ from actions.registry import load_registry
 from engine.fixtures import load_fixtures
 from engine.harness import replay
 from engine.loader import load_rules
-from engine.sources import find_source_files
+from engine.source_files import find_source_files
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_FILES, _ = find_source_files(REPO / "fixtures")

@@ -40,6 +40,7 @@ from engine.metrics import CONTENT_TYPE, Metrics
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
 from engine.receiver import WEBHOOK_PATH, ReceiverParts, create_app
 from engine.reload import LiveRules
+from engine.secrets import Masker
 from engine.service import Service
 from engine.signing import sign
 from engine.store import Store
@@ -88,7 +89,8 @@ class Receiver:
 
 async def _readiness(store: Store, queue: DeliveryQueue, rules: LiveRules) -> dict[str, Any]:
     """The service's own readiness check, over these parts."""
-    return await Service.readiness(cast(Service, SimpleNamespace(store=store, queue=queue, rules=rules)))
+    parts = SimpleNamespace(store=store, queue=queue, rules=rules, masker=Masker([SECRET, PREVIOUS]))
+    return await Service.readiness(cast(Service, parts))
 
 
 @contextlib.asynccontextmanager
@@ -605,6 +607,35 @@ async def test_readyz_is_not_ready_when_the_rule_files_are_broken(tmp_path: Path
         assert answer["checks"]["rules"]["loaded"] == 1  # the last good set stays active
         assert "broken.yaml" in answer["checks"]["rules"]["error"]
         assert answer["checks"]["store"] == {"ok": True}
+
+
+async def test_readyz_says_where_the_rule_files_are_broken_never_what_they_hold(tmp_path: Path) -> None:
+    async with receiver(tmp_path) as r:
+        # What a symlinked env file or passwd line looked like to the loader: text, quoted back.
+        (tmp_path / "rules" / "env.yaml").write_text(f"STOCKAJ_WEBHOOK_SECRET={SECRET}\n")
+        (tmp_path / "rules" / "passwd.yaml").write_text("root:x:0:0:root:/root:/bin/bash\n")
+        (tmp_path / "rules" / "typo.yaml").write_text(RULE.replace("type: log", "type: slak"))
+        assert not r.rules.reload()
+
+        response = await r.app.test_client().get("/readyz")
+        raw = (await response.get_data()).decode()
+        answer = orjson.loads(raw)
+        assert response.status_code == 503
+        rules = answer["checks"]["rules"]
+        assert rules["ok"] is False
+        assert rules["problems"] == ["env.yaml:1:1", "passwd.yaml:1:1", "typo.yaml:5:11"]
+        for content in (SECRET, SECRET[:8], "STOCKAJ", "root:x", "/bin/bash", "slak", "expected"):
+            assert content not in raw
+
+
+async def test_readyz_masks_secret_values_even_in_file_names(tmp_path: Path) -> None:
+    async with receiver(tmp_path) as r:
+        (tmp_path / "rules" / f"{SECRET}.yaml").write_text("id: [\n")
+        assert not r.rules.reload()
+        response = await r.app.test_client().get("/readyz")
+        raw = (await response.get_data()).decode()
+        assert SECRET not in raw
+        assert "***.yaml:" in raw
 
 
 async def test_readyz_is_not_ready_when_the_store_cannot_be_reached(tmp_path: Path) -> None:
