@@ -154,7 +154,7 @@ class Settings(BaseModel):
     def _console(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError("not the console's address; write https://rules.example.com (no ? or #)")
+            raise SettingProblem("not the console's address; write https://rules.example.com (no ? or #)")
         return value.rstrip("/")
 
     def require_webhook_secret(self) -> tuple[str, ...]:

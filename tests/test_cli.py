@@ -1186,14 +1186,14 @@ def test_check_never_prints_a_secret_value_a_broken_file_quotes(tmp_path: Path) 
     # An env file copied into the rules folder by mistake: the loader quotes what it found.
     (rules / "env.yaml").write_text("crm-token-7f3a9c-live\n")
     (rules / "bad.yaml").write_text(
-        "id: r\non: item.updated\nactions: [{type: slak, text: whsec-live-1234}]\n"
+        "id: r\non: item.updated\nactions: [{type: slak, text: whsec-live-1234-5678}]\n"
     )
-    env = {"SECRET_CRM_TOKEN": "crm-token-7f3a9c-live", "STOCKAJ_WEBHOOK_SECRET": "whsec-live-1234"}
+    env = {"SECRET_CRM_TOKEN": "crm-token-7f3a9c-live", "STOCKAJ_WEBHOOK_SECRET": "whsec-live-1234-5678"}
     for command in (["check"], ["test"], ["replay", "fixtures-none.json"]):
         result = run(*command, "--rules", str(rules), env=env)
         assert result.exit_code != 0
         assert "crm-token-7f3a9c-live" not in result.output
-        assert "whsec-live-1234" not in result.output
+        assert "whsec-live-1234-5678" not in result.output
         assert f"{rules}/env.yaml:1:1: " in result.output
         assert "***" in result.output
 
