@@ -45,7 +45,7 @@ class ActionParams(BaseModel):
 class OutgoingURL:
     """Marks a param as a URL the engine connects to: where it goes must not come from payload data.
 
-    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it (engine/outgoing.py)
+    Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it (engine/language/outgoing_urls.py)
     and `send_request` sends only to the origins it allowed. `default` names the
     `ActionDefaults` field the action falls back on when the param is left out. `http=False`
     for a URL that is not an HTTP one (a database URL): all of it must be configuration.
@@ -142,7 +142,7 @@ class ActionContext:
     rule_id: str
     action_index: int
     clock: Clock = utc_now
-    # Where `send_request` may send (engine/outgoing.py works them out); none: nowhere.
+    # Where `send_request` may send (engine/language/outgoing_urls.py works them out); none: nowhere.
     allowed_origins: frozenset[Origin] = frozenset()
 
     @property

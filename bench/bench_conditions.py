@@ -46,13 +46,13 @@ import workload
 from json_logic import jsonLogic
 
 from actions.registry import load_registry
-from engine.conditions import DeliveryData, new_session
-from engine.delivery import Delivery
-from engine.loader import load_rules
-from engine.matching import Matcher
-from engine.rules import RuleSet
+from engine.language.conditions import DeliveryData, new_session
+from engine.language.delivery import Delivery
+from engine.language.loader import load_rules
+from engine.language.matching import Matcher
+from engine.language.rules import RuleSet
+from engine.language.throttle import InMemoryThrottleState
 from engine.secrets import Secrets
-from engine.throttle import InMemoryThrottleState
 
 SIZES = (10, 100, 1000)
 # (repetitions, read reasons on every k-th repetition), per rule count

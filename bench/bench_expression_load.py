@@ -2,7 +2,7 @@
 
 The target (issue 13): expressions add at most 1 s to loading 1,000 rules.
 `workload.rules(1000)` gives the bench's usual conditions (eleven shapes, with
-and without a scope); each is written as an expression (engine.expression_render)
+and without a scope); each is written as an expression (engine.language.expressions.render)
 and the JsonLogic folder holds exactly what those expressions compile to, so
 both folders load the same rules and differ only in how `when` is written.
 Both are generated into a temporary folder as YAML files of 10 rules, then
@@ -27,9 +27,9 @@ from typing import Any
 import workload
 
 from actions.registry import load_registry
-from engine.expression_render import to_expression
-from engine.expressions import CompiledExpression, compile_expression
-from engine.loader import load_rules
+from engine.language.expressions import CompiledExpression, compile_expression
+from engine.language.expressions.render import to_expression
+from engine.language.loader import load_rules
 
 RULES = 1000
 TARGET_EXTRA_S = 1.0

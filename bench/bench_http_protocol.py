@@ -27,7 +27,7 @@ import workload
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from engine.http_protocol import BoundedHttpToolsProtocol
+from engine.pipeline.http_protocol import BoundedHttpToolsProtocol
 from engine.signing import sign
 
 

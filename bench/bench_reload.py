@@ -77,7 +77,7 @@ LOAD_ONE = """
 import sys, time
 from pathlib import Path
 from actions.registry import load_registry
-from engine.loader import load_rules
+from engine.language.loader import load_rules
 registry = load_registry()
 started = time.perf_counter()
 rules = load_rules(Path(sys.argv[1]), registry)

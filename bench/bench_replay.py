@@ -6,12 +6,12 @@ files, every 10th rule throttled) into a temporary folder, then times, in
 rounds that alternate the variants:
 
 - load fixtures, load rules: `load_fixtures` and `load_rules` (the real loaders).
-- replay:           `engine.harness.replay`: match, render every fired rule's
+- replay:           `engine.language.harness.replay`: match, render every fired rule's
                     action, throttle, check expectations (the target).
 - replay, GC frozen / GC off: diagnostics: the same replay with the loaded
                     rules and fixtures frozen out of the cyclic GC
                     (`gc.freeze()`), and with the GC off, to show its share.
-- test report:      `engine.report.test_report` over the results: the lines
+- test report:      `engine.cli.report.test_report` over the results: the lines
                     `stockaj-rules test` prints, which read the reason of every
                     rule for the event, fired or not. Slow, so timed once per
                     mix on a fifth of the fixtures and scaled to all of them.
@@ -46,13 +46,14 @@ import workload
 from json_logic import jsonLogic
 
 from actions.registry import load_registry
-from engine import harness, report
-from engine.conditions import DeliveryData, new_session
-from engine.delivery import Delivery
-from engine.fixtures import FixtureFile, load_fixtures
-from engine.loader import load_rules
-from engine.matching import RuleStatus
-from engine.rules import RuleSet
+from engine.cli import report
+from engine.language import harness
+from engine.language.conditions import DeliveryData, new_session
+from engine.language.delivery import Delivery
+from engine.language.fixtures import FixtureFile, load_fixtures
+from engine.language.loader import load_rules
+from engine.language.matching import RuleStatus
+from engine.language.rules import RuleSet
 from engine.secrets import Masker
 
 FIXTURES = 1000

@@ -61,7 +61,7 @@ def _serve(port_out: Any) -> None:
 
 async def _run(port: int, count: int, concurrency: int) -> tuple[float, float]:
     from actions.base import ActionContext, ActionDefaults, DatabaseEngines, send_request
-    from engine.http_client import create_http_client
+    from engine.pipeline.http_client import create_http_client
 
     url = f"http://127.0.0.1:{port}/orders"
     http = create_http_client()

@@ -130,7 +130,11 @@ def server_command(server: str, target: str, port: int) -> list[str]:
     if server in ("uvicorn", "uvicorn-bounded"):
         # uvicorn-bounded: the same, through the receiver's connection protocol (its default
         # limits), to measure what the protocol costs side by side with plain httptools.
-        http = "engine.http_protocol:BoundedHttpToolsProtocol" if server == "uvicorn-bounded" else "httptools"
+        http = (
+            "engine.pipeline.http_protocol:BoundedHttpToolsProtocol"
+            if server == "uvicorn-bounded"
+            else "httptools"
+        )
         return [
             PYTHON, "-m", "uvicorn", target, "--host", HOST, "--port", str(port),
             "--loop", "uvloop", "--http", http, "--no-access-log", "--log-level", "warning",

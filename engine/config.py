@@ -85,7 +85,7 @@ class Settings(BaseModel):
     body_retention_days: float = Field(default=30, gt=0, le=36_500)
     delivery_retention_days: float = Field(default=30, gt=0, le=36_500)
     worker_concurrency: int = Field(default=8, ge=1, le=1024)
-    # The receiver's connections (engine/http_protocol.py): it faces the internet without a proxy.
+    # The receiver's connections (engine/pipeline/http_protocol.py): it faces the internet without a proxy.
     header_timeout_seconds: float = Field(default=5, gt=0, le=3600)
     max_header_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
     keep_alive_timeout_seconds: float = Field(default=5, gt=0, le=3600)

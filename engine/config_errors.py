@@ -173,7 +173,9 @@ def _runs(text: str) -> set[str]:
 
 def secret_forms(secret: str) -> set[str]:
     """How a secret may be written: as is, percent-encoded, escaped as Python would show it."""
-    return {secret, quote(secret, safe=""), quote(secret), _escaped(secret), repr(secret)[1:-1]}
+    # A value read from the environment may hold lone surrogates (bytes that were not UTF-8).
+    encoded = {quote(secret, safe=safe, errors="backslashreplace") for safe in ("", "/")}
+    return {secret, *encoded, _escaped(secret), repr(secret)[1:-1]}
 
 
 def problem_line(variable: str, problem: str, value: object, secrets: Iterable[str]) -> str:

@@ -6,7 +6,7 @@ signing secret and database credentials are out of reach. Everything shown to a
 person (delivery log, CLI output, logs) goes through `Masker.mask`, which finds
 each secret as it is and in the forms the engine itself may write it in: percent-
 encoded (in a URL or form) and JSON-escaped (in a JSON body). Templates cannot
-transform a secret (engine.secret_use), so these are all the forms there are.
+transform a secret (engine.language.templates.secret_use), so these are all the forms there are.
 """
 
 from __future__ import annotations

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
-from engine import database
 from engine.queue import ArqQueue
-from engine.store import Store
+from engine.store import Store, database
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

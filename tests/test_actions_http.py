@@ -51,7 +51,7 @@ async def make_ctx() -> AsyncIterator[MakeContext]:
         databases = DatabaseEngines(lambda url: create_async_engine(url))
 
         def make(**defaults: str) -> ActionContext:
-            # What the engine works out from a rule (engine/outgoing.py); here, the test's hosts.
+            # What the engine works out from a rule (engine/language/outgoing_urls.py); here, the test's hosts.
             return ActionContext(
                 http=client,
                 databases=databases,

@@ -28,20 +28,19 @@ import pytest
 from click.testing import CliRunner
 
 from actions.registry import load_registry
-from engine import conditions
-from engine.cli import cli
+from engine.cli.main import cli
 from engine.config import Settings
-from engine.delivery import Delivery
 from engine.errors import SourceErrors, SourceProblem
-from engine.fixtures import Expectations, ExpectedAction, FixtureSpec, load_fixtures
-from engine.harness import replay
-from engine.loader import load_rules
-from engine.matching import Matcher
-from engine.params import rule_params
-from engine.rules import RuleSpec, parse_duration
-from engine.secrets import Secrets
-from engine.sources import SourceDocument, parse_text
-from engine.template_budget import (
+from engine.language import conditions
+from engine.language.delivery import Delivery
+from engine.language.fixtures import Expectations, ExpectedAction, FixtureSpec, load_fixtures
+from engine.language.harness import replay
+from engine.language.loader import load_rules
+from engine.language.matching import Matcher
+from engine.language.params import rule_params
+from engine.language.rules import RuleSpec, parse_duration
+from engine.language.sources import SourceDocument, parse_text
+from engine.language.templates.budget import (
     MAX_CALL_DEPTH,
     MAX_EXPONENT,
     MAX_ITEMS,
@@ -51,7 +50,8 @@ from engine.template_budget import (
     MAX_STEPS,
     MAX_TEXT_CHARS,
 )
-from engine.throttle import InMemoryThrottleState
+from engine.language.throttle import InMemoryThrottleState
+from engine.secrets import Secrets
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "rules.md"

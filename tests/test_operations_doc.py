@@ -2,7 +2,7 @@
 
 What the guide names must exist, and what exists must be in the guide: the
 settings engine.config reads (names, defaults, example values the engine
-accepts), the metrics of engine.metrics (names, types, labels), the alert rules
+accepts), the metrics of engine.pipeline.metrics (names, types, labels), the alert rules
 (a Prometheus rule file whose metrics, labels and values are real), every
 `stockaj-rules ...` command it shows (parsed by the real command line), the
 receiver routes it fetches, the Compose services and image paths it uses, and
@@ -24,12 +24,12 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from engine.cli import cli
+from engine.cli.main import cli
 from engine.config import SECRET_PREFIX, Settings, load_settings, secret_variables
-from engine.matching import RuleStatus
-from engine.metrics import Metrics
-from engine.receiver import ReceiverParts, create_app
-from engine.tables import ActionStatus, DeliveryStatus
+from engine.language.matching import RuleStatus
+from engine.pipeline.metrics import Metrics
+from engine.pipeline.receiver import ReceiverParts, create_app
+from engine.store.tables import ActionStatus, DeliveryStatus
 
 REPO = Path(__file__).resolve().parent.parent
 GUIDE = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
@@ -231,7 +231,7 @@ def test_metrics_table_is_every_metric_with_its_type_and_labels() -> None:
     for row in _table("metrics"):
         name, kind, labels = _code(row[0])[0], row[1], frozenset(_code(row[2]))
         family = name.removesuffix("_total") if kind == "counter" else name
-        assert family in families, f"{name} is not a metric of engine/metrics.py"
+        assert family in families, f"{name} is not a metric of engine/pipeline/metrics.py"
         assert (kind, labels) == families[family], f"{name}: the engine has {families[family]}"
         documented[family] = name
     assert set(documented) == set(families), "every metric is in the table"

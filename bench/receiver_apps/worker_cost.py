@@ -78,10 +78,10 @@ def _write_rules(rules_dir: Path, port: int) -> None:
 async def main(
     count: int, body_file: Path, rules_dir: Path, log_lines: bool, concurrency: int = 1
 ) -> dict[str, Any]:
-    from engine import matching
     from engine.config import load_settings
-    from engine.logs import configure_logging
-    from engine.service import masker_for, open_service
+    from engine.language import matching
+    from engine.pipeline.logs import configure_logging
+    from engine.pipeline.service import masker_for, open_service
     from engine.store import NewDelivery
 
     server = await asyncio.start_server(_sink, "127.0.0.1", 0)

@@ -37,10 +37,9 @@ import httpx
 import pytest
 
 from actions.base import idempotency_key
-from engine import database
 from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
-from engine.store import ActionRun, Store, StoredDelivery
-from engine.tables import DeliveryStatus
+from engine.store import ActionRun, Store, StoredDelivery, database
+from engine.store.tables import DeliveryStatus
 
 T = TypeVar("T")
 

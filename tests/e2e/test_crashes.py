@@ -15,7 +15,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from engine.tables import ActionStatus, DeliveryStatus
+from engine.store.tables import ActionStatus, DeliveryStatus
 
 from .conftest import (
     PO_PATH,

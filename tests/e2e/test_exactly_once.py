@@ -16,7 +16,7 @@ import signal
 import httpx
 import pytest
 
-from engine.tables import ActionStatus, DeliveryStatus
+from engine.store.tables import ActionStatus, DeliveryStatus
 
 from .conftest import (
     CRM_PREFIX,

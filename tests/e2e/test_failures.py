@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from actions.base import idempotency_key
-from engine.tables import ActionStatus, DeliveryStatus
+from engine.store.tables import ActionStatus, DeliveryStatus
 
 from .conftest import (
     CRM_PREFIX,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from actions.base import idempotency_key
-from engine.tables import ActionStatus, DeliveryStatus
+from engine.store.tables import ActionStatus, DeliveryStatus
 
 from .conftest import (
     RENTAL,

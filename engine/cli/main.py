@@ -1,0 +1,186 @@
+"""The `stockaj-rules` command line.
+
+Exit codes follow the spec: `check` 0 ok / 1 errors; `test` 0 all pass /
+1 a failure / 2 bad rules or usage; `replay` 0, or 2 on bad input. Bad
+configuration or input ends with one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from actions.registry import ActionRegistry, load_registry
+from engine.cli import operator as cli_ops
+from engine.cli import report
+from engine.cli.junit import write_junit
+from engine.config import Settings, error_line, load_settings, secret_variables
+from engine.errors import ConfigurationError, SourceErrors
+from engine.language import harness
+from engine.language.fixtures import DEFAULT_FIXTURES_DIR, FixtureFile, load_fixtures
+from engine.language.loader import load_rules
+from engine.language.rules import RuleSet
+from engine.language.schema import rule_schema
+from engine.secrets import Masker
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+rules_option = click.option(
+    "--rules",
+    "rules_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of rule files (default: RULES_DIR, or ./rules).",
+)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _masker(settings: Settings) -> Masker:
+    return Masker([*settings.sensitive_values(), *secret_variables().values()])
+
+
+def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) -> RuleSet:
+    return load_rules(rules_dir or settings.rules_dir, registry)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stockaj-rules")
+def cli() -> None:
+    """Stockaj Rules: run your workflow rules on Stockaj webhooks."""
+
+
+@cli.command()
+@rules_option
+def check(rules_dir: Path | None) -> None:
+    """Validate every rule file; report every problem with file:line:col."""
+    settings = _settings()
+    folder = rules_dir or settings.rules_dir
+    try:
+        rules = load_rules(folder, load_registry())
+    except SourceErrors as exc:
+        click.echo(_masker(settings).mask(report.problems_text(exc.problems)), err=True)
+        files = len({p.path for p in exc.problems})
+        click.echo(f"{len(exc.problems)} problem(s) in {files} file(s) under {folder}", err=True)
+        sys.exit(EXIT_FAILED)
+    if not rules.files:
+        click.echo(f"no rule files (*.json, *.yaml, *.yml) found under {folder}", err=True)
+    click.echo(f"OK: {len(rules)} rule(s) in {len(rules.files)} file(s) under {folder}")
+
+
+@cli.command()
+@rules_option
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=(
+        "Also write JUnit XML here. An empty file or an earlier report of this command is "
+        "replaced; any other file, and a symbolic link, is refused."
+    ),
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show why every rule did not fire, also for passing fixtures (failing ones always show it).",
+)
+def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | None, verbose: bool) -> None:
+    """Replay fixtures (default ./fixtures) dry and check their expectations."""
+    settings = _settings()
+    masker = _masker(settings)
+    rules = _rules_or_exit(rules_dir, settings)
+    if not rules.rules:
+        click.echo(f"warning: no rules loaded from {rules_dir or settings.rules_dir}", err=True)
+    files, problems = load_fixtures(paths or (DEFAULT_FIXTURES_DIR,))
+    results = _replay(rules, files)
+    for line in report.test_report(results, masker, verbose=verbose):
+        click.echo(line)
+    if problems:
+        click.echo(masker.mask(report.problems_text(problems)), err=True)
+    if junit_path is not None:
+        problem = write_junit(junit_path, results, problems, masker)
+        if problem:
+            click.echo(problem, err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    click.echo(report.summary(results, len(problems)))
+    if problems or not (results or problems):
+        if not results and not problems:
+            click.echo(
+                "no fixtures found: give fixture files or folders, or add some to ./fixtures",
+                err=True,
+            )
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(EXIT_OK if all(r.passed for r in results) else EXIT_FAILED)
+
+
+@cli.command()
+@rules_option
+@click.argument("fixtures", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (spec section 9) instead of text.")
+def replay(rules_dir: Path | None, fixtures: tuple[Path, ...], as_json: bool) -> None:
+    """Dry run: every rule's verdict for each fixture, with the rendered actions."""
+    settings = _settings()
+    masker = _masker(settings)
+    rules = _rules_or_exit(rules_dir, settings)
+    if not rules.rules:
+        click.echo(f"warning: no rules loaded from {rules_dir or settings.rules_dir}", err=True)
+    files, problems = load_fixtures(fixtures)
+    if problems:
+        click.echo(masker.mask(report.problems_text(problems)), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    results = _replay(rules, files)
+    if as_json:
+        click.echo(report.replay_json(harness.masked_results(results, masker)))
+        return
+    for line in report.replay_report(results, masker):
+        click.echo(line)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of rule files (committed as schema/rule.schema.json)."""
+    click.echo(json.dumps(rule_schema(load_registry()), indent=2))
+
+
+def _replay(rules: RuleSet, files: list[FixtureFile]) -> list[harness.FixtureResult]:
+    # A replay keeps every result until it prints them and makes little garbage: the cyclic
+    # collector would rescan the growing results again and again (half the replay's time).
+    gc.disable()
+    try:
+        return asyncio.run(harness.replay(rules, files, secret_variables()))
+    finally:
+        gc.enable()
+
+
+def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
+    try:
+        rules = _load(rules_dir, settings, load_registry())
+    except SourceErrors as exc:
+        # A broken file's message may quote what the file holds (an env file copied in by mistake).
+        click.echo(_masker(settings).mask(report.problems_text(exc.problems)), err=True)
+        click.echo("fix the rule files above (stockaj-rules check lists them all)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    # Loaded rules live as long as the process: keep the garbage collector from rescanning them.
+    gc.freeze()
+    return rules
+
+
+cli_ops.register(cli)
+
+
+def main() -> None:
+    """Console-script entry point: configuration errors become one line and exit 2."""
+    try:
+        cli.main(standalone_mode=True)
+    except ConfigurationError as exc:
+        click.echo(f"configuration error: {error_line(str(exc))}", err=True)
+        sys.exit(EXIT_BAD_INPUT)

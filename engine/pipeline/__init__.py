@@ -1,0 +1,1 @@
+"""The processes of the delivery pipeline: receiver, worker, sweeper, rule reload, wiring."""

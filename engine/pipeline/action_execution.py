@@ -1,0 +1,154 @@
+"""Executing one rendered action: the plugin's run, its failure sorted, the retry backoff.
+
+A run that raises `ActionFailed` is transient (connection errors, timeouts, 408,
+429, 5xx) or not; a transient failure is retried after a full-jitter exponential
+backoff, never sooner than the server's Retry-After, up to `max_attempts`. Any
+other exception is a plugin's bug: the action fails, the worker goes on. Each
+execution leaves one row for the action ledger (params and errors masked), which
+the worker records (engine/pipeline/worker.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+
+from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines
+from engine.language.matching import PlannedAction
+from engine.language.outgoing_urls import allowed_origins
+from engine.language.rules import Rule
+from engine.pipeline.metrics import Metrics
+from engine.secrets import Masker
+from engine.store import ActionRun
+from engine.store.tables import ActionStatus
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 3600.0
+# A server asking to be left alone for longer than this gets a failed action, not a wait.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+# 2**64 seconds is far past any ceiling; capping the exponent keeps the float finite.
+_MAX_EXPONENT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_seconds: float = 1.0
+    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
+    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
+
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds before the next try: full-jitter exponential backoff, never sooner than Retry-After.
+
+        None when the server's Retry-After is beyond `max_retry_after_seconds`: give up.
+        """
+        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
+        backoff = random.uniform(0, min(self.max_backoff_seconds, self.base_seconds * 2.0**exponent))
+        if retry_after is None:
+            return backoff
+        if not retry_after <= self.max_retry_after_seconds:  # also catches inf and nan
+            return None
+        return max(backoff, retry_after)
+
+
+class ActionExecutor:
+    """Runs planned actions with what they may use (engine/pipeline/worker.py decides which, and when)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        databases: DatabaseEngines,
+        defaults: ActionDefaults,
+        masker: Masker,
+        metrics: Metrics,
+        retry: RetryPolicy,
+        clock: Clock,
+    ) -> None:
+        self._http = http
+        self._databases = databases
+        self._defaults = defaults
+        self._masker = masker
+        self._metrics = metrics
+        self._retry = retry
+        self._clock = clock
+
+    async def execute(
+        self, delivery_id: str, rule: Rule, planned: PlannedAction, previous: ActionRun | None
+    ) -> ActionRun:
+        """Run one action; the ledger row it leaves (not saved yet)."""
+        attempts = (previous.attempts if previous else 0) + 1
+        started = time.perf_counter()
+        status, error, response_status, next_attempt = await self._attempt(
+            delivery_id, rule, planned, attempts
+        )
+        self._metrics.action_runs.labels(planned.type, status.value).inc()
+        self._metrics.action_latency.labels(planned.type).observe(time.perf_counter() - started)
+        return ActionRun(
+            rule.id,
+            planned.index,
+            planned.type,
+            status,
+            self._masker.mask(planned.params),
+            attempts,
+            self._masker.mask(error),
+            response_status,
+            next_attempt,
+            self._clock(),
+        )
+
+    async def _attempt(
+        self, delivery_id: str, rule: Rule, planned: PlannedAction, attempts: int
+    ) -> tuple[ActionStatus, str | None, int | None, datetime | None]:
+        """Run the action once: (status, error, response status, when to try again)."""
+        if planned.error is not None or planned.validated is None:
+            return ActionStatus.FAILED, planned.error or "params were not validated", None, None
+        plugin = rule.actions[planned.index].plugin
+        ctx = ActionContext(
+            self._http,
+            self._databases,
+            self._defaults,
+            delivery_id,
+            rule.id,
+            planned.index,
+            self._clock,
+            allowed_origins(plugin, planned.origins, self._defaults),
+        )
+        try:
+            result = await plugin.run(planned.validated, ctx)
+        except ActionFailed as exc:
+            if not exc.transient or attempts >= self._retry.max_attempts:
+                return ActionStatus.FAILED, str(exc), exc.status, None
+            delay = self._retry.delay(attempts, exc.retry_after)
+            if delay is None:
+                error = (
+                    f"{exc}; the server asked to wait {exc.retry_after:g} s (Retry-After), over the "
+                    f"{self._retry.max_retry_after_seconds:g} s limit, so it is not retried"
+                )
+                return ActionStatus.FAILED, error, exc.status, None
+            return ActionStatus.PENDING, str(exc), exc.status, self._clock() + timedelta(seconds=delay)
+        except Exception as exc:  # a plugin bug must not take the worker down
+            log.exception(
+                "action %s of rule %s crashed", planned.type, rule.id, extra={"delivery_id": delivery_id}
+            )
+            return ActionStatus.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", None, None
+        return ActionStatus.SUCCEEDED, None, result.status, None
+
+    def skipped(self, rule: Rule, planned: PlannedAction) -> ActionRun:
+        return ActionRun(
+            rule.id,
+            planned.index,
+            planned.type,
+            ActionStatus.SKIPPED,
+            self._masker.mask(planned.params),
+            0,
+            "skipped: an earlier action of this rule failed",
+            None,
+            None,
+            self._clock(),
+        )

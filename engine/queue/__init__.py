@@ -1,0 +1,276 @@
+"""The queue between the store and the workers: one interface, two transports.
+
+- `ArqQueue` (`REDIS_URL` set): jobs for `stockaj-rules worker` processes, the
+  job id being the delivery id, so enqueueing a delivery twice is a no-op; but a
+  job waiting for a later time (an action's retry, deferred) is brought forward
+  to now: whoever enqueues a delivery means it is due (`redeliver`, the sweeper).
+  A batch of ids is enqueued with one Lua script call (arq's own job format),
+  instead of arq's three round trips per job, which also publishes on the
+  database's `jobs_channel` so that idle workers poll at once (`engine.queue.arq_worker`).
+- `InProcessQueue` (the embedded default): asyncio tasks in the `serve`
+  process run the same `process` function.
+
+The queue carries only delivery ids; the store is the source of truth, and
+the sweeper enqueues again whatever a lost job left pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
+
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from engine.queue.receiver_activity import ReceiverActivity
+
+PROCESS_FUNCTION = "process_delivery"
+JOB_EXPIRES_MS = 24 * 3600 * 1000
+# Published to (the number of jobs added) whenever jobs are enqueued: the workers' wake-up call.
+# Redis shares pub/sub channels across its databases, so the database number is part of the name.
+JOBS_CHANNEL_PREFIX = "stockaj-rules:jobs-enqueued:db"
+# In-process workers waiting for a busy receiver (InProcessQueue.yield_to): the longest wait.
+YIELD_SECONDS = 0.1
+# Loop turns a slot lets pass after the receiver went quiet, before it starts a delivery.
+SETTLE_TURNS = 3
+
+# Per id, atomically for the batch: enqueue unless a job or a result exists for it (arq's
+# rule); a job that exists, is not in progress and waits for a later time is made due now.
+_ENQUEUE_SCRIPT = """
+local added = 0
+local now = tonumber(KEYS[5])
+for i, job_id in ipairs(ARGV) do
+  if i % 2 == 1 then
+    local job = ARGV[i + 1]
+    local job_key = KEYS[1] .. job_id
+    if redis.call('exists', job_key, KEYS[2] .. job_id) == 0 then
+      redis.call('psetex', job_key, KEYS[4], job)
+      redis.call('zadd', KEYS[3], KEYS[5], job_id)
+      added = added + 1
+    elseif redis.call('exists', KEYS[7] .. job_id) == 0 then
+      local score = redis.call('zscore', KEYS[3], job_id)
+      if score and tonumber(score) > now then
+        redis.call('zadd', KEYS[3], KEYS[5], job_id)
+        added = added + 1
+      end
+    end
+  end
+end
+if added > 0 then
+  redis.pcall('publish', KEYS[6], added)  -- a Redis that forbids PUBLISH still takes the jobs
+end
+return added
+"""
+
+log = logging.getLogger(__name__)
+
+# Seconds until the delivery should be processed again (a retry wait), or None when done.
+Processor = Callable[[str], Awaitable[float | None]]
+
+
+class QueueUnavailable(Exception):
+    """The queue could not take the jobs; the sweeper will enqueue them later."""
+
+
+class DeliveryQueue(Protocol):
+    async def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        """Enqueue these deliveries; raise `QueueUnavailable` when the queue is down."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ArqQueue:
+    """Jobs on Redis for arq workers."""
+
+    def __init__(self, redis: ArqRedis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(_ENQUEUE_SCRIPT)
+        self._channel = jobs_channel(redis)
+
+    @classmethod
+    async def connect(cls, redis_url: str) -> ArqQueue:
+        """A queue on `redis_url`; connects lazily, so a Redis outage does not stop the receiver."""
+        return cls(ArqRedis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5))
+
+    async def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        if not delivery_ids:
+            return
+        now_ms = int(time.time() * 1000)
+        argv: list[str | bytes] = []
+        for delivery_id in delivery_ids:
+            argv += [delivery_id, serialize_job(PROCESS_FUNCTION, (delivery_id,), {}, None, now_ms)]
+        keys = [
+            job_key_prefix,
+            result_key_prefix,
+            default_queue_name,
+            str(JOB_EXPIRES_MS),
+            str(now_ms),
+            self._channel,
+            in_progress_key_prefix,
+        ]
+        try:
+            await self._script(keys=keys, args=argv)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise QueueUnavailable(f"Redis did not take {len(delivery_ids)} job(s): {exc}") from exc
+        except Exception as exc:  # redis-py's own ConnectionError/TimeoutError family
+            if type(exc).__module__.startswith("redis"):
+                raise QueueUnavailable(f"Redis did not take {len(delivery_ids)} job(s): {exc}") from exc
+            raise
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def jobs_channel(redis: Redis) -> str:
+    """The channel on which enqueues into this client's Redis database are announced."""
+    return f"{JOBS_CHANNEL_PREFIX}{redis.connection_pool.connection_kwargs.get('db', 0)}"
+
+
+@contextlib.asynccontextmanager
+async def job_lease(redis: ArqRedis, job_id: str, seconds: float) -> AsyncIterator[None]:
+    """Keep a running job's in-progress mark alive for `seconds` at a time, while this worker lives.
+
+    arq marks a job in progress for its whole timeout, so the job of a worker killed
+    mid-delivery (SIGKILL, OOM) would wait that long before another worker may take it;
+    the sweeper cannot help, the job still exists. With the worker's in-progress timeout
+    set to `seconds` and renewed here every third of it, another worker takes the job
+    over at most `seconds` after its worker died.
+    """
+    key = in_progress_key_prefix + job_id
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                await redis.pexpire(key, int(seconds * 1000))
+            except Exception as exc:  # Redis away: the job may be taken over, the ledger still holds
+                log.warning("could not renew the lease of job %s: %s: %s", job_id, type(exc).__name__, exc)
+
+    renewing = asyncio.create_task(renew(), name=f"job-lease-{job_id}")
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+
+
+class InProcessQueue:
+    """Deliveries processed by tasks of this process (the embedded default)."""
+
+    def __init__(self, process: Processor, concurrency: int = 4) -> None:
+        self._process = process
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._waiting: set[str] = set()
+        # In hand now: a sweep that finds one of these past its due time must not start it twice.
+        self._running: set[str] = set()
+        self._busy = [False] * concurrency
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._consume(n), name=f"delivery-worker-{n}") for n in range(concurrency)
+        ]
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._receiver: ReceiverActivity | None = None
+        self._starting = asyncio.Lock()
+        self._last_start = time.monotonic()
+
+    def yield_to(self, receiver: ReceiverActivity) -> None:
+        """While the receiver in this process is busy, start deliveries only when it is quiet.
+
+        Receiver and workers share one core: during a burst the webhook answers come first,
+        and the backlog is processed once it is over (`engine.queue.receiver_activity`). A delivery
+        still starts at least every YIELD_SECONDS, so a burst that never ends cannot starve
+        the workers.
+        """
+        self._receiver = receiver
+
+    async def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        self._offer(delivery_ids)
+
+    def _offer(self, delivery_ids: Sequence[str]) -> None:
+        for delivery_id in delivery_ids:
+            # The sweeper offers what is past due, which includes a delivery queued already and
+            # one whose slow action is still running here: that run finishes it or schedules it.
+            if delivery_id not in self._waiting and delivery_id not in self._running:
+                self._waiting.add(delivery_id)
+                self._queue.put_nowait(delivery_id)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Let the deliveries in hand finish (up to `grace` seconds); what is queued stays pending."""
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        idle = [task for task, busy in zip(self._tasks, self._busy, strict=True) if not busy]
+        for task in idle:
+            task.cancel()
+        _, still_running = await asyncio.wait(self._tasks, timeout=grace)
+        # What is cut off stays `processing`: the sweeper runs it again, the ledger skips what succeeded.
+        for task in still_running:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _consume(self, slot: int) -> None:
+        while not self._closing:
+            delivery_id = await self._queue.get()
+            await self._receivers_turn()
+            self._waiting.discard(delivery_id)
+            self._running.add(delivery_id)
+            self._busy[slot] = True
+            try:
+                retry_in = await self._process(delivery_id)
+            except Exception:
+                log.exception("processing delivery %s failed; the sweeper will try it again", delivery_id)
+                continue
+            finally:
+                self._busy[slot] = False
+                self._running.discard(delivery_id)
+            if retry_in is not None and not self._closing:
+                self._later(delivery_id, retry_in)
+
+    async def _receivers_turn(self) -> None:
+        """Wait while the receiver is busy, at most YIELD_SECONDS since the last start that waited.
+
+        Slots waiting here go one at a time, and each looks again after the loop has taken
+        in whatever arrived meanwhile, so a short pause in a burst starts one delivery,
+        not one per slot.
+        """
+        receiver = self._receiver
+        if receiver is None or not receiver.busy():
+            return
+        async with self._starting:
+            while True:
+                deadline = self._last_start + YIELD_SECONDS
+                # Wake up at least once a window: the receiver may stop being busy without a pause.
+                wait = min(deadline - time.monotonic(), receiver.window_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(receiver.quiet.wait(), max(0.0, wait))
+                if receiver.quiet.is_set():
+                    for _ in range(SETTLE_TURNS):
+                        await asyncio.sleep(0)  # uvicorn reads what arrived, its handlers start
+                if not receiver.busy() or time.monotonic() >= deadline:
+                    self._last_start = time.monotonic()
+                    return
+
+    def _later(self, delivery_id: str, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            self._offer([delivery_id])
+
+        timer = loop.call_later(seconds, fire)
+        self._timers.add(timer)
