@@ -43,10 +43,6 @@ class LedgerQueries(StoreConnections):
             where=action_runs.c.status != ActionStatus.SUCCEEDED.value,
         )
 
-    async def save_action_run(self, delivery_id: str, run: ActionRun) -> None:
-        async with self._begin() as connection:
-            await self._save_action_runs(connection, [(delivery_id, run)])
-
     async def _save_action_runs(
         self, connection: AsyncConnection, runs: Sequence[tuple[str, ActionRun]], *, owned: bool = True
     ) -> None:

@@ -45,6 +45,7 @@ from engine.secrets import Masker
 from engine.signing import verify
 from engine.store import ActionRun, NewDelivery, Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus
+from tests.store.helpers import claim_one, finish_run, save_action_run
 
 T = TypeVar("T")
 
@@ -413,7 +414,7 @@ def test_deliveries_list_shows_the_newest_first_and_filters_by_status(store_url:
     async def newer_and_finished(store: Store) -> None:
         new = NewDelivery("newer", "rent.created", {}, b'{"data": {}}', T0 + timedelta(minutes=5))
         await store.add_deliveries([new], due_at=T0)
-        await store.finish_run("older", DeliveryStatus.DONE, T0, None, None)
+        await finish_run(store, "older", DeliveryStatus.DONE, T0, None, None)
 
     with_store(store_url, newer_and_finished)
 
@@ -520,11 +521,17 @@ def test_deliveries_show_masks_secrets_and_shows_errors_attempts_and_next_attemp
     )
 
     async def record(store: Store) -> None:
-        await store.finish_run(
-            "leaky", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", f"with {PO_TOKEN}")]
+        await finish_run(
+            store,
+            "leaky",
+            DeliveryStatus.DONE,
+            T0,
+            None,
+            None,
+            outcomes=[("reorder", "fired", f"with {PO_TOKEN}")],
         )
-        await store.save_action_run("leaky", run_row)
-        await store.finish_run("leaky", DeliveryStatus.PROCESSING, T0, T0, f"stuck on {PO_TOKEN}")
+        await save_action_run(store, "leaky", run_row)
+        await finish_run(store, "leaky", DeliveryStatus.PROCESSING, T0, T0, f"stuck on {PO_TOKEN}")
 
     with_store(store_url, record)
 
@@ -576,7 +583,7 @@ def test_deliveries_export_of_a_delivery_whose_body_was_dropped_says_so(store_ur
     store_delivery(store_url, "old")
 
     async def purge(store: Store) -> None:
-        await store.finish_run("old", DeliveryStatus.DONE, T0, None, None)
+        await finish_run(store, "old", DeliveryStatus.DONE, T0, None, None)
         await store.purge(T0 + timedelta(days=2), timedelta(days=1), timedelta(days=90))
 
     with_store(store_url, purge)
@@ -760,7 +767,7 @@ def test_redeliver_leaves_a_delivery_alone_while_a_run_holds_it(
     store_delivery(store_url, "r-4")
     now = datetime.now(UTC)
     # A worker is processing it right now: claimed, its claim alive for another minute.
-    with_store(store_url, lambda store: store.claim("r-4", now, now + timedelta(minutes=1)))
+    with_store(store_url, lambda store: claim_one(store, "r-4", now, now + timedelta(minutes=1)))
 
     busy = run("redeliver", "r-4", env=env)
 

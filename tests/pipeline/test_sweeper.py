@@ -19,6 +19,7 @@ from engine.pipeline.sweeper import Sweeper
 from engine.queue import PROCESS_FUNCTION, ArqQueue, InProcessQueue
 from engine.store import NewDelivery, Store
 from engine.store.tables import DeliveryStatus
+from tests.store.helpers import claim_one, finish_run
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 REQUEUE_AFTER = timedelta(seconds=60)
@@ -47,7 +48,7 @@ class Worker:
 
     async def __call__(self, delivery_id: str) -> float | None:
         now = self.clock()
-        await self.store.claim(delivery_id, now, due_at=now + REQUEUE_AFTER)
+        await claim_one(self.store, delivery_id, now, due_at=now + REQUEUE_AFTER)
         async with self._changed:
             self.processed.append(delivery_id)
             self._changed.notify_all()
@@ -135,7 +136,7 @@ async def test_sweep_skips_finished_deliveries(
     store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: Clock
 ) -> None:
     await store.add_deliveries([delivery("done"), delivery("pending")], T0 - timedelta(minutes=5))
-    await store.finish_run("done", DeliveryStatus.DONE, T0, None, None)
+    await finish_run(store, "done", DeliveryStatus.DONE, T0, None, None)
 
     assert await sweeper(store, in_process, metrics, clock).sweep() == 1
     assert await worker.wait_for(1) == ["pending"]
@@ -184,7 +185,7 @@ async def test_sweep_with_redis_down_leaves_the_deliveries_due_and_still_applies
 ) -> None:
     old = T0 - DELIVERY_RETENTION - timedelta(days=1)
     await store.add_deliveries([delivery("pending"), delivery("old", received_at=old)], T0)
-    await store.finish_run("old", DeliveryStatus.DONE, old, None, None)
+    await finish_run(store, "old", DeliveryStatus.DONE, old, None, None)
     down = await ArqQueue.connect("redis://127.0.0.1:1/0")  # nothing listens on port 1
     try:
         assert await sweeper(store, down, metrics, clock).sweep() == 0
@@ -202,7 +203,7 @@ async def test_sweep_with_redis_down_leaves_the_deliveries_due_and_still_applies
 async def add_old_finished(store: Store, delivery_id: str, now: datetime) -> None:
     old = now - DELIVERY_RETENTION - timedelta(days=1)
     await store.add_deliveries([delivery(delivery_id, received_at=old)], old)
-    await store.finish_run(delivery_id, DeliveryStatus.DONE, old, None, None)
+    await finish_run(store, delivery_id, DeliveryStatus.DONE, old, None, None)
 
 
 async def test_purge_runs_at_most_once_an_hour(
@@ -228,7 +229,7 @@ async def test_sweep_drops_old_bodies_of_finished_deliveries(
 ) -> None:
     week_old = T0 - BODY_RETENTION - timedelta(hours=1)
     await store.add_deliveries([delivery("done", received_at=week_old)], T0 + timedelta(hours=1))
-    await store.finish_run("done", DeliveryStatus.DONE, week_old, None, None)
+    await finish_run(store, "done", DeliveryStatus.DONE, week_old, None, None)
 
     await sweeper(store, in_process, metrics, clock).sweep()
 

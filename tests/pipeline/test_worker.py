@@ -48,6 +48,7 @@ from engine.queue import InProcessQueue
 from engine.secrets import Masker
 from engine.store import ActionRun, Claim, NewDelivery, Reopened, RunEnd, Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus
+from tests.store.helpers import finish_run
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 TOKEN = "tok-5ecret-9f2a"
@@ -461,7 +462,7 @@ async def test_delivery_picked_up_after_a_worker_died_skips_what_succeeded(
     await processor.process("d-1")
     # As if the run had died after its actions but before recording the delivery's status:
     # still `processing`, its claim expired, the ledger saying the action succeeded.
-    await bench.store.finish_run("d-1", DeliveryStatus.PROCESSING, bench.clock(), bench.clock(), None)
+    await finish_run(bench.store, "d-1", DeliveryStatus.PROCESSING, bench.clock(), bench.clock(), None)
 
     assert await processor.process("d-1") is None
 

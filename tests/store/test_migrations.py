@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.store import ActionRun, NewDelivery, Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus, metadata
+from tests.store.helpers import finish_run, save_action_run
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 TABLES = {"deliveries", "rule_outcomes", "action_runs", "throttle_slots"}
@@ -182,9 +183,9 @@ async def test_a_migration_rebuilding_deliveries_keeps_every_row_that_references
     await database.upgrade(engine)
     store = Store(engine)
     await store.add_deliveries([NewDelivery("a", "item.updated", {}, b"{}", T0)], T0)
-    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
+    await finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
     run = ActionRun("reorder", 0, "log", ActionStatus.SUCCEEDED, {"message": "hi"}, 1, None, None, None, T0)
-    await store.save_action_run("a", run)
+    await save_action_run(store, "a", run)
     add_revision(
         migrations,
         """

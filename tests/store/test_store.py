@@ -24,6 +24,7 @@ from engine.store.tables import (
     rule_outcomes,
     throttle_slots,
 )
+from tests.store.helpers import claim_one, finish_run, save_action_run
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 DUE = T0 + timedelta(seconds=60)
@@ -66,12 +67,12 @@ async def count(store: Store, table: Table) -> int:
 
 
 async def claimed(store: Store, delivery_id: str, at: datetime, due_at: datetime) -> bool:
-    return await store.claim(delivery_id, at, due_at) is not None
+    return await claim_one(store, delivery_id, at, due_at) is not None
 
 
 async def finished(store: Store, delivery_id: str, status: DeliveryStatus, at: datetime = T0) -> None:
-    await store.claim(delivery_id, at, due_at=at + timedelta(seconds=60))
-    await store.finish_run(delivery_id, status, at, None, None)
+    await claim_one(store, delivery_id, at, due_at=at + timedelta(seconds=60))
+    await finish_run(store, delivery_id, status, at, None, None)
 
 
 # --- add_deliveries: store first, dedupe by primary key ---------------------------------------
@@ -270,7 +271,7 @@ async def test_a_finished_delivery_cannot_be_claimed(store: Store) -> None:
 async def test_a_first_claim_returns_the_delivery_as_claimed_and_no_ledger(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
 
-    claim = await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
+    claim = await claim_one(store, "a", T0, due_at=T0 + timedelta(minutes=1))
 
     assert claim is not None
     assert (claim.delivery.status, claim.delivery.runs, claim.delivery.due_at) == (
@@ -284,13 +285,13 @@ async def test_a_first_claim_returns_the_delivery_as_claimed_and_no_ledger(store
 
 async def test_a_later_claim_returns_the_ledger_of_earlier_runs(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
+    await claim_one(store, "a", T0, due_at=T0 + timedelta(minutes=1))
     pending = action_run(attempts=1)
-    await store.finish_run(
-        "a", DeliveryStatus.PROCESSING, T0, T0 + timedelta(seconds=4), None, runs=[pending]
+    await finish_run(
+        store, "a", DeliveryStatus.PROCESSING, T0, T0 + timedelta(seconds=4), None, runs=[pending]
     )
 
-    claim = await store.claim("a", T0 + timedelta(seconds=4), due_at=T0 + timedelta(minutes=2))
+    claim = await claim_one(store, "a", T0 + timedelta(seconds=4), due_at=T0 + timedelta(minutes=2))
 
     assert claim is not None
     assert claim.delivery.runs == 2
@@ -299,9 +300,9 @@ async def test_a_later_claim_returns_the_ledger_of_earlier_runs(store: Store) ->
 
 async def test_claim_many_claims_the_claimable_ones_in_one_go(store: Store) -> None:
     await store.add_deliveries([delivery("new"), delivery("again"), delivery("taken"), delivery("done")], DUE)
-    await store.claim("again", T0, due_at=T0)  # its run died; claimable again at once
-    await store.save_action_run("again", action_run(status=ActionStatus.SUCCEEDED))
-    await store.claim("taken", T0, due_at=T0 + timedelta(minutes=5))
+    await claim_one(store, "again", T0, due_at=T0)  # its run died; claimable again at once
+    await save_action_run(store, "again", action_run(status=ActionStatus.SUCCEEDED))
+    await claim_one(store, "taken", T0, due_at=T0 + timedelta(minutes=5))
     await finished(store, "done", DeliveryStatus.DONE)
 
     claims = await store.claim_many(
@@ -317,8 +318,8 @@ async def test_claim_many_claims_the_claimable_ones_in_one_go(store: Store) -> N
 async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> None:
     await store.add_deliveries([delivery("a"), delivery("b"), delivery("c")], DUE)
     for delivery_id in ("a", "b", "c"):
-        await store.claim(delivery_id, T0, due_at=DUE)
-    await store.finish_run("c", DeliveryStatus.PROCESSING, T0, T0, None, outcomes=[("stale", "fired", "")])
+        await claim_one(store, delivery_id, T0, due_at=DUE)
+    await finish_run(store, "c", DeliveryStatus.PROCESSING, T0, T0, None, outcomes=[("stale", "fired", "")])
     retry_at = T0 + timedelta(seconds=8)
 
     assert await store.finish_runs(
@@ -375,7 +376,7 @@ async def test_finish_runs_of_first_runs_only_records_what_each_run_ended_with(s
     # on SQLite the statements of any batch. Both must store the same.
     await store.add_deliveries([delivery("a"), delivery("b"), delivery("c")], DUE)
     for delivery_id in ("a", "b", "c"):
-        await store.claim(delivery_id, T0, due_at=DUE)
+        await claim_one(store, delivery_id, T0, due_at=DUE)
     progress = action_run(status=ActionStatus.SUCCEEDED)
     await store.save_progress("b", [progress], T0, DUE, token=1)  # a row the finish updates
     retry_at = T0 + timedelta(seconds=8)
@@ -436,7 +437,7 @@ async def test_finish_runs_of_first_runs_only_records_what_each_run_ended_with(s
 
 async def test_save_progress_records_actions_and_extends_the_claim(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.claim("a", T0, due_at=T0 + timedelta(minutes=1))
+    await claim_one(store, "a", T0, due_at=T0 + timedelta(minutes=1))
     done = action_run(status=ActionStatus.SUCCEEDED)
 
     assert await store.save_progress(
@@ -449,12 +450,19 @@ async def test_save_progress_records_actions_and_extends_the_claim(store: Store)
 
 async def test_finish_run_writes_status_outcomes_and_actions_together(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.claim("a", T0, due_at=DUE)
-    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("stale", "fired", "")])
+    await claim_one(store, "a", T0, due_at=DUE)
+    await finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=[("stale", "fired", "")])
     runs = [action_run(status=ActionStatus.FAILED), action_run(index=1, status=ActionStatus.SKIPPED)]
 
-    await store.finish_run(
-        "a", DeliveryStatus.FAILED, T0, None, "HTTP 400", outcomes=[("reorder", "fired", "")], runs=runs
+    await finish_run(
+        store,
+        "a",
+        DeliveryStatus.FAILED,
+        T0,
+        None,
+        "HTTP 400",
+        outcomes=[("reorder", "fired", "")],
+        runs=runs,
     )
 
     stored = await store.get("a")
@@ -466,9 +474,9 @@ async def test_finish_run_writes_status_outcomes_and_actions_together(store: Sto
 
 async def test_finish_run_without_outcomes_keeps_the_recorded_ones(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
+    await finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
 
-    await store.finish_run("a", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON")
+    await finish_run(store, "a", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON")
 
     assert [o.rule_id for o in await store.outcomes("a")] == ["reorder"]
 
@@ -477,8 +485,8 @@ async def test_finish_run_without_outcomes_keeps_the_recorded_ones(store: Store)
 async def test_finished_deliveries_are_never_due(store: Store, status: DeliveryStatus) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     await claimed(store, "a", T0, due_at=DUE)
-    await store.finish_run(
-        "a", status, T0 + timedelta(seconds=1), None, "boom" if status == "failed" else None
+    await finish_run(
+        store, "a", status, T0 + timedelta(seconds=1), None, "boom" if status == "failed" else None
     )
 
     assert await store.due_deliveries(T0 + timedelta(days=365)) == []
@@ -489,7 +497,7 @@ async def test_finished_deliveries_are_never_due(store: Store, status: DeliveryS
 
 async def test_finished_delivery_with_a_stray_due_at_is_still_not_due(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.finish_run("a", DeliveryStatus.DONE, T0, DUE, None)
+    await finish_run(store, "a", DeliveryStatus.DONE, T0, DUE, None)
 
     assert await store.due_deliveries(DUE + timedelta(days=1)) == []
 
@@ -498,7 +506,7 @@ async def test_finish_run_still_processing_waits_for_the_retry_time(store: Store
     await store.add_deliveries([delivery("a")], DUE)
     await claimed(store, "a", T0, due_at=DUE)
     retry_at = T0 + timedelta(seconds=8)
-    await store.finish_run("a", DeliveryStatus.PROCESSING, T0 + timedelta(seconds=1), retry_at, None)
+    await finish_run(store, "a", DeliveryStatus.PROCESSING, T0 + timedelta(seconds=1), retry_at, None)
 
     assert await store.due_deliveries(retry_at - timedelta(seconds=1)) == []
     assert await store.due_deliveries(retry_at) == ["a"]
@@ -506,7 +514,7 @@ async def test_finish_run_still_processing_waits_for_the_retry_time(store: Store
 
 async def test_finish_run_records_the_error(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.finish_run("a", DeliveryStatus.FAILED, T0, None, "reorder-low-stock: actions[0]: HTTP 400")
+    await finish_run(store, "a", DeliveryStatus.FAILED, T0, None, "reorder-low-stock: actions[0]: HTTP 400")
 
     stored = await store.get("a")
     assert stored is not None
@@ -515,7 +523,7 @@ async def test_finish_run_records_the_error(store: Store) -> None:
 
 async def test_reopen_makes_a_finished_delivery_due_now_and_clears_its_error(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.finish_run("a", DeliveryStatus.FAILED, T0, None, "HTTP 400")
+    await finish_run(store, "a", DeliveryStatus.FAILED, T0, None, "HTTP 400")
     later = T0 + timedelta(days=2)
 
     assert await store.reopen("a", later) is Reopened.REOPENED
@@ -536,8 +544,8 @@ async def test_reopen_gives_actions_that_did_not_succeed_a_fresh_start(store: St
     succeeded = action_run(index=0, status=ActionStatus.SUCCEEDED, attempts=2)
     failed = action_run(index=1, status=ActionStatus.FAILED, attempts=8)
     skipped = action_run(index=2, status=ActionStatus.SKIPPED, attempts=0)
-    await store.finish_run(
-        "a", DeliveryStatus.FAILED, T0, None, "HTTP 400", runs=[succeeded, failed, skipped]
+    await finish_run(
+        store, "a", DeliveryStatus.FAILED, T0, None, "HTTP 400", runs=[succeeded, failed, skipped]
     )
     later = T0 + timedelta(days=2)
 
@@ -650,7 +658,7 @@ async def test_extend_claims_pushes_out_the_claims_still_held_and_says_which(sto
     for delivery_id in ("held", "taken", "done"):
         await claimed(store, delivery_id, T0, due_at=T0 + timedelta(minutes=1))
     await claimed(store, "taken", T0 + timedelta(minutes=1), due_at=T0 + timedelta(minutes=2))
-    assert await store.finish_run("done", DeliveryStatus.DONE, T0, None, None, token=1)
+    assert await finish_run(store, "done", DeliveryStatus.DONE, T0, None, None, token=1)
     later = T0 + timedelta(minutes=10)
 
     held = await store.extend_claims([("held", 1), ("taken", 1), ("done", 1), ("new", 0), ("gone", 1)], later)
@@ -677,8 +685,8 @@ async def test_claims_count_unfinished_runs_until_a_finish_or_progress(store: St
     await claimed(store, "a", T0 + timedelta(minutes=6), due_at=T0 + timedelta(minutes=7))
     assert await unfinished() == 1
     retry_at = T0 + timedelta(minutes=8)
-    assert await store.finish_run(
-        "a", DeliveryStatus.PROCESSING, T0 + timedelta(minutes=6), retry_at, None, token=4
+    assert await finish_run(
+        store, "a", DeliveryStatus.PROCESSING, T0 + timedelta(minutes=6), retry_at, None, token=4
     )
     assert await unfinished() == 0
 
@@ -741,7 +749,7 @@ async def test_reopen_takes_a_delivery_waiting_for_a_retry_and_makes_it_due_when
     await store.add_deliveries([delivery("a")], DUE)
     await claimed(store, "a", T0, due_at=T0 + timedelta(minutes=1))
     retry_at = T0 + timedelta(minutes=10)  # a Retry-After: 600
-    assert await store.finish_run("a", DeliveryStatus.PROCESSING, T0, retry_at, None, token=1)
+    assert await finish_run(store, "a", DeliveryStatus.PROCESSING, T0, retry_at, None, token=1)
     later = T0 + timedelta(seconds=5)
 
     assert await store.reopen("a", later, due_at=later + timedelta(seconds=60)) is Reopened.REOPENED
@@ -761,8 +769,9 @@ async def test_reopen_takes_a_delivery_waiting_for_a_retry_and_makes_it_due_when
 
 async def test_finish_run_replaces_the_previous_outcomes(store: Store) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], DUE)
-    await store.finish_run("b", DeliveryStatus.DONE, T0, None, None, outcomes=[("other", "fired", "")])
-    await store.finish_run(
+    await finish_run(store, "b", DeliveryStatus.DONE, T0, None, None, outcomes=[("other", "fired", "")])
+    await finish_run(
+        store,
         "a",
         DeliveryStatus.DONE,
         T0,
@@ -772,7 +781,8 @@ async def test_finish_run_replaces_the_previous_outcomes(store: Store) -> None:
     )
 
     later = T0 + timedelta(minutes=1)
-    await store.finish_run(
+    await finish_run(
+        store,
         "a",
         DeliveryStatus.DONE,
         later,
@@ -791,9 +801,9 @@ async def test_finish_run_replaces_the_previous_outcomes(store: Store) -> None:
 
 async def test_finish_run_with_no_outcomes_clears_them(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
-    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
+    await finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
 
-    await store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=[])
+    await finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=[])
 
     assert await store.outcomes("a") == []
 
@@ -807,7 +817,7 @@ async def test_concurrent_finishes_of_one_delivery_leave_one_complete_set_of_out
     ]
 
     await asyncio.gather(
-        *(store.finish_run("a", DeliveryStatus.DONE, T0, None, None, outcomes=outcomes) for outcomes in sets)
+        *(finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=outcomes) for outcomes in sets)
     )
 
     outcomes = await store.outcomes("a")
@@ -818,11 +828,11 @@ async def test_concurrent_finishes_of_one_delivery_leave_one_complete_set_of_out
 async def test_save_action_run_inserts_then_updates_by_delivery_rule_and_index(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     first = action_run(attempts=1)
-    await store.save_action_run("a", first)
-    await store.save_action_run("a", action_run(index=1, attempts=1))
+    await save_action_run(store, "a", first)
+    await save_action_run(store, "a", action_run(index=1, attempts=1))
 
     succeeded = action_run(status=ActionStatus.SUCCEEDED, attempts=2, at=T0 + timedelta(seconds=5))
-    await store.save_action_run("a", succeeded)
+    await save_action_run(store, "a", succeeded)
 
     ledger = await store.action_runs("a")
     assert set(ledger) == {("reorder", 0), ("reorder", 1)}
@@ -835,7 +845,7 @@ async def test_action_ledger_round_trips_every_field(store: Store) -> None:
     await store.add_deliveries([delivery("a")], DUE)
     run = action_run()
 
-    await store.save_action_run("a", run)
+    await save_action_run(store, "a", run)
 
     saved = (await store.action_runs("a"))[("reorder", 0)]
     assert saved == run
@@ -846,8 +856,8 @@ async def test_action_ledger_round_trips_every_field(store: Store) -> None:
 
 async def test_action_ledgers_are_per_delivery(store: Store) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], DUE)
-    await store.save_action_run("a", action_run(status=ActionStatus.SUCCEEDED))
-    await store.save_action_run("b", action_run(status=ActionStatus.FAILED))
+    await save_action_run(store, "a", action_run(status=ActionStatus.SUCCEEDED))
+    await save_action_run(store, "b", action_run(status=ActionStatus.FAILED))
 
     assert (await store.action_runs("a"))[("reorder", 0)].status is ActionStatus.SUCCEEDED
     assert (await store.action_runs("b"))[("reorder", 0)].status is ActionStatus.FAILED
@@ -857,8 +867,8 @@ async def test_action_ledgers_are_per_delivery(store: Store) -> None:
 async def test_forget_action_runs_drops_only_that_deliverys_ledger(store: Store) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], DUE)
     for index in range(3):
-        await store.save_action_run("a", action_run(index=index))
-    await store.save_action_run("b", action_run())
+        await save_action_run(store, "a", action_run(index=index))
+    await save_action_run(store, "b", action_run())
 
     await store.forget_action_runs("a")
 
@@ -869,7 +879,8 @@ async def test_forget_action_runs_drops_only_that_deliverys_ledger(store: Store)
 async def test_nul_characters_from_a_payload_are_logged_as_replacement_characters(store: Store) -> None:
     # Valid JSON ("\u0000") that PostgreSQL refuses in text: the delivery log must still be written.
     await store.add_deliveries([delivery("a", body=b'{"data": {"name": "x\\u0000y"}}')], DUE)
-    await store.finish_run(
+    await finish_run(
+        store,
         "a",
         DeliveryStatus.DONE,
         T0,
@@ -877,10 +888,10 @@ async def test_nul_characters_from_a_payload_are_logged_as_replacement_character
         None,
         outcomes=[("to-slack", "condition_false", "data.name = 'x\x00y'")],
     )
-    await store.save_action_run(
-        "a", replace(action_run(), params={"text": "x\x00y"}, last_error="HTTP 400: x\x00y")
+    await save_action_run(
+        store, "a", replace(action_run(), params={"text": "x\x00y"}, last_error="HTTP 400: x\x00y")
     )
-    await store.finish_run("a", DeliveryStatus.FAILED, T0, None, "to-slack: x\x00y")
+    await finish_run(store, "a", DeliveryStatus.FAILED, T0, None, "to-slack: x\x00y")
 
     assert [o.reason for o in await store.outcomes("a")] == ["data.name = 'x\ufffdy'"]
     saved = (await store.action_runs("a"))[("reorder", 0)]
@@ -999,7 +1010,8 @@ async def test_purge_deletes_finished_deliveries_past_retention_with_outcomes_an
     old = T0 - timedelta(days=31)
     await store.add_deliveries([delivery("old", received_at=old), delivery("young")], DUE)
     for delivery_id in ("old", "young"):
-        await store.finish_run(
+        await finish_run(
+            store,
             delivery_id,
             DeliveryStatus.DONE,
             T0,
@@ -1007,7 +1019,7 @@ async def test_purge_deletes_finished_deliveries_past_retention_with_outcomes_an
             None,
             outcomes=[("reorder", "fired", ""), ("to-slack", "fired", "")],
         )
-        await store.save_action_run(delivery_id, action_run(status=ActionStatus.SUCCEEDED))
+        await save_action_run(store, delivery_id, action_run(status=ActionStatus.SUCCEEDED))
         await finished(store, delivery_id, status)
 
     assert await store.purge(T0, BODY_RETENTION, DELIVERY_RETENTION) == (1, 1)
@@ -1023,7 +1035,7 @@ async def test_purge_deletes_finished_deliveries_past_retention_with_outcomes_an
 async def test_purge_keeps_pending_deliveries_however_old(store: Store, status: DeliveryStatus) -> None:
     ancient = T0 - timedelta(days=400)
     await store.add_deliveries([delivery("old", received_at=ancient)], ancient)
-    await store.save_action_run("old", action_run())
+    await save_action_run(store, "old", action_run())
     if status is DeliveryStatus.PROCESSING:
         await claimed(store, "old", ancient, due_at=ancient)
 
@@ -1052,7 +1064,7 @@ async def test_foreign_keys_are_enforced(store: Store) -> None:
         async with store.engine.connect() as connection:
             assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
     with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
-        await store.save_action_run("never-stored", action_run())
+        await save_action_run(store, "never-stored", action_run())
 
 
 # --- queue lag ---------------------------------------------------------------------------------
