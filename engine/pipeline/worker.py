@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -45,8 +45,9 @@ from engine.pipeline.metrics import Metrics
 from engine.secrets import Masker, Secrets
 from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
 from engine.store.tables import ActionStatus, DeliveryStatus
+from engine.store.throttle_slots import StoreThrottle
 
-__all__ = ["MAX_BACKOFF_SECONDS", "MAX_UNFINISHED_RUNS", "DeliveryProcessor", "RetryPolicy", "StoreThrottle"]
+__all__ = ["MAX_BACKOFF_SECONDS", "MAX_UNFINISHED_RUNS", "DeliveryProcessor", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +56,6 @@ MAX_UNFINISHED_RUNS = 3
 DEFAULT_CONSOLE_URL = "http://127.0.0.1:8001"
 # Where the deliveries a run raises go once recorded: the queue's `enqueue`.
 Enqueue = Callable[[Sequence[str]], Awaitable[None]]
-
-
-class StoreThrottle:
-    """Throttle slots in the store, so a limit holds across every worker.
-
-    A rule that already fired for this delivery (it has rows in the ledger) keeps
-    firing when the delivery is processed again: its slot may have passed to a
-    later delivery meanwhile, but its own pending or failed actions still belong
-    to that first firing and must not be abandoned as `throttled`.
-    """
-
-    def __init__(self, store: Store, delivery_id: str, fired_before: frozenset[str]) -> None:
-        self._store = store
-        self._delivery_id = delivery_id
-        self._fired_before = fired_before
-
-    async def acquire(self, rule_id: str, key: str, window: timedelta, now: datetime) -> datetime | None:
-        if rule_id in self._fired_before:
-            return None
-        return await self._store.acquire_throttle(rule_id, key, window, now, self._delivery_id)
 
 
 @dataclass(slots=True)

@@ -2,8 +2,8 @@
 
 A rule's `throttle` holds for every worker process at once because its slot is a
 row: taking it is one INSERT ... ON CONFLICT DO UPDATE that only succeeds when the
-window is over. engine/language/throttle.py is what matching asks (`ThrottleState`), and
-the one-process slots of dry runs.
+window is over. `StoreThrottle` is the `ThrottleState` (engine/language/throttle.py) a
+worker's matching asks, one per delivery; dry runs use the one-process slots there.
 """
 
 from __future__ import annotations
@@ -52,6 +52,26 @@ class ThrottleSlotQueries(StoreConnections):
             )
             fired_at: datetime | None = last.scalar()
             return fired_at
+
+
+class StoreThrottle:
+    """Throttle slots in the store, so a limit holds across every worker.
+
+    A rule that already fired for this delivery (it has rows in the ledger) keeps
+    firing when the delivery is processed again: its slot may have passed to a
+    later delivery meanwhile, but its own pending or failed actions still belong
+    to that first firing and must not be abandoned as `throttled`.
+    """
+
+    def __init__(self, store: ThrottleSlotQueries, delivery_id: str, fired_before: frozenset[str]) -> None:
+        self._store = store
+        self._delivery_id = delivery_id
+        self._fired_before = fired_before
+
+    async def acquire(self, rule_id: str, key: str, window: timedelta, now: datetime) -> datetime | None:
+        if rule_id in self._fired_before:
+            return None
+        return await self._store.acquire_throttle(rule_id, key, window, now, self._delivery_id)
 
 
 def _slot_key(key: str) -> str:
