@@ -1,19 +1,17 @@
-"""Executing one rendered action: the plugin's run, its failure sorted, the retry backoff.
+"""Executing one rendered action: the plugin's run, its failure sorted, its retry planned.
 
 A run that raises `ActionFailed` is transient (connection errors, timeouts, 408,
 429, 5xx) or not; a transient failure is retried after a full-jitter exponential
-backoff, never sooner than the server's Retry-After, up to `max_attempts`. Any
-other exception is a plugin's bug: the action fails, the worker goes on. Each
-execution leaves one row for the action ledger (params and errors masked), which
-the worker records (engine/pipeline/worker.py).
+backoff, never sooner than the server's Retry-After, up to `max_attempts`
+(engine/pipeline/retry.py). Any other exception is a plugin's bug: the action
+fails, the worker goes on. Each execution leaves one row for the action ledger
+(params and errors masked), which the worker records (engine/pipeline/worker.py).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
@@ -23,38 +21,12 @@ from engine.language.matching import PlannedAction
 from engine.language.outgoing_urls import allowed_origins
 from engine.language.rules import Rule
 from engine.pipeline.metrics import Metrics
+from engine.pipeline.retry import RetryPolicy
 from engine.secrets import Masker
 from engine.store import ActionRun
 from engine.store.tables import ActionStatus
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_SECONDS = 3600.0
-# A server asking to be left alone for longer than this gets a failed action, not a wait.
-MAX_RETRY_AFTER_SECONDS = 86400.0
-# 2**64 seconds is far past any ceiling; capping the exponent keeps the float finite.
-_MAX_EXPONENT = 64
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 8
-    base_seconds: float = 1.0
-    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
-    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
-
-    def delay(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds before the next try: full-jitter exponential backoff, never sooner than Retry-After.
-
-        None when the server's Retry-After is beyond `max_retry_after_seconds`: give up.
-        """
-        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
-        backoff = random.uniform(0, min(self.max_backoff_seconds, self.base_seconds * 2.0**exponent))
-        if retry_after is None:
-            return backoff
-        if not retry_after <= self.max_retry_after_seconds:  # also catches inf and nan
-            return None
-        return max(backoff, retry_after)
 
 
 class ActionExecutor:

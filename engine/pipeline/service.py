@@ -25,9 +25,10 @@ from engine.pipeline.http_client import create_http_client
 from engine.pipeline.intake import DeliveryIntake
 from engine.pipeline.metrics import Metrics
 from engine.pipeline.receiver import ReceiverParts
+from engine.pipeline.retry import RetryPolicy
 from engine.pipeline.rule_reload import LiveRules
 from engine.pipeline.sweeper import Sweeper
-from engine.pipeline.worker import DeliveryProcessor, RetryPolicy
+from engine.pipeline.worker import DeliveryProcessor
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
 from engine.secrets import Masker
 from engine.store import Store, database

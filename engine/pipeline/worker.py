@@ -11,7 +11,7 @@ skipped actions a fresh start; only `redeliver --force` forgets the ledger.
 
 Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried
 with exponential backoff and full jitter, never sooner than the server's
-Retry-After, up to `max_attempts` (engine/pipeline/action_execution.py); the delivery stays
+Retry-After, up to `max_attempts` (engine/pipeline/retry.py); the delivery stays
 `processing` meanwhile, with `due_at` set so a lost retry is picked up by the sweeper.
 
 A run keeps its claim alive while it lasts (engine/pipeline/claim_keeper.py), so only a dead
@@ -37,17 +37,18 @@ from actions.base import ActionDefaults, Clock, DatabaseEngines, utc_now
 from engine.language.delivery import Delivery
 from engine.language.matching import Matcher, RuleOutcome, RuleStatus
 from engine.language.rules import RuleSet
-from engine.pipeline.action_execution import MAX_BACKOFF_SECONDS, ActionExecutor, RetryPolicy
+from engine.pipeline.action_execution import ActionExecutor
 from engine.pipeline.claim_keeper import ClaimKeeper, Hold
 from engine.pipeline.failure_alerts import Failures, delivery_failed, raises_alert
 from engine.pipeline.group_commit import GroupCommit
 from engine.pipeline.metrics import Metrics
+from engine.pipeline.retry import RetryPolicy
 from engine.secrets import Masker, Secrets
 from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
 from engine.store.tables import ActionStatus, DeliveryStatus
 from engine.store.throttle_slots import StoreThrottle
 
-__all__ = ["MAX_BACKOFF_SECONDS", "MAX_UNFINISHED_RUNS", "DeliveryProcessor", "RetryPolicy"]
+__all__ = ["MAX_UNFINISHED_RUNS", "DeliveryProcessor"]
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from engine.language.fixtures import load_fixtures
 from engine.language.harness import replay
 from engine.language.loader import load_rules
 from engine.pipeline.metrics import Metrics
-from engine.pipeline.worker import DeliveryProcessor, RetryPolicy
+from engine.pipeline.retry import RetryPolicy
+from engine.pipeline.worker import DeliveryProcessor
 from engine.secrets import Masker
 from engine.signing import verify
 from engine.store import ActionRun, NewDelivery, Store, database

@@ -27,8 +27,9 @@ from engine.config import load_settings
 from engine.language.loader import load_rules
 from engine.pipeline.logs import configure_logging
 from engine.pipeline.metrics import Metrics
+from engine.pipeline.retry import RetryPolicy
 from engine.pipeline.service import masker_for
-from engine.pipeline.worker import DeliveryProcessor, RetryPolicy
+from engine.pipeline.worker import DeliveryProcessor
 from engine.secrets import Masker
 from engine.store import NewDelivery, Store, database
 

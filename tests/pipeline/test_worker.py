@@ -42,8 +42,9 @@ from actions.base import Clock as ClockFunction
 from actions.registry import ActionRegistry, load_registry
 from engine.language.loader import load_rules
 from engine.pipeline.metrics import Metrics
+from engine.pipeline.retry import RetryPolicy
 from engine.pipeline.runners import CONNECTION_LOST_RETRY_SECONDS, process_surviving_connection_loss
-from engine.pipeline.worker import MAX_BACKOFF_SECONDS, DeliveryProcessor, RetryPolicy
+from engine.pipeline.worker import DeliveryProcessor
 from engine.queue import InProcessQueue
 from engine.secrets import Masker
 from engine.store import ActionRun, Claim, NewDelivery, Reopened, RunEnd, Store, database
@@ -1584,45 +1585,6 @@ async def test_metrics_count_outcomes_action_runs_and_finished_deliveries(
     assert value("stockaj_deliveries_processed_total", event="item.low_stock", status="done") == 1
     assert value("stockaj_deliveries_processed_total", event="item.low_stock", status="no_match") == 1
     assert value("stockaj_processing_lag_seconds_count") == 2
-
-
-# --- the retry policy ---------------------------------------------------------------------
-
-
-def test_backoff_is_full_jitter_below_an_exponential_ceiling() -> None:
-    policy = RetryPolicy(max_attempts=8, base_seconds=0.5)
-    random.seed(1234)
-    for attempt in range(1, 9):
-        ceiling = 0.5 * 2 ** (attempt - 1)
-        delays = [policy.delay(attempt, None) for _ in range(400)]
-        assert all(d is not None and 0 <= d <= ceiling for d in delays)
-        # Full jitter spreads over the whole range, not just near the ceiling.
-        assert min(d for d in delays if d is not None) < ceiling * 0.1
-        assert max(d for d in delays if d is not None) > ceiling * 0.9
-
-
-def test_backoff_is_bounded_for_any_attempt_count() -> None:
-    policy = RetryPolicy(max_attempts=100_000, base_seconds=1.0)
-    for attempt in (20, 1_100, 99_999):
-        delay = policy.delay(attempt, None)
-        assert delay is not None
-        assert 0 <= delay <= MAX_BACKOFF_SECONDS
-
-
-def test_retry_is_never_sooner_than_retry_after() -> None:
-    policy = RetryPolicy(max_attempts=8, base_seconds=1.0)
-    for attempt in range(1, 9):
-        for retry_after in (0.0, 1.0, 30.0, 2 * MAX_BACKOFF_SECONDS):
-            delay = policy.delay(attempt, retry_after)
-            assert delay is not None
-            assert delay >= retry_after
-
-
-def test_retry_after_beyond_the_limit_gives_up() -> None:
-    policy = RetryPolicy()
-    assert policy.delay(1, policy.max_retry_after_seconds + 1) is None
-    assert policy.delay(1, float("inf")) is None
-    assert policy.delay(1, policy.max_retry_after_seconds) == policy.max_retry_after_seconds
 
 
 # --- a rule that cannot be evaluated -------------------------------------------------------
