@@ -1,10 +1,12 @@
-"""Group commit: concurrent requests share one transaction and one enqueue.
+"""The receiver's intake: concurrent requests share one transaction and one enqueue.
 
 Each request hands its verified delivery to `DeliveryIntake.submit()` and waits
-for its own answer: stored (new), duplicate, or `StoreUnavailable`. One loop
-writes whatever has accumulated while the previous batch was committing, so
-under load a single transaction stores dozens of deliveries, and each request
-is still answered only after its own delivery is durable.
+for its own answer: stored (new), duplicate, or `StoreUnavailable`. Deliveries go
+to the store through a group commit (engine/pipeline/group_commit.py): whatever
+accumulated while the previous batch was committing is written next, so under
+load a single transaction stores dozens of deliveries, and each request is still
+answered only after its own delivery is durable. Which ids are new is the store's
+duplicate decision (engine/store/intake.py).
 
 Enqueueing happens after the answer, in batches too. A queue outage loses
 nothing: the delivery is in the store with a `due_at`, and the sweeper
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy.exc import StatementError
 
 from actions.base import Clock, utc_now
+from engine.pipeline.group_commit import CallerError, GroupCommit
 from engine.pipeline.metrics import Metrics
 from engine.queue import DeliveryQueue, QueueUnavailable
 from engine.queue.receiver_activity import ReceiverActivity
@@ -30,8 +34,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 PING_TIMEOUT_SECONDS = 2.0
-
-_Waiting = tuple[NewDelivery, "asyncio.Future[bool]"]
 
 
 class StoreUnavailable(Exception):
@@ -52,11 +54,15 @@ class DeliveryIntake:
         self._metrics = metrics
         self._requeue_after = requeue_after
         self._clock = clock
-        self._pending: list[_Waiting] = []
-        self._writing: list[_Waiting] = []
+        self._writes = GroupCommit(
+            self._write_batch,
+            "intake-writer",
+            MAX_BATCH,
+            retry_alone=self._retry_alone,
+            refusal=self._refuse,
+        )
         self._stopped = False
         self._to_enqueue: list[str] = []
-        self._write_wanted = asyncio.Event()
         self._enqueue_wanted = asyncio.Event()
         # The receiver wraps each request in `activity.receiving()`; in-process workers yield to it.
         self.activity = ReceiverActivity()
@@ -66,10 +72,7 @@ class DeliveryIntake:
         if self._tasks:
             return
         self._stopped = False
-        self._tasks = [
-            asyncio.create_task(self._write_loop(), name="intake-writer"),
-            asyncio.create_task(self._enqueue_loop(), name="intake-enqueuer"),
-        ]
+        self._tasks = [asyncio.create_task(self._enqueue_loop(), name="intake-enqueuer")]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Finish what was accepted (up to `grace` seconds), then stop.
@@ -79,16 +82,15 @@ class DeliveryIntake:
         """
         self._stopped = True
         for _ in range(int(grace / 0.01)):
-            if not (self._pending or self._writing or self._to_enqueue):
+            if not (self._writes.busy or self._to_enqueue):
                 break
             await asyncio.sleep(0.01)
-        waiting, self._pending = [*self._writing, *self._pending], []
+        await self._writes.stop(_refused("the receiver is stopping"))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self.activity.close()
-        self._fail(waiting, "the receiver is stopping")
 
     async def submit(self, delivery: NewDelivery) -> bool:
         """True when stored now, False when this delivery id was stored before."""
@@ -96,54 +98,30 @@ class DeliveryIntake:
             raise StoreUnavailable("the receiver is stopping")
         if not self._tasks:
             self.start()
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((delivery, answer))
-        self._write_wanted.set()
-        return await answer
+        return await self._writes.submit(delivery)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._write_wanted.wait()
-            self._write_wanted.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                self._writing = batch
-                try:
-                    await self._write(batch)
-                finally:
-                    self._writing = []
-
-    async def _write(self, batch: list[_Waiting], retry: bool = True) -> None:
-        try:
-            stored = await self._store.add_deliveries(
-                [d for d, _ in batch], self._clock() + self._requeue_after
-            )
-        except Exception as exc:  # any database failure
-            if retry and await self._store_answers():
-                # The store is up, so the batch met a connection the database had dropped
-                # (the pool has replaced it), was refused for one of its rows, or lost a
-                # deadlock: store them again one by one, so one bad row fails only its request.
-                for item in batch:
-                    await self._write([item], retry=False)
-                return
-            if len(batch) == 1:
-                log.error("delivery %r not stored: %s", batch[0][0].delivery_id[:ID_LENGTH], _describe(exc))
-            else:
-                log.error("store unavailable, %d deliveries refused: %s", len(batch), _describe(exc))
-            self._fail(batch, type(exc).__name__)
-            return
-        claimed: set[str] = set()
-        for delivery, answer in batch:
-            is_new = delivery.delivery_id in stored and delivery.delivery_id not in claimed
+    async def _write_batch(self, batch: Sequence[NewDelivery]) -> list[bool]:
+        """Store a batch; for each delivery, whether it is new (the first copy of an id never stored)."""
+        stored = await self._store.add_deliveries(batch, self._clock() + self._requeue_after)
+        first_copies: set[str] = set()
+        answers = []
+        for delivery in batch:
+            is_new = delivery.delivery_id in stored and delivery.delivery_id not in first_copies
             if is_new:
-                claimed.add(delivery.delivery_id)
-            if not answer.done():
-                answer.set_result(is_new)
-        if claimed:
-            self._to_enqueue.extend(claimed)
+                first_copies.add(delivery.delivery_id)
+            answers.append(is_new)
+        if first_copies:
+            self._to_enqueue.extend(first_copies)
             self._enqueue_wanted.set()
+        return answers
 
-    async def _store_answers(self) -> bool:
+    async def _retry_alone(self, batch: Sequence[NewDelivery], error: Exception) -> bool:
+        """A failed batch is stored again one delivery at a time only when the store answers.
+
+        The store is up, so the batch met a connection the database had dropped (the pool
+        has replaced it), was refused for one of its rows, or lost a deadlock: one by one,
+        one bad row fails only its request. The store down, every request is refused at once.
+        """
         try:
             await asyncio.wait_for(self._store.ping(), PING_TIMEOUT_SECONDS)
         except Exception:
@@ -151,10 +129,12 @@ class DeliveryIntake:
         return True
 
     @staticmethod
-    def _fail(batch: list[_Waiting], reason: str) -> None:
-        for _, answer in batch:
-            if not answer.done():
-                answer.set_exception(StoreUnavailable(reason))
+    def _refuse(batch: Sequence[NewDelivery], error: Exception) -> CallerError:
+        if len(batch) == 1:
+            log.error("delivery %r not stored: %s", batch[0].delivery_id[:ID_LENGTH], _describe(error))
+        else:
+            log.error("store unavailable, %d deliveries refused: %s", len(batch), _describe(error))
+        return _refused(type(error).__name__)
 
     async def _enqueue_loop(self) -> None:
         while True:
@@ -172,6 +152,10 @@ class DeliveryIntake:
                 except Exception:
                     self._metrics.enqueue_failures.inc(len(batch))
                     log.exception("enqueue failed; %d stored deliveries wait for the sweeper", len(batch))
+
+
+def _refused(reason: str) -> CallerError:
+    return lambda: StoreUnavailable(reason)
 
 
 def _describe(exc: Exception) -> str:

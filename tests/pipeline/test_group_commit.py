@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -105,3 +105,63 @@ async def test_a_writer_that_returns_the_wrong_count_fails_its_callers_with_a_cl
         await commit.submit(1)
     with pytest.raises(RuntimeError):  # and the next call is not left waiting
         await asyncio.wait_for(commit.submit(2), 1)
+
+
+async def test_a_failed_batch_is_not_split_when_retry_alone_says_no_and_each_caller_gets_its_own_refusal() -> (
+    None
+):
+    writer = Writer()
+    writer.gate.clear()
+    refused: list[tuple[list[int], str]] = []
+
+    async def never(items: Sequence[int], error: Exception) -> bool:
+        return False
+
+    def refusal(items: Sequence[int], error: Exception) -> Callable[[], Exception]:
+        refused.append((list(items), str(error)))
+        return lambda: LookupError("refused")
+
+    commit = GroupCommit(writer.write, "test", retry_alone=never, refusal=refusal)
+    calls = [asyncio.create_task(commit.submit(n)) for n in (1, -2, 3)]
+    await asyncio.sleep(0)
+
+    writer.gate.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert writer.batches == [[1, -2, 3]]  # not written again one at a time
+    assert refused == [([1, -2, 3], "negative: [-2]")]  # the refusal is told once
+    assert all(isinstance(result, LookupError) for result in results)
+    assert len({id(result) for result in results}) == 3  # one error each: no shared traceback
+
+
+async def test_a_lone_failed_call_is_written_again_once_when_retry_alone_says_so() -> None:
+    attempts: list[list[int]] = []
+
+    async def flaky(items: Sequence[int]) -> list[int]:
+        attempts.append(list(items))
+        if len(attempts) == 1:
+            raise ConnectionError("dropped")
+        return [item * 2 for item in items]
+
+    async def always(items: Sequence[int], error: Exception) -> bool:
+        return True
+
+    commit = GroupCommit(flaky, "test", retry_alone=always)
+
+    assert await commit.submit(5) == 10
+    assert attempts == [[5], [5]]
+
+
+async def test_stop_answers_every_waiting_caller_with_its_error() -> None:
+    writer = Writer()
+    writer.gate.clear()
+    commit = GroupCommit(writer.write, "test", max_batch=2)
+    calls = [asyncio.create_task(commit.submit(n)) for n in range(5)]
+    await asyncio.sleep(0)
+    assert commit.busy
+
+    await commit.stop(lambda: LookupError("stopping"))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert [type(result) for result in results] == [LookupError] * 5
+    assert not commit.busy
