@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.language.expressions.compiler import Compiler, Invalid, Part
+from engine.language.expressions.compiler import Compiler, Invalid
+from engine.language.expressions.parts import Part
 from engine.language.expressions.syntax import ExpressionProblem, Lines, parse
 
 __all__ = ["CompiledExpression", "ExpressionProblem", "Part", "compile_expression"]

@@ -1,8 +1,9 @@
 """The walk from a Python syntax tree to JsonLogic, behind engine.language.expressions.
 
 `Compiler.expr` dispatches on a whitelist of node types; any other node is refused with a
-hint from engine.language.expressions.hints. Each JsonLogic object it emits is recorded with the span
-of the text it stands for (`Part`), so explanations show the author's words with values.
+hint from engine.language.expressions.hints. Each JsonLogic object it emits is recorded with
+the span of the text it stands for (a `Part`, engine.language.expressions.parts), so
+explanations show the author's words with values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from engine.language.expressions.hints import (
     refusal,
     unknown_name,
 )
+from engine.language.expressions.parts import Part
 from engine.language.expressions.syntax import MAX_DEPTH, TOO_DEEP, ExpressionProblem, Lines
 
 LITERAL_NAMES: Mapping[str, Any] = {"true": True, "false": False, "null": None}
@@ -42,22 +44,6 @@ _ARITHMETIC: Mapping[type[ast.operator], str] = {
 }
 _MAX_INT = 2**53  # beyond this a number is not exact in JsonLogic
 _LIST_TESTS = {"any": "some", "all": "all"}
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """The piece of the expression text one JsonLogic node stands for.
-
-    `kind` says how explanations show its value: "read" (a field read) and
-    "call" (len(...), any(...)) have it written after them, "test" (a condition
-    that is an operand of and / or / not) is shown with its verdict, "value"
-    (arithmetic, a whole comparison) shows nothing of its own, and "inner"
-    (inside any/all/sum, one value per item) is never shown.
-    """
-
-    start: int
-    end: int
-    kind: str
 
 
 @dataclass(frozen=True, slots=True)
