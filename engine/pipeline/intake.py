@@ -25,7 +25,7 @@ from sqlalchemy.exc import StatementError
 from actions.base import Clock, utc_now
 from engine.pipeline.group_commit import CallerError, GroupCommit
 from engine.pipeline.metrics import Metrics
-from engine.queue import DeliveryQueue, QueueUnavailable
+from engine.queue.delivery_queue import DeliveryQueue, QueueUnavailable
 from engine.queue.receiver_activity import ReceiverActivity
 from engine.store import NewDelivery, Store
 from engine.store.tables import ID_LENGTH

@@ -39,8 +39,9 @@ from engine.pipeline.http_protocol import (
 from engine.pipeline.logs import configure_logging
 from engine.pipeline.receiver import ASGIApp, create_app, metrics_app
 from engine.pipeline.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
-from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
+from engine.queue.arq_queue import PROCESS_FUNCTION, ArqQueue, job_lease
 from engine.queue.arq_worker import DeliveryWorker
+from engine.queue.delivery_queue import Processor
 from engine.store import Reopened
 
 ARQ_JOB_TIMEOUT_SECONDS = 600

@@ -29,7 +29,9 @@ from engine.pipeline.retry import RetryPolicy
 from engine.pipeline.rule_reload import LiveRules
 from engine.pipeline.sweeper import Sweeper
 from engine.pipeline.worker import DeliveryProcessor
-from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
+from engine.queue.arq_queue import ArqQueue
+from engine.queue.delivery_queue import DeliveryQueue
+from engine.queue.in_process import InProcessQueue
 from engine.secrets import Masker
 from engine.store import Store, database
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from actions.base import Clock, utc_now
 from engine.pipeline.metrics import Metrics
-from engine.queue import DeliveryQueue, QueueUnavailable
+from engine.queue.delivery_queue import DeliveryQueue, QueueUnavailable
 from engine.store import Store
 
 log = logging.getLogger(__name__)

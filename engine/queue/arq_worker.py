@@ -37,7 +37,7 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
 
-from engine.queue import jobs_channel
+from engine.queue.arq_queue import jobs_channel
 
 # The longest a worker goes without polling: deferred retries, and no subscription.
 IDLE_POLL_SECONDS = 0.25

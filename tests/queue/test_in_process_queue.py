@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from engine.queue import YIELD_SECONDS, InProcessQueue
+from engine.queue.in_process import YIELD_SECONDS, InProcessQueue
 from engine.queue.receiver_activity import ReceiverActivity
 
 WINDOW = 0.01
