@@ -1,23 +1,17 @@
 """JsonLogic conditions: compile once, evaluate per delivery, explain the verdict.
 
-This is the only module that imports the JsonLogic library (datalogic-py).
+This module and missing_field_guard.py are the only ones that import the JsonLogic
+library (datalogic-py).
 
 `evaluate(condition, data)` is plain JsonLogic as jsonlogic.com defines it.
-Rules go through `Condition`, which adds the missing-field guard of the spec:
-a field the condition reads but the delivery lacks stops the rule from firing
-(plain JsonLogic would read it as null, and `null <= 5` is true). The guard
-runs on an engine configured with `missing_var: error`, so it is lazy: a read
-the evaluation never reaches (the other branch of an `if`), a read with a
-default (`{"var": ["data.quantity", 0]}`), `missing` and `missing_some` are
-not misses. Reads inside the item scope of `some`/`all`/`none`/`map`/
-`filter`/`reduce` are given an explicit null default when compiled, so they
-keep the standard semantics.
+Rules go through `Condition`, which adds the missing-field guard of the spec
+(engine/language/missing_field_guard.py): a field the condition reads but the
+delivery lacks stops the rule from firing.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -27,19 +21,21 @@ import datalogic_py as dl
 from engine.excerpt import cut, value_text
 from engine.language.expressions import CompiledExpression
 from engine.language.expressions.explain import explain as explain_expression
+from engine.language.missing_field_guard import FAMILIES, guarded, missing_field, new_session
 from engine.language.sources import JsonPath
 
-FAMILIES = ["Core"]
-SCOPED_OPERATORS = frozenset({"some", "all", "none", "map", "filter", "reduce"})
+__all__ = [
+    "Condition",
+    "ConditionProblem",
+    "DeliveryData",
+    "Verdict",
+    "check",
+    "evaluate",
+    "new_session",
+    "truthy",
+]
 
 _standard = dl.Engine(families=FAMILIES)
-_guarded = dl.Engine(families=FAMILIES, config={"missing_var": "error"})
-_MISSING_VARIABLE = re.compile(r"Variable not found: (.*?)(?: \(in operator: \w+\))?$")
-
-
-def new_session() -> dl.Session:
-    """A per-thread evaluation session for `Condition.test`."""
-    return _guarded.session()
 
 
 def evaluate(condition: Any, data: Any) -> Any:
@@ -121,7 +117,7 @@ class Condition:
         self.logic = logic
         self.expression = expression
         self._logic_json = json.dumps(logic)
-        self._guarded_rule = _guarded.compile(json.dumps(_default_scoped_reads(logic)))
+        self._guarded_rule = guarded(logic)
         facts = _standard.compile(self._logic_json).facts()
         # The paths the condition reads: explanations trace only these, not the whole payload.
         self._reads: list[list[str]] | None = facts["reads"] if facts["reads_complete"] else None
@@ -131,8 +127,9 @@ class Condition:
         try:
             fired = session.evaluate_truthy(self._guarded_rule, data.handle)
         except dl.EvaluateError as exc:
-            if exc.error_type == "VariableNotFound":
-                return Verdict(False, missing_field=_missing_name(exc))
+            missing = missing_field(exc)
+            if missing is not None:
+                return Verdict(False, missing_field=missing)
             return Verdict(False, error=_runtime_error(exc))
         return _FIRED if fired else _NOT_FIRED
 
@@ -231,34 +228,6 @@ def _render(logic: Any, pointer: str, values: _TraceValues, *, top: bool = False
 
 def _literal(value: Any) -> str:
     return value_text(value)
-
-
-def _default_scoped_reads(logic: Any, scoped: bool = False) -> Any:
-    """Copy `logic` with a null default on every `var` inside an item scope."""
-    if isinstance(logic, list):
-        return [_default_scoped_reads(item, scoped) for item in logic]
-    if not isinstance(logic, dict):
-        return logic
-    if len(logic) != 1:
-        return {key: _default_scoped_reads(value, scoped) for key, value in logic.items()}
-    ((op, args),) = logic.items()
-    if op == "var" and scoped:
-        if isinstance(args, list):
-            return {"var": [*args, None] if len(args) == 1 else args}
-        return {"var": [args, None]}
-    if op in SCOPED_OPERATORS and isinstance(args, list) and args:
-        return {
-            op: [
-                _default_scoped_reads(args[0], scoped),
-                *(_default_scoped_reads(a, True) for a in args[1:]),
-            ]
-        }
-    return {op: _default_scoped_reads(args, scoped)}
-
-
-def _missing_name(exc: dl.EvaluateError) -> str:
-    match = _MISSING_VARIABLE.search(str(exc))
-    return match.group(1) if match else str(exc)
 
 
 def _runtime_error(exc: dl.DataLogicError) -> str:
