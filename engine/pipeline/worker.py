@@ -44,7 +44,7 @@ from engine.pipeline.group_commit import GroupCommit
 from engine.pipeline.metrics import Metrics
 from engine.pipeline.retry import RetryPolicy
 from engine.secrets import Masker, Secrets
-from engine.store import ActionRun, Claim, Ledger, RunEnd, Store, StoredDelivery
+from engine.store import ActionRun, ClaimedDelivery, Ledger, RunEnd, Store, StoredDelivery
 from engine.store.tables import ActionStatus, DeliveryStatus
 from engine.store.throttle_slots import StoreThrottle
 
@@ -184,7 +184,7 @@ class DeliveryProcessor:
         finally:
             self._running.discard(delivery_id)
 
-    async def _claim_batch(self, delivery_ids: Sequence[str]) -> list[Claim | None]:
+    async def _claim_batch(self, delivery_ids: Sequence[str]) -> list[ClaimedDelivery | None]:
         now = self._clock()
         claims = await self._store.claim_many(delivery_ids, now, now + self._requeue_after)
         # One claim, one run: an id submitted twice gets its claim once.
@@ -207,7 +207,7 @@ class DeliveryProcessor:
         finally:
             await self._keeper.release(hold)
 
-    async def _run(self, claim: Claim, hold: Hold) -> float | None:
+    async def _run(self, claim: ClaimedDelivery, hold: Hold) -> float | None:
         now = self._clock()
         stored = claim.delivery
         # Its earlier runs kept dying: this one ends it, rather than die the same way.

@@ -1,4 +1,4 @@
-"""The arq worker of `stockaj-rules worker`: woken when jobs arrive, claiming a poll's jobs at once.
+"""The arq worker of `stockaj-rules worker`: woken when jobs arrive, taking a poll's jobs at once.
 
 Three changes to arq's `Worker`; the first two are measured in bench/README.md ("Receiver
 and pipeline"):
@@ -10,19 +10,20 @@ and pipeline"):
   arrives, when one of its jobs ends while it was full, and otherwise every
   IDLE_POLL_SECONDS: that poll finds jobs a retry deferred (arq re-scores them in the
   queue, without a message) and keeps the worker working while the subscription is down.
-- **One claim per poll.** arq's `start_jobs` claims each job it polled with WATCH,
+- **One take per poll.** arq's `start_jobs` takes each job it polled with WATCH,
   EXISTS, ZSCORE and MULTI/PSETEX/EXEC, four round trips, and three for each job that
   another worker took first, which with two workers polling the same queue is half of
-  them. `DeliveryWorker` claims with one Lua script under arq's own rule (a job is taken
-  when no worker has it in progress and its time has come), atomically, and runs each
-  claimed job with arq's own `run_job`.
+  them. `DeliveryWorker` takes them with one Lua script under arq's own rule (a job is
+  taken when no worker has it in progress and its time has come), atomically, and runs
+  each job taken with arq's own `run_job`. (Taking a job is not claiming its delivery:
+  the run claims the delivery in the store, engine/store/runs.py.)
 - **Riding out a Redis outage.** arq's poll lets a lost connection end the worker, so a
   restarted Redis stopped every worker at once. `DeliveryWorker` logs it once and polls
   again every REDIS_RETRY_SECONDS until Redis answers.
 
 It relies on arq's `Worker` internals as of arq 0.26 to 0.28 (`_poll_iteration`,
 `start_jobs`, `job_counter`, `sem`, `tasks`): pyproject.toml pins arq below 0.29, and
-tests/test_arq_worker.py runs the worker on the real Redis.
+tests/queue/test_arq_worker.py runs the worker on the real Redis.
 """
 
 from __future__ import annotations
@@ -49,35 +50,35 @@ REDIS_RETRY_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 # KEYS[1]: the queue (sorted set, score = when the job is due, ms).
-# ARGV: in-progress key prefix, now (ms), in-progress timeout (ms), most jobs to claim, job ids.
-# Returns job id, score, job id, score ... of the jobs claimed, in the order given.
-_CLAIM_SCRIPT = """
+# ARGV: in-progress key prefix, now (ms), in-progress timeout (ms), most jobs to take, job ids.
+# Returns job id, score, job id, score ... of the jobs taken, in the order given.
+_TAKE_JOBS_SCRIPT = """
 local prefix, now, timeout, most = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local claimed = {}
+local taken = {}
 for i = 5, #ARGV do
-  if #claimed >= 2 * most then break end
+  if #taken >= 2 * most then break end
   local job_id = ARGV[i]
   local key = prefix .. job_id
   if redis.call('exists', key) == 0 then
     local score = redis.call('zscore', KEYS[1], job_id)
     if score and tonumber(score) <= now then
       redis.call('psetex', key, timeout, '1')
-      claimed[#claimed + 1] = job_id
-      claimed[#claimed + 1] = score
+      taken[#taken + 1] = job_id
+      taken[#taken + 1] = score
     end
   end
 end
-return claimed
+return taken
 """
 
 
 class DeliveryWorker(Worker):
-    """An arq `Worker` that polls when jobs arrive and claims what it polled in one round trip.
+    """An arq `Worker` that polls when jobs arrive and takes what it polled in one round trip.
 
     Construct it with `poll_delay=0`: the wait between polls is this class's own.
     """
 
-    _claim_script: AsyncScript | None = None
+    _take_jobs_script: AsyncScript | None = None
     _listener: asyncio.Task[None] | None = None
     _work_may_wait: asyncio.Event | None = None
     _was_full = False
@@ -144,15 +145,15 @@ class DeliveryWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids:
             return
-        if self._claim_script is None:
-            self._claim_script = self.pool.register_script(_CLAIM_SCRIPT)
+        if self._take_jobs_script is None:
+            self._take_jobs_script = self.pool.register_script(_TAKE_JOBS_SCRIPT)
         timeout_ms = int(self.in_progress_timeout_s * 1000)
         args: list[str | bytes | int] = [in_progress_key_prefix, timestamp_ms(), timeout_ms, free, *job_ids]
-        claimed = await self._claim_script(keys=[self.queue_name], args=args)
-        self._was_full = len(claimed) // 2 == free
-        for job_id_b, score_b in zip(claimed[::2], claimed[1::2], strict=True):
+        taken = await self._take_jobs_script(keys=[self.queue_name], args=args)
+        self._was_full = len(taken) // 2 == free
+        for job_id_b, score_b in zip(taken[::2], taken[1::2], strict=True):
             job_id = job_id_b.decode()
-            await self.sem.acquire()  # never waits: at most max_jobs - job_counter were claimed
+            await self.sem.acquire()  # never waits: at most max_jobs - job_counter were taken
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, int(float(score_b))))
             task.add_done_callback(self._job_done)

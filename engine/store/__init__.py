@@ -26,7 +26,7 @@ from engine.store.intake import IntakeQueries
 from engine.store.pending import PendingQueries
 from engine.store.records import (
     ActionRun,
-    Claim,
+    ClaimedDelivery,
     Ledger,
     NewDelivery,
     Reopened,
@@ -41,7 +41,7 @@ from engine.store.throttle_slots import ThrottleSlotQueries
 
 __all__ = [
     "ActionRun",
-    "Claim",
+    "ClaimedDelivery",
     "Ledger",
     "NewDelivery",
     "Reopened",

@@ -96,7 +96,7 @@ class Reopened(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
+class ClaimedDelivery:
     """A delivery claimed for one run, as the claim left it, with its action ledger."""
 
     delivery: StoredDelivery

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine.store.connections import converter
 from engine.store.ledger import LedgerQueries, read_ledgers
 from engine.store.postgres_batches import FINISH_FIRST_RUNS, first_run_ends
-from engine.store.records import ActionRun, Claim, NewDelivery, RunEnd, stored_delivery
+from engine.store.records import ActionRun, ClaimedDelivery, NewDelivery, RunEnd, stored_delivery
 from engine.store.tables import DeliveryStatus, action_runs, deliveries, rule_outcomes
 
 # The worker's statements are built once: building one, and its cache key, cost more than
@@ -102,7 +102,7 @@ class RunQueries(LedgerQueries):
 
     async def claim_many(
         self, delivery_ids: Sequence[str], now: datetime, due_at: datetime
-    ) -> dict[str, Claim]:
+    ) -> dict[str, ClaimedDelivery]:
         """Claim deliveries for one run each; those not returned are unknown, finished, or taken.
 
         A delivery can be claimed when `received`, or `processing` past its `due_at` (its
@@ -120,7 +120,7 @@ class RunQueries(LedgerQueries):
             claimed = [stored_delivery(row) for row in await connection.execute(_CLAIM, parameters)]
             again = [delivery.delivery_id for delivery in claimed if delivery.runs > 1]
             ledgers = await read_ledgers(connection, again) if again else {}
-        return {d.delivery_id: Claim(d, ledgers.get(d.delivery_id, {})) for d in claimed}
+        return {d.delivery_id: ClaimedDelivery(d, ledgers.get(d.delivery_id, {})) for d in claimed}
 
     async def save_progress(
         self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime, *, token: int

@@ -47,7 +47,7 @@ from engine.pipeline.runners import CONNECTION_LOST_RETRY_SECONDS, process_survi
 from engine.pipeline.worker import DeliveryProcessor
 from engine.queue import InProcessQueue
 from engine.secrets import Masker
-from engine.store import ActionRun, Claim, NewDelivery, Reopened, RunEnd, Store, database
+from engine.store import ActionRun, ClaimedDelivery, NewDelivery, Reopened, RunEnd, Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus
 from tests.store.helpers import finish_run
 
@@ -632,7 +632,9 @@ async def test_concurrent_deliveries_share_claim_and_finish_transactions(
     finishes: list[int] = []
     claim_many, finish_runs = bench.store.claim_many, bench.store.finish_runs
 
-    async def counted_claims(ids: Sequence[str], now: datetime, due_at: datetime) -> dict[str, Claim]:
+    async def counted_claims(
+        ids: Sequence[str], now: datetime, due_at: datetime
+    ) -> dict[str, ClaimedDelivery]:
         claims.append(len(ids))
         return await claim_many(ids, now, due_at)
 

@@ -1,4 +1,4 @@
-"""`DeliveryWorker` on the real Redis: woken by enqueues, claiming each job for one worker only.
+"""`DeliveryWorker` on the real Redis: woken by enqueues, taking each job for one worker only.
 
 The jobs are enqueued by `ArqQueue`, as the receiver and the sweeper do, and run by a
 recording function in place of the delivery processor: what is under test is which
@@ -249,7 +249,7 @@ async def test_enqueueing_a_job_in_progress_neither_duplicates_nor_reschedules_i
     assert await redis.zcard(default_queue_name) == 0
 
 
-async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
+async def test_a_poll_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
     fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
     await arq_queue.enqueue(["running", "later", "ready"])
@@ -269,7 +269,7 @@ async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
         await worker.close()
 
 
-async def test_a_claim_takes_no_more_jobs_than_free_slots(
+async def test_a_poll_takes_no_more_jobs_than_free_slots(
     fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
     await arq_queue.enqueue(["d-1", "d-2", "d-3"])

@@ -7,11 +7,13 @@ from datetime import datetime
 
 from sqlalchemy import and_, update
 
-from engine.store import ActionRun, Claim, RunEnd, Store
+from engine.store import ActionRun, ClaimedDelivery, RunEnd, Store
 from engine.store.tables import DeliveryStatus, deliveries
 
 
-async def claim_one(store: Store, delivery_id: str, now: datetime, due_at: datetime) -> Claim | None:
+async def claim_one(
+    store: Store, delivery_id: str, now: datetime, due_at: datetime
+) -> ClaimedDelivery | None:
     """Claim one delivery for a run: see `Store.claim_many`."""
     return (await store.claim_many([delivery_id], now, due_at)).get(delivery_id)
 
