@@ -15,7 +15,7 @@ two, which have a statement of their own on PostgreSQL (postgres_batches.py).
 - pending.py: what the sweeper enqueues again, and the queue lag;
 - throttle_slots.py: the throttle across workers;
 - retention.py: the sweeper's purge;
-- connections.py: transactions, and SQLite's one connection (connection_turns.py,
+- connections.py: transactions, and SQLite's one connection (sqlite_connection_turns.py,
   sqlite_writer.py); tables.py: the schema; database.py: engines and migrations.
 """
 

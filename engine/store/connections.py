@@ -2,7 +2,7 @@
 
 `StoreConnections` is the base of every part of the `Store` (engine/store/__init__.py):
 the engine, the transaction helpers, and the SQLite-specific pieces (the turns of
-engine/store/connection_turns.py, the intake's own connection of
+engine/store/sqlite_connection_turns.py, the intake's own connection of
 engine/store/sqlite_writer.py).
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
-from engine.store.connection_turns import ConnectionTurns
+from engine.store.sqlite_connection_turns import ConnectionTurns
 from engine.store.sqlite_writer import SQLiteIntakeWriter
 
 

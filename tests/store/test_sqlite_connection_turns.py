@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine.store.connection_turns import ConnectionTurns
+from engine.store.sqlite_connection_turns import ConnectionTurns
 
 
 async def _take(
