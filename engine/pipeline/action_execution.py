@@ -62,16 +62,16 @@ class ActionExecutor:
         self._metrics.action_runs.labels(planned.type, status.value).inc()
         self._metrics.action_latency.labels(planned.type).observe(time.perf_counter() - started)
         return ActionRun(
-            rule.id,
-            planned.index,
-            planned.type,
-            status,
-            self._masker.mask(planned.params),
-            attempts,
-            self._masker.mask(error),
-            response_status,
-            next_attempt,
-            self._clock(),
+            rule_id=rule.id,
+            action_index=planned.index,
+            type=planned.type,
+            status=status,
+            params=self._masker.mask(planned.params),
+            attempts=attempts,
+            last_error=self._masker.mask(error),
+            response_status=response_status,
+            next_attempt_at=next_attempt,
+            updated_at=self._clock(),
         )
 
     async def _attempt(
@@ -113,14 +113,14 @@ class ActionExecutor:
 
     def skipped(self, rule: Rule, planned: PlannedAction) -> ActionRun:
         return ActionRun(
-            rule.id,
-            planned.index,
-            planned.type,
-            ActionStatus.SKIPPED,
-            self._masker.mask(planned.params),
-            0,
-            "skipped: an earlier action of this rule failed",
-            None,
-            None,
-            self._clock(),
+            rule_id=rule.id,
+            action_index=planned.index,
+            type=planned.type,
+            status=ActionStatus.SKIPPED,
+            params=self._masker.mask(planned.params),
+            attempts=0,
+            last_error="skipped: an earlier action of this rule failed",
+            response_status=None,
+            next_attempt_at=None,
+            updated_at=self._clock(),
         )

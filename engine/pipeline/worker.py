@@ -214,7 +214,14 @@ class DeliveryProcessor:
         payload = _gave_up(stored) if stored.unfinished_runs > MAX_UNFINISHED_RUNS else _payload(stored)
         if isinstance(payload, str):
             # Matching an empty payload would overwrite the delivery's recorded outcomes with nonsense.
-            end = RunEnd(stored.delivery_id, DeliveryStatus.FAILED, now, None, payload, token=hold.token)
+            end = RunEnd(
+                delivery_id=stored.delivery_id,
+                status=DeliveryStatus.FAILED,
+                now=now,
+                due_at=None,
+                error=payload,
+                token=hold.token,
+            )
             await self._end(hold, stored, end)
             return None
         delivery = Delivery(stored.event, stored.delivery_id, payload, stored.headers)
@@ -315,11 +322,11 @@ class DeliveryProcessor:
         else:
             status = DeliveryStatus.DONE if any(o.fired for o in outcomes) else DeliveryStatus.NO_MATCH
         end = RunEnd(
-            delivery.delivery_id,
-            status,
-            now,
-            due,
-            error,
+            delivery_id=delivery.delivery_id,
+            status=status,
+            now=now,
+            due_at=due,
+            error=error,
             outcomes=recorded,
             runs=state.unsaved,
             first_run=claimed.runs == 1,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -22,7 +22,7 @@ class NewDelivery:
     received_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredDelivery:
     delivery_id: str
     event: str
@@ -37,7 +37,7 @@ class StoredDelivery:
     unfinished_runs: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ActionRun:
     """One row of the action ledger."""
 
@@ -64,7 +64,7 @@ class RuleOutcomeRow:
 Ledger = dict[tuple[str, int], ActionRun]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunEnd:
     """Where a run left a delivery, as `finish_runs` records it.
 
@@ -83,8 +83,8 @@ class RunEnd:
     outcomes: Sequence[tuple[str, str, str]] | None = None
     runs: Sequence[ActionRun] = ()
     first_run: bool = False
-    token: int = field(kw_only=True)
-    raised: NewDelivery | None = field(default=None, kw_only=True)
+    token: int
+    raised: NewDelivery | None = None
 
 
 class Reopened(StrEnum):

@@ -509,16 +509,16 @@ def test_deliveries_show_masks_secrets_and_shows_errors_attempts_and_next_attemp
 ) -> None:
     store_delivery(store_url, "leaky", {**LOW_STOCK, "note": f"token {PO_TOKEN}"})
     run_row = ActionRun(
-        "reorder",
-        0,
-        "http",
-        ActionStatus.PENDING,
-        {"headers": {"Authorization": f"Bearer {PO_TOKEN}"}},
-        3,
-        f"POST answered 503 for token {PO_TOKEN}",
-        503,
-        T0 + timedelta(minutes=2),
-        T0,
+        rule_id="reorder",
+        action_index=0,
+        type="http",
+        status=ActionStatus.PENDING,
+        params={"headers": {"Authorization": f"Bearer {PO_TOKEN}"}},
+        attempts=3,
+        last_error=f"POST answered 503 for token {PO_TOKEN}",
+        response_status=503,
+        next_attempt_at=T0 + timedelta(minutes=2),
+        updated_at=T0,
     )
 
     async def record(store: Store) -> None:

@@ -43,7 +43,17 @@ async def finish_run(
         token = stored.runs
         if stored.status is not DeliveryStatus.PROCESSING:
             await _mark_processing(store, delivery_id, token)
-    end = RunEnd(delivery_id, status, now, due_at, error, outcomes, runs, first_run, token=token)
+    end = RunEnd(
+        delivery_id=delivery_id,
+        status=status,
+        now=now,
+        due_at=due_at,
+        error=error,
+        outcomes=outcomes,
+        runs=runs,
+        first_run=first_run,
+        token=token,
+    )
     return delivery_id in await store.finish_runs([end])
 
 

@@ -184,7 +184,18 @@ async def test_a_migration_rebuilding_deliveries_keeps_every_row_that_references
     store = Store(engine)
     await store.add_deliveries([NewDelivery("a", "item.updated", {}, b"{}", T0)], T0)
     await finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=[("reorder", "fired", "")])
-    run = ActionRun("reorder", 0, "log", ActionStatus.SUCCEEDED, {"message": "hi"}, 1, None, None, None, T0)
+    run = ActionRun(
+        rule_id="reorder",
+        action_index=0,
+        type="log",
+        status=ActionStatus.SUCCEEDED,
+        params={"message": "hi"},
+        attempts=1,
+        last_error=None,
+        response_status=None,
+        next_attempt_at=None,
+        updated_at=T0,
+    )
     await save_action_run(store, "a", run)
     add_revision(
         migrations,

@@ -325,36 +325,36 @@ async def test_finish_runs_records_many_deliveries_in_one_go(store: Store) -> No
     assert await store.finish_runs(
         [
             RunEnd(
-                "b",
-                DeliveryStatus.PROCESSING,
-                T0,
-                retry_at,
-                None,
-                [("reorder", "fired", "")],
-                [action_run()],
-                True,
+                delivery_id="b",
+                status=DeliveryStatus.PROCESSING,
+                now=T0,
+                due_at=retry_at,
+                error=None,
+                outcomes=[("reorder", "fired", "")],
+                runs=[action_run()],
+                first_run=True,
                 token=1,
             ),
             RunEnd(
-                "a",
-                DeliveryStatus.NO_MATCH,
-                T0,
-                None,
-                None,
-                [("reorder", "condition_false", "q = 9")],
-                (),
-                True,
+                delivery_id="a",
+                status=DeliveryStatus.NO_MATCH,
+                now=T0,
+                due_at=None,
+                error=None,
+                outcomes=[("reorder", "condition_false", "q = 9")],
+                runs=(),
+                first_run=True,
                 token=1,
             ),
             RunEnd(
-                "c",
-                DeliveryStatus.FAILED,
-                T0,
-                None,
-                "HTTP 400",
-                [("reorder", "fired", "")],
-                (),
-                False,
+                delivery_id="c",
+                status=DeliveryStatus.FAILED,
+                now=T0,
+                due_at=None,
+                error="HTTP 400",
+                outcomes=[("reorder", "fired", "")],
+                runs=(),
+                first_run=False,
                 token=1,
             ),
         ]
@@ -388,29 +388,37 @@ async def test_finish_runs_of_first_runs_only_records_what_each_run_ended_with(s
     assert await store.finish_runs(
         [
             RunEnd(
-                "b",
-                DeliveryStatus.PROCESSING,
-                T0,
-                retry_at,
-                "to-slack: x\x00y",
-                [("reorder", "fired", ""), ("to-slack", "condition_false", "data.name = 'x\x00y'")],
-                [replace(progress, attempts=2), failed, unrendered],
-                True,
+                delivery_id="b",
+                status=DeliveryStatus.PROCESSING,
+                now=T0,
+                due_at=retry_at,
+                error="to-slack: x\x00y",
+                outcomes=[("reorder", "fired", ""), ("to-slack", "condition_false", "data.name = 'x\x00y'")],
+                runs=[replace(progress, attempts=2), failed, unrendered],
+                first_run=True,
                 token=1,
             ),
             RunEnd(
-                "a",
-                DeliveryStatus.NO_MATCH,
-                T0,
-                None,
-                None,
-                [("reorder", "condition_false", "q")],
-                (),
-                True,
+                delivery_id="a",
+                status=DeliveryStatus.NO_MATCH,
+                now=T0,
+                due_at=None,
+                error=None,
+                outcomes=[("reorder", "condition_false", "q")],
+                runs=(),
+                first_run=True,
                 token=1,
             ),
             RunEnd(
-                "c", DeliveryStatus.FAILED, T0, None, "the stored body is not JSON", None, (), True, token=1
+                delivery_id="c",
+                status=DeliveryStatus.FAILED,
+                now=T0,
+                due_at=None,
+                error="the stored body is not JSON",
+                outcomes=None,
+                runs=(),
+                first_run=True,
+                token=1,
             ),
         ]
     ) == {"a", "b", "c"}
@@ -600,14 +608,14 @@ async def test_a_run_whose_claim_was_taken_over_records_only_the_actions_it_saw_
     recorded = await store.finish_runs(
         [
             RunEnd(
-                "a",
-                DeliveryStatus.FAILED,
-                T0 + timedelta(minutes=2, seconds=30),
-                None,
-                "HTTP 400",
-                [("reorder", "fired", "")],
-                [succeeded, failed],
-                first_run,
+                delivery_id="a",
+                status=DeliveryStatus.FAILED,
+                now=T0 + timedelta(minutes=2, seconds=30),
+                due_at=None,
+                error="HTTP 400",
+                outcomes=[("reorder", "fired", "")],
+                runs=[succeeded, failed],
+                first_run=first_run,
                 token=1,
                 raised=alert,
             )
@@ -635,7 +643,19 @@ async def test_a_stale_success_never_replaces_the_new_runs_record_of_the_same_ac
     stale = action_run(index=0, status=ActionStatus.SUCCEEDED, attempts=3)
 
     assert not await store.save_progress("a", [stale], T0 + timedelta(minutes=4), DUE, token=1)
-    await store.finish_runs([RunEnd("a", DeliveryStatus.DONE, T0, None, None, runs=[stale], token=1)])
+    await store.finish_runs(
+        [
+            RunEnd(
+                delivery_id="a",
+                status=DeliveryStatus.DONE,
+                now=T0,
+                due_at=None,
+                error=None,
+                runs=[stale],
+                token=1,
+            )
+        ]
+    )
 
     assert await store.action_runs("a") == {("reorder", 0): newer}
 
@@ -712,7 +732,13 @@ async def test_an_event_a_failed_run_raises_is_stored_with_its_end_once(store: S
         "alert-of-a", body=b'{"data": {"delivery_id": "a"}}', event="stockaj_rules.delivery_failed"
     )
     end = RunEnd(
-        "a", DeliveryStatus.FAILED, T0 + timedelta(seconds=1), None, "HTTP 400", token=1, raised=alert
+        delivery_id="a",
+        status=DeliveryStatus.FAILED,
+        now=T0 + timedelta(seconds=1),
+        due_at=None,
+        error="HTTP 400",
+        token=1,
+        raised=alert,
     )
 
     assert await store.finish_runs([end]) == {"a"}
