@@ -332,7 +332,14 @@ async def _no_checks() -> dict[str, Any]:
 
 
 def test_every_path_curl_fetches_is_a_receiver_route() -> None:
-    parts = ReceiverParts(("secret",), 1, cast(Any, None), Metrics(), _no_checks, _nothing)
+    parts = ReceiverParts(
+        secrets=("secret",),
+        max_body_bytes=1,
+        intake=cast(Any, None),
+        metrics=Metrics(),
+        readiness=_no_checks,
+        refresh_metrics=_nothing,
+    )
     routes = {rule.rule for rule in create_app(parts).url_map.iter_rules()}
     fetched = [
         url.split("/", 3)[3]

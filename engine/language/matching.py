@@ -50,7 +50,7 @@ class RuleStatus(StrEnum):
     THROTTLED = "throttled"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class PlannedAction:
     """An action of a fired rule, rendered for this delivery (or why it could not be)."""
 
@@ -249,7 +249,7 @@ def render_action(
     rule: Rule, action: RuleAction, context: dict[str, Any], *, dry_run: bool = False
 ) -> PlannedAction:
     """Render and validate one action's params; failures are recorded, not raised."""
-    planned = PlannedAction(action.index, action.type)
+    planned = PlannedAction(index=action.index, type=action.type)
     rendered = {}
     for name, template in action.params.items():
         try:

@@ -50,7 +50,14 @@ def bind_action(
         problems += [FieldProblem(p.loc, p.message, template_line=p.line) for p in template_problems]
     origins, url_problems = _check_outgoing_urls(plugin.Params, params, loc)
     problems += url_problems
-    action = RuleAction(index, plugin.type, plugin, templates, dict(plugin.escaped_params), origins)
+    action = RuleAction(
+        index=index,
+        type=plugin.type,
+        plugin=plugin,
+        params=templates,
+        escapes=dict(plugin.escaped_params),
+        origins=origins,
+    )
     return action, problems
 
 

@@ -99,7 +99,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(text[:-1]) * _DURATION_UNITS[match.group(1)])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RuleAction:
     """One action of a loaded rule: its plugin and its params, parsed as templates."""
 
@@ -119,7 +119,7 @@ class Throttle:
     per_text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     """A rule ready to run against deliveries."""
 

@@ -71,7 +71,7 @@ SIGNATURE_KEY, EVENT_KEY, DELIVERY_KEY = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiverParts:
     """What the receiver needs from the running service."""
 

@@ -42,7 +42,7 @@ def masker_for(settings: Settings) -> Masker:
     return Masker([*settings.sensitive_values(), *secret_variables().values()])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Service:
     """Everything a running process holds; `close()` releases it."""
 
@@ -175,15 +175,15 @@ async def open_service(
         timedelta(days=settings.delivery_retention_days),
     )
     service = Service(
-        settings,
-        store,
-        rules,
-        metrics,
-        processor,
-        queue,
-        sweeper,
-        http,
-        databases,
+        settings=settings,
+        store=store,
+        rules=rules,
+        metrics=metrics,
+        processor=processor,
+        queue=queue,
+        sweeper=sweeper,
+        http=http,
+        databases=databases,
         masker=masker_for(settings),
     )
     if background:

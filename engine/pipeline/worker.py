@@ -59,7 +59,7 @@ DEFAULT_CONSOLE_URL = "http://127.0.0.1:8001"
 Enqueue = Callable[[Sequence[str]], Awaitable[None]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class _RunState:
     """What one pass over a delivery's fired rules left behind.
 
@@ -231,7 +231,7 @@ class DeliveryProcessor:
         outcomes = await matcher.match(delivery, now, explain=True)
         for outcome in outcomes:
             self._metrics.rule_outcomes.labels(outcome.status.value).inc()
-        state = _RunState(hold)
+        state = _RunState(hold=hold)
         state.rule_errors = [
             (o.rule.id, self._masker.mask(o.reason)) for o in outcomes if o.status is RuleStatus.ERROR
         ]

@@ -122,7 +122,16 @@ async def receiver(
     the_queue: DeliveryQueue = InProcessQueue(process) if queue is None else queue
     intake = DeliveryIntake(store, the_queue, metrics, REQUEUE_AFTER)
     intake.start()
-    app = create_app(ReceiverParts((SECRET,), 1024 * 1024, intake, metrics, _no_checks, _nothing))
+    app = create_app(
+        ReceiverParts(
+            secrets=(SECRET,),
+            max_body_bytes=1024 * 1024,
+            intake=intake,
+            metrics=metrics,
+            readiness=_no_checks,
+            refresh_metrics=_nothing,
+        )
+    )
     try:
         yield Receiver(app, store, intake, metrics, processed)
     finally:

@@ -30,7 +30,7 @@ _JOINING_WORDS = frozenset(keyword.kwlist)
 _OPENING = {"(": ")", "[": "]", "{": "}"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ExpressionProblem:
     """A problem in an expression: offsets `start`..`end` (characters), lines and columns 1-based."""
 
@@ -77,7 +77,15 @@ class Lines:
         end = max(end, start)
         line, column = self.position(start)
         end_line, end_column = self.position(end)
-        return ExpressionProblem(message, start, end, line, column, end_line, end_column)
+        return ExpressionProblem(
+            message=message,
+            start=start,
+            end=end,
+            line=line,
+            column=column,
+            end_line=end_line,
+            end_column=end_column,
+        )
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""
