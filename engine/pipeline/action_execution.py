@@ -82,14 +82,14 @@ class ActionExecutor:
             return ActionStatus.FAILED, planned.error or "params were not validated", None, None
         plugin = rule.actions[planned.index].plugin
         ctx = ActionContext(
-            self._http,
-            self._databases,
-            self._defaults,
-            delivery_id,
-            rule.id,
-            planned.index,
-            self._clock,
-            allowed_origins(plugin, planned.origins, self._defaults),
+            http=self._http,
+            databases=self._databases,
+            defaults=self._defaults,
+            delivery_id=delivery_id,
+            rule_id=rule.id,
+            action_index=planned.index,
+            clock=self._clock,
+            allowed_origins=allowed_origins(plugin, planned.origins, self._defaults),
         )
         try:
             result = await plugin.run(planned.validated, ctx)
