@@ -52,21 +52,27 @@ _PREFIXES: Final = ("sha256=", "sha-256=", "hmac-sha256=", "v1=")
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
 _RESERIALIZED_FORMS: Final = 8  # sort_keys x separators x ensure_ascii
 
-REASONS: Final = (
-    "missing",
-    "sha256_prefix",
-    "base64_digest",
-    "previous_secret_expired",
-    "secret_whitespace",
-    "hmac_sha1",
-    "plain_sha256",
-    "plain_sha1",
-    "body_trailing_newline",
-    "body_reserialized",
-    "malformed",
-    "unknown_secret",
-    "not_diagnosed",
-)
+# Each reason code and its fix in one line (docs/operations.md, "Signature failures", says more).
+FIXES: Final = {
+    "missing": "the request is not from Stockaj's webhook, or a proxy dropped X-Stockaj-Signature",
+    "sha256_prefix": "the sender writes sha256=<hex>: send the bare hex digest",
+    "base64_digest": "the sender writes the digest in base64: send 64 hex digits",
+    "previous_secret_expired": "Stockaj still signs with the previous secret: put the new one in its "
+    "webhook settings, or move STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL later",
+    "secret_whitespace": "a space or line break was copied with the secret: paste it again without it, "
+    "in Stockaj or in STOCKAJ_WEBHOOK_SECRET",
+    "hmac_sha1": "the sender uses HMAC-SHA1: it must use HMAC-SHA256",
+    "plain_sha256": "the sender hashes the body without the secret: it must use HMAC-SHA256",
+    "plain_sha1": "the sender hashes the body without the secret: it must use HMAC-SHA256",
+    "body_trailing_newline": "something on the way adds or removes a trailing newline: pass the body "
+    "through byte for byte",
+    "body_reserialized": "a proxy or framework re-encodes the JSON: pass the raw body through",
+    "malformed": "the header is cut or altered on the way, or the sender is not Stockaj",
+    "unknown_secret": "the secret in Stockaj differs from STOCKAJ_WEBHOOK_SECRET: set the same on both "
+    "sides and restart the receivers",
+    "not_diagnosed": "more bad signatures than the diagnosis may look at: the diagnosed ones name it",
+}
+REASONS: Final = tuple(FIXES)
 
 
 class DiagnosisBudget:

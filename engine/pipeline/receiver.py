@@ -40,6 +40,7 @@ from hypercorn.typing import (
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from engine.pipeline.health_records import SignatureFailureTally
 from engine.pipeline.intake import DeliveryIntake, StoreUnavailable
 from engine.pipeline.metrics import CONTENT_TYPE, Metrics
 from engine.printable import has_unseen_characters, printable
@@ -87,6 +88,8 @@ class ReceiverParts:
     previous_secret_until: datetime | None = None  # STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL
     # What a flood of bad signatures may spend on saying why (engine/signature_diagnosis.py).
     diagnosis_budget: DiagnosisBudget = field(default_factory=DiagnosisBudget)
+    # Refused signatures by minute and reason, for `stockaj-rules doctor` (health_records.py).
+    signature_tally: SignatureFailureTally = field(default_factory=SignatureFailureTally)
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -132,6 +135,7 @@ def create_app(parts: ReceiverParts) -> Quart:
         if not verify(body, signature, secrets.accepted):
             reason = diagnose(body, signature, secrets, parts.diagnosis_budget)
             parts.metrics.signature_failures.labels(reason).inc()
+            parts.signature_tally.add(reason)
             received.labels("", "rejected_signature").inc()
             delivery_id = printable(_decoded(headers.get(DELIVERY_KEY, ""))[:ID_LENGTH])
             seen = {"reason": reason, "delivery_id": delivery_id, "remote": request.remote_addr}

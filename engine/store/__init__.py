@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 from engine.store.connection_turns import ConnectionTurns
+from engine.store.health import HealthRecords
 from engine.store.sqlite_writer import SQLiteIntakeWriter
 from engine.store.tables import (
     PENDING_STATUSES,
@@ -290,7 +291,7 @@ class Claim:
     ledger: Ledger
 
 
-class Store:
+class Store(HealthRecords):
     """Queries over one database."""
 
     def __init__(self, engine: AsyncEngine) -> None:
