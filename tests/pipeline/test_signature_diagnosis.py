@@ -38,7 +38,11 @@ def _hmac_hex(secret: str, body: bytes, algorithm: str = "sha256") -> str:
 WRONG_SIGNATURES: list[tuple[str, bytes, Callable[[bytes], str | None]]] = [
     ("missing", BODY, lambda body: None),
     ("sha256_prefix", BODY, lambda body: "sha256=" + sign(body, SECRET)),
-    ("base64_digest", BODY, lambda body: base64.b64encode(hmac.digest(SECRET.encode(), body, "sha256")).decode()),
+    (
+        "base64_digest",
+        BODY,
+        lambda body: base64.b64encode(hmac.digest(SECRET.encode(), body, "sha256")).decode(),
+    ),
     ("secret_whitespace", BODY, lambda body: sign(body, SECRET + "\n")),
     ("secret_whitespace", BODY, lambda body: sign(body, f" {SECRET} ")),
     ("hmac_sha1", BODY, lambda body: _hmac_hex(SECRET, body, "sha1")),
