@@ -18,7 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from arq.connections import RedisSettings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import URL, make_url
 
@@ -63,6 +63,9 @@ class Settings(BaseModel):
 
     stockaj_webhook_secret: str | None = None
     stockaj_webhook_secret_previous: str | None = None
+    # After this moment the previous secret is refused; a delivery still signed with it is
+    # diagnosed `previous_secret_expired` (engine/signature_diagnosis.py). Unset: no end.
+    stockaj_webhook_secret_previous_until: AwareDatetime | None = None
     database_url: str = "sqlite+aiosqlite:///stockaj-rules.db"
     redis_url: str | None = None
     rules_dir: Path = Path("./rules")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 SIGNATURE_HEADER = "X-Stockaj-Signature"
 EVENT_HEADER = "X-Stockaj-Event"
@@ -44,3 +46,18 @@ def verify(body: bytes, signature: str | None, secrets: Iterable[str]) -> bool:
         if secret:
             matched |= hmac.compare_digest(sign(body, secret).encode(), given)
     return matched
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSecrets:
+    """The secrets signatures are checked against now, and a previous one whose time is over."""
+
+    accepted: tuple[str, ...]
+    expired: tuple[str, ...] = ()
+
+
+def secrets_at(configured: tuple[str, ...], previous_until: datetime | None, now: datetime) -> SigningSecrets:
+    """`configured` is (current, previous?): the previous one is accepted until `previous_until`."""
+    if previous_until is None or now < previous_until:
+        return SigningSecrets(accepted=configured)
+    return SigningSecrets(accepted=configured[:1], expired=configured[1:])

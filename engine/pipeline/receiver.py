@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -40,10 +40,12 @@ from hypercorn.typing import (
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from engine.pipeline.health_records import SignatureFailureTally
 from engine.pipeline.intake import DeliveryIntake, StoreUnavailable
 from engine.pipeline.metrics import CONTENT_TYPE, Metrics
 from engine.printable import has_unseen_characters, printable
-from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, is_well_formed, verify
+from engine.signature_diagnosis import DiagnosisBudget, diagnose
+from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, secrets_at, verify
 from engine.store import NewDelivery
 from engine.store.tables import ID_LENGTH
 
@@ -83,6 +85,11 @@ class ReceiverParts:
     refresh_metrics: Callable[[], Awaitable[None]]
     body_timeout: float = BODY_TIMEOUT_SECONDS
     serve_metrics: bool = True  # False: /metrics is on a port of its own (`metrics_app`)
+    previous_secret_until: datetime | None = None  # STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL
+    # What a flood of bad signatures may spend on saying why (engine/signature_diagnosis.py).
+    diagnosis_budget: DiagnosisBudget = field(default_factory=DiagnosisBudget)
+    # Refused signatures by minute and reason, for `stockaj-rules doctor` (health_records.py).
+    signature_tally: SignatureFailureTally = field(default_factory=SignatureFailureTally)
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -124,11 +131,20 @@ def create_app(parts: ReceiverParts) -> Quart:
         assert isinstance(body, bytes)
         headers, kept = _read_headers(request.headers.items())
         signature = headers.get(SIGNATURE_KEY)
-        if not verify(body, signature, parts.secrets):
-            reason = "missing" if not signature else "mismatch" if is_well_formed(signature) else "malformed"
+        secrets = secrets_at(parts.secrets, parts.previous_secret_until, datetime.now(UTC))
+        if not verify(body, signature, secrets.accepted):
+            reason = diagnose(body, signature, secrets, parts.diagnosis_budget)
             parts.metrics.signature_failures.labels(reason).inc()
+            parts.signature_tally.add(reason)
             received.labels("", "rejected_signature").inc()
-            log.warning("signature %s", reason, extra={"remote": request.remote_addr, "bytes": len(body)})
+            delivery_id = printable(_decoded(headers.get(DELIVERY_KEY, ""))[:ID_LENGTH])
+            seen = {"reason": reason, "delivery_id": delivery_id, "remote": request.remote_addr}
+            log.warning(
+                "signature refused: %s (delivery %s); the fix: docs/operations.md, Signature failures",
+                reason,
+                delivery_id or "without an id",
+                extra=seen,
+            )
             return _json({"error": "invalid signature"}, 401)
         event, delivery_id = _decoded(headers.get(EVENT_KEY, "")), _decoded(headers.get(DELIVERY_KEY, ""))
         problem = header_problem = _header_problem(event, delivery_id)

@@ -21,6 +21,7 @@ from actions.base import DatabaseEngines
 from actions.registry import load_registry
 from engine.config import Settings, secret_variables
 from engine.errors import ConfigurationError
+from engine.pipeline.health_records import SignatureFailureTally, record_health
 from engine.pipeline.http_client import create_http_client
 from engine.pipeline.intake import DeliveryIntake
 from engine.pipeline.metrics import Metrics
@@ -59,6 +60,7 @@ class Service:
     intake: DeliveryIntake | None = None
     closed: bool = False
     masker: Masker = field(default_factory=Masker)
+    signature_tally: SignatureFailureTally = field(default_factory=SignatureFailureTally)
 
     async def readiness(self) -> dict[str, Any]:
         """Ready or not, and where a problem is; never what a file says (anyone may ask), masked."""
@@ -86,11 +88,13 @@ class Service:
         assert self.intake is not None
         return ReceiverParts(
             secrets=self.settings.require_webhook_secret(),
+            previous_secret_until=self.settings.stockaj_webhook_secret_previous_until,
             max_body_bytes=self.settings.max_body_bytes,
             intake=self.intake,
             metrics=self.metrics,
             readiness=self.readiness,
             refresh_metrics=self.refresh_metrics,
+            signature_tally=self.signature_tally,
         )
 
     async def close(self) -> None:
@@ -188,6 +192,9 @@ async def open_service(
     )
     if background:
         service.tasks.append(asyncio.create_task(rules.watch(), name="rules-watcher"))
+        role = "serve" if receive else "worker"
+        health = record_health(store, role, service.signature_tally)
+        service.tasks.append(asyncio.create_task(health, name="health-records"))
     if receive:
         service.intake = DeliveryIntake(store, queue, metrics, requeue_after)
         service.intake.start()

@@ -15,6 +15,7 @@ two, which have a statement of their own on PostgreSQL (postgres_batches.py).
 - pending.py: what the sweeper enqueues again, and the queue lag;
 - throttle_slots.py: the throttle across workers;
 - retention.py: the sweeper's purge;
+- health.py: what `stockaj-rules doctor` reads (heartbeats, refused signatures, what arrived);
 - connections.py: transactions, and SQLite's one connection (sqlite_connection_turns.py,
   sqlite_writer.py); tables.py: the schema; database.py: engines and migrations.
 """
@@ -22,6 +23,7 @@ two, which have a statement of their own on PostgreSQL (postgres_batches.py).
 from __future__ import annotations
 
 from engine.store.delivery_log import DeliveryLogQueries
+from engine.store.health import HealthRecords
 from engine.store.intake import IntakeQueries
 from engine.store.pending import PendingQueries
 from engine.store.records import (
@@ -60,5 +62,6 @@ class Store(
     PendingQueries,
     ThrottleSlotQueries,
     RetentionQueries,
+    HealthRecords,
 ):
     """Queries over one database."""

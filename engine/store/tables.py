@@ -16,6 +16,8 @@ in `engine/store/migrations/` create them; a test checks the two agree.
   whose status is `succeeded` never runs again for that delivery.
 - `throttle_slots`: per rule and rendered key, when it last fired and for which
   delivery (a delivery processed again keeps its own slot).
+- `signature_failures`, `process_heartbeats`: what `stockaj-rules doctor` reads of the
+  running processes (refused signatures by minute and reason; who is alive).
 """
 
 from __future__ import annotations
@@ -171,4 +173,24 @@ throttle_slots = Table(
     Column("key", String(THROTTLE_KEY_LENGTH), primary_key=True),
     Column("delivery_id", String(ID_LENGTH), nullable=False),
     Column("fired_at", UTCDateTime(), nullable=False),
+)
+
+# What running processes leave for `stockaj-rules doctor` (engine/pipeline/health_records.py):
+# refused signatures counted per minute and reason (engine/signature_diagnosis.py), and a
+# heartbeat per `serve` and `worker` process.
+signature_failures = Table(
+    "signature_failures",
+    metadata,
+    Column("minute", UTCDateTime(), primary_key=True),
+    Column("reason", String(40), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+process_heartbeats = Table(
+    "process_heartbeats",
+    metadata,
+    Column("process_id", String(200), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False),
 )

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -99,6 +99,7 @@ async def receiver(
     body_timeout: float | None = None,
     queue: DeliveryQueue | None = None,
     secrets: tuple[str, ...] = (SECRET, PREVIOUS),
+    previous_secret_until: datetime | None = None,
 ) -> AsyncIterator[Receiver]:
     db_path = tmp_path / "stockaj.db"
     engine = database.create_engine(f"sqlite+aiosqlite:///{db_path}")
@@ -129,6 +130,7 @@ async def receiver(
         metrics=metrics,
         readiness=lambda: _readiness(store, queue, rules),
         refresh_metrics=refresh,
+        previous_secret_until=previous_secret_until,
         **({} if body_timeout is None else {"body_timeout": body_timeout}),
     )
     parts_app = create_app(parts)
@@ -556,7 +558,7 @@ async def test_refusals_never_reveal_a_secret_or_the_expected_digest_even_in_the
         assert await r.rows() == 0
         failures = r.metrics.registry.get_sample_value
         assert failures("stockaj_signature_failures_total", {"reason": "malformed"}) == 1
-        assert failures("stockaj_signature_failures_total", {"reason": "mismatch"}) == 3
+        assert failures("stockaj_signature_failures_total", {"reason": "unknown_secret"}) == 3
         assert failures("stockaj_deliveries_received_total", {"event": "", "outcome": "too_large"}) == 1
 
 
@@ -698,7 +700,7 @@ async def test_metrics_are_prometheus_text_and_count_what_the_receiver_answered(
     assert samples[(received, (("event", "item.low_stock"), ("outcome", "duplicate")))] == 1
     assert samples[(received, (("event", ""), ("outcome", "rejected_signature")))] == 3
     assert samples[("stockaj_duplicate_deliveries_total", ())] == 1
-    assert samples[("stockaj_signature_failures_total", (("reason", "mismatch"),))] == 1
+    assert samples[("stockaj_signature_failures_total", (("reason", "unknown_secret"),))] == 1
     assert samples[("stockaj_signature_failures_total", (("reason", "malformed"),))] == 1
     assert samples[("stockaj_signature_failures_total", (("reason", "missing"),))] == 1
 
