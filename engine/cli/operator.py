@@ -90,7 +90,7 @@ def _shown_url(url: str) -> str:
 @click.option("--host", default=None, help="Address to listen on (default: HOST, or 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: PORT, or 8000).")
 def serve(host: str | None, port: int | None) -> None:
-    """The webhook receiver (and, without REDIS_URL, the workers in the same process)."""
+    """Receive webhooks (and, without REDIS_URL, process them too)."""
     try:
         listen_address(host or "")
     except ValueError as exc:
@@ -109,7 +109,7 @@ def serve(host: str | None, port: int | None) -> None:
     help="Serve Prometheus metrics on this port (default: METRICS_PORT, or none).",
 )
 def worker(metrics_port: int | None) -> None:
-    """An arq worker: processes the deliveries the receivers enqueue on REDIS_URL."""
+    """Process the deliveries the receivers enqueue on REDIS_URL."""
     settings = load_settings()
     if not settings.redis_url:
         raise ConfigurationError("REDIS_URL is not set: the worker takes its jobs from Redis; set it")
@@ -131,8 +131,9 @@ def worker(metrics_port: int | None) -> None:
 @click.option("--url", required=True, help="The receiver, e.g. http://127.0.0.1:8000/webhooks/stockaj")
 @click.option("--secret", default=None, help="Signing secret (default: STOCKAJ_WEBHOOK_SECRET).")
 def send(fixture: Path, url: str, secret: str | None) -> None:
-    """Sign and POST a fixture exactly as Stockaj does (Stockaj's "Send Test", from this side).
+    """Sign and POST a fixture exactly as Stockaj does.
 
+    Stockaj's "Send Test", from this side.
     A fixture's own delivery_id is sent as written (send it twice to see the
     duplicate answer); a fixture without one gets a new id every time.
     Exit 0 when every answer is 2xx, 1 otherwise or when the URL does not answer.
@@ -182,8 +183,15 @@ def deliveries() -> None:
 
 
 @deliveries.command("list")
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in DeliveryStatus]),
+    default=None,
+    help="Only the deliveries with this status.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many."
+)
 def deliveries_list(status: str | None, limit: int) -> None:
     """The newest deliveries, newest first."""
 
@@ -209,7 +217,11 @@ def deliveries_list(status: str | None, limit: int) -> None:
 @deliveries.command("show")
 @click.argument("delivery_id")
 def deliveries_show(delivery_id: str) -> None:
-    """The whole story of a delivery: headers, body, each rule's outcome, each action's runs."""
+    """A delivery's whole story: headers, body, rules and actions.
+
+    Each rule's outcome and why, in rule-file order; each action's params, where it
+    was sent, attempts, errors and answer.
+    """
 
     async def main(settings: Settings) -> list[str] | None:
         store = await open_store(settings)
@@ -283,7 +295,7 @@ async def _story(store: Store, delivery_id: str, masker: Masker) -> list[str] | 
 def deliveries_export(
     delivery_id: str, name: str | None, with_expectations: bool, output: Path | None, force: bool
 ) -> None:
-    """Write a stored delivery as a fixture (JSON), ready for `stockaj-rules test`."""
+    """Write a stored delivery as a fixture for `stockaj-rules test`."""
 
     async def main(settings: Settings) -> tuple[StoredDelivery | None, dict[str, Any]]:
         store = await open_store(settings)
@@ -370,7 +382,10 @@ def db() -> None:
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Apply every migration not yet applied to DATABASE_URL (SQLite or PostgreSQL)."""
+    """Apply the migrations not yet applied to DATABASE_URL.
+
+    SQLite or PostgreSQL; SQLite is also migrated by the commands that open it.
+    """
 
     async def main(settings: Settings) -> None:
         engine = database.create_engine(settings.database_url)
