@@ -118,12 +118,11 @@ def worker(metrics_port: int | None) -> None:
         try:
             runners.work(settings, metrics_port)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            reason = str(exc).rstrip(".") or type(exc).__name__
             raise ConfigurationError(
-                f"cannot reach REDIS_URL ({_shown_url(settings.redis_url)}): {type(exc).__name__}: "
-                f"{exc}; start Redis or fix REDIS_URL"
+                f"cannot reach REDIS_URL ({_shown_url(settings.redis_url)}): {reason}; "
+                "start Redis or fix REDIS_URL"
             ) from None
-        except OSError as exc:  # e.g. --metrics-port (or METRICS_PORT) taken
-            raise ConfigurationError(f"the worker cannot start: {type(exc).__name__}: {exc}") from None
 
 
 @click.command()
