@@ -38,6 +38,7 @@ from engine.printable import printable
 from engine.secrets import Masker
 from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from engine.store import Store, StoredDelivery, database
+from engine.store.open_problems import open_problem, sqlite_file_problem
 from engine.store.tables import DeliveryStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -387,15 +388,16 @@ def db_upgrade() -> None:
     """
 
     async def main(settings: Settings) -> None:
+        where = f"cannot upgrade the database at {_shown_url(settings.database_url)}"
+        problem = sqlite_file_problem(settings.database_url)
+        if problem:
+            raise ConfigurationError(f"{where}: {problem}")
         engine = database.create_engine(settings.database_url)
         try:
             await database.upgrade(engine)
         except Exception as exc:
             # Whatever stopped it (no server, wrong password, no rights) is the operator's to fix.
-            raise ConfigurationError(
-                f"cannot upgrade the database at {_shown_url(settings.database_url)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+            raise ConfigurationError(f"{where}: {open_problem(exc, settings.database_url)}") from None
         finally:
             await engine.dispose()
 

@@ -31,6 +31,7 @@ from engine.pipeline.worker import DeliveryProcessor, RetryPolicy
 from engine.queue import ArqQueue, DeliveryQueue, InProcessQueue
 from engine.secrets import Masker
 from engine.store import Store, database
+from engine.store.open_problems import open_problem, sqlite_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class Service:
 
 async def open_store(settings: Settings) -> Store:
     """The store, migrated when it is the embedded SQLite; PostgreSQL must be upgraded first."""
+    problem = sqlite_file_problem(settings.database_url)
+    if problem:
+        raise ConfigurationError(f"cannot open DATABASE_URL: {problem}")
     engine = database.create_engine(settings.database_url)
     try:
         if database.is_sqlite(settings.database_url):
@@ -123,7 +127,9 @@ async def open_store(settings: Settings) -> Store:
         raise
     except Exception as exc:
         await engine.dispose()
-        raise ConfigurationError(f"cannot open DATABASE_URL: {type(exc).__name__}: {exc}") from None
+        raise ConfigurationError(
+            f"cannot open DATABASE_URL: {open_problem(exc, settings.database_url)}"
+        ) from None
     return Store(engine)
 
 
