@@ -19,7 +19,7 @@ from actions.registry import ActionRegistry, load_registry
 from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.junit import write_junit
-from engine.config import Settings, error_line, load_settings, secret_variables
+from engine.config import Settings, colour_wanted, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.language import harness
 from engine.language.fixtures import DEFAULT_FIXTURES_DIR, FixtureFile, load_fixtures
@@ -53,8 +53,10 @@ def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stockaj-rules")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Stockaj Rules: run your workflow rules on Stockaj webhooks."""
+    ctx.color = colour_wanted()  # every command's colour goes out on a terminal only, never with NO_COLOR
 
 
 @cli.command()
