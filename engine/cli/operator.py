@@ -30,16 +30,16 @@ from engine.cli.report import problems_text
 from engine.config import Settings, listen_address, load_settings
 from engine.errors import ConfigurationError
 from engine.language.fixtures import Fixture, load_fixtures
-from engine.pipeline import runners
+from engine.pipeline import redelivery, runners
 from engine.pipeline.service import masker_for
 from engine.secrets import Masker
 from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from engine.store import database
 from engine.store.open_problems import open_problem, sqlite_file_problem
-from engine.store.tables import DeliveryStatus
 
 SEND_TIMEOUT_SECONDS = 30  # Stockaj waits at most 30 s for an answer
 SHOWN_RESPONSE_CHARS = 300
+REDELIVER_TIMEOUT_SECONDS = 60.0
 # A fixture's own `headers` are sent too, except these, which `send` writes itself.
 _SIGNED_HEADERS = {h.lower() for h in ("Content-Type", EVENT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER)}
 
@@ -146,21 +146,36 @@ def _explicit_delivery_id(item: Fixture) -> str | None:
 @click.command()
 @click.argument("delivery_id")
 @click.option("--force", is_flag=True, help="Run succeeded actions again too.")
-def redeliver(delivery_id: str, force: bool) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=REDELIVER_TIMEOUT_SECONDS,
+    show_default=True,
+    help="With REDIS_URL: seconds to wait for the workers to finish it; past them, exit 1.",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With REDIS_URL: exit 0 once it is enqueued, without waiting for the workers.",
+)
+def redeliver(delivery_id: str, force: bool, timeout: float, no_wait: bool) -> None:
     """Run a stored delivery through the current rules again.
 
     Actions that already succeeded for it are not run again unless --force.
-    Without REDIS_URL it is processed here and now; with it, the workers take it.
-    Exit 0 when it ends done, no_match or waiting for a retry, 1 when it ends failed
-    or is not redelivered (a run is processing it right now).
+    Without REDIS_URL it is processed here and now; with it, the workers take it
+    and this command waits for their outcome (up to --timeout; --no-wait does not).
+    Exit 0 when it ends done, no_match or waiting for a retry (or, with --no-wait,
+    once enqueued); 1 when it ends failed (the reason is printed), is not
+    redelivered (a run is processing it right now), or is not finished in time.
     """
     settings = load_settings()
-    with _operator_errors(masker_for(settings)):
-        status = runners.redeliver(settings, delivery_id, force)
-    if status is None:
+    masker = masker_for(settings)
+    with _operator_errors(masker):
+        outcome = redelivery.redeliver(settings, delivery_id, force, None if no_wait else timeout)
+    if outcome is None:
         _unknown(delivery_id)
-    click.echo(f"{delivery_id}: {status}")
-    sys.exit(EXIT_FAILED if status.startswith((DeliveryStatus.FAILED.value, "not redelivered")) else EXIT_OK)
+    click.echo(f"{delivery_id}: {masker.mask(outcome.text)}")
+    sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
 
 
 @click.group("db")

@@ -17,7 +17,6 @@ import dataclasses
 import errno
 import logging
 import socket
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
@@ -41,16 +40,11 @@ from engine.pipeline.http_protocol import (
 from engine.pipeline.logs import configure_logging
 from engine.pipeline.metrics import Metrics
 from engine.pipeline.receiver import ASGIApp, create_app, metrics_app
-from engine.pipeline.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
-from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
+from engine.pipeline.service import job_lease_seconds, masker_for, open_service, sweep_interval
+from engine.queue import PROCESS_FUNCTION, Processor, job_lease
 from engine.queue.arq_worker import DeliveryWorker
-from engine.store import Reopened
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
-NOT_REDELIVERED = (
-    "not redelivered: a run is processing it right now (or its worker died less than "
-    "REQUEUE_AFTER_SECONDS ago); run redeliver again once `deliveries show` says it is finished"
-)
 GRACEFUL_SHUTDOWN_SECONDS = 10
 CONNECTION_LOST_RETRY_SECONDS = 1.0
 
@@ -290,43 +284,3 @@ async def process_surviving_connection_loss(process: Processor, delivery_id: str
             raise
         log.warning("database connection lost; delivery %s is retried", delivery_id)
         return CONNECTION_LOST_RETRY_SECONDS
-
-
-def redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
-    """Make a stored delivery pending again and process it; its final status, or None if unknown."""
-    return asyncio.run(_redeliver(settings, delivery_id, force))
-
-
-async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
-    """With REDIS_URL the workers run it now: its job is enqueued, or brought forward if a retry
-    deferred it. Without, this process runs it; what a running `serve` still plans for it (a
-    retry's timer) then finds it finished, or claims it only once it is due again."""
-    store = await open_store(settings)
-    try:
-        now = datetime.now(UTC)
-        # Due at once for the workers' sweeper; here, only if this process dies before it ran it.
-        later = now if settings.redis_url else now + timedelta(seconds=settings.requeue_after_seconds)
-        reopened = await store.reopen(delivery_id, now, later)
-        if reopened is Reopened.UNKNOWN:
-            return None
-        if reopened is Reopened.RUNNING:
-            return NOT_REDELIVERED
-        if force:
-            await store.forget_action_runs(delivery_id)
-        if settings.redis_url:
-            queue = await ArqQueue.connect(settings.redis_url)
-            try:
-                await queue.enqueue([delivery_id])
-            finally:
-                await queue.close()
-            return "enqueued for the workers"
-    finally:
-        await store.close()
-    service = await open_service(settings, receive=False, process_in_process=True, background=False)
-    try:
-        wait = await service.processor.process(delivery_id)
-        stored = await service.store.get(delivery_id)
-        status = stored.status.value if stored else "unknown"
-        return status if wait is None else f"{status}; an action will be retried in {wait:.0f}s"
-    finally:
-        await service.close()
