@@ -5,6 +5,14 @@ Core on lightweight `table()`/`column()` clauses, so nothing is reflected and th
 same code serves SQLite and PostgreSQL. Table and column names are checked as
 plain SQL identifiers when the rule loads; every value is a bound parameter.
 Failures never show the database password: URLs are rendered with it masked.
+
+On PostgreSQL, ISO 8601 text (a payload's timestamp) bound for a `date`, `time`,
+`timestamp` or `timestamptz` column is cast there by PostgreSQL itself, as an
+INSERT of that text would be; the column types are looked up (in the upsert's own
+transaction) only when a value looks like such a text. Statements asyncpg prepared
+before the table changed (a column's type, a column dropped and added again) fail
+against the new table: such a failure is tried once more on fresh connections, so a
+worker recovers without a restart.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
-from sqlalchemy import column, table
+from sqlalchemy import ColumnElement, Date, DateTime, String, Time, cast, column, literal, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.types import TypeEngine
 
 from actions.base import (
     Action,
@@ -44,6 +54,31 @@ UPSERT_TIMEOUT_SECONDS = 30.0
 # is shutting down, starting up or full, a lock is held, or this transaction lost a
 # serialization conflict or a deadlock.
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "55P03", "57P01", "57P02", "57P03"})
+
+# What a plan prepared against the table as it was fails with: cached plan must not change
+# result type, datatype mismatch, cache lookup failed for type; and asyncpg's own check of a
+# value against the parameter's old type (22000, "invalid input for query argument $2: …").
+_STALE_PLAN_SQLSTATES = frozenset({"0A000", "42804", "XX000"})
+_STALE_ARGUMENT = ("22000", "invalid input for query argument")
+
+# ISO 8601 dates, date-times and times, as payloads write them.
+_ISO_8601 = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?"
+    r"|\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?",
+    re.ASCII,
+)
+_TEMPORAL_TYPES: dict[str, TypeEngine[Any]] = {
+    "date": Date(),
+    "time": Time(),
+    "timetz": Time(timezone=True),
+    "timestamp": DateTime(),
+    "timestamptz": DateTime(timezone=True),
+}
+_COLUMN_TYPES = text(
+    "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND a.attname = ANY(:columns)"
+)
 
 _Insert = sqlite.Insert | postgresql.Insert
 _INSERTS: dict[str, Callable[[TableClause], _Insert]] = {
@@ -125,20 +160,60 @@ async def _upsert(ctx: ActionContext, raw_url: str, url: URL, params: SqlUpsertP
             transient=False,
         ) from exc
     insert = _insert_for(engine.dialect.name, where)
+    try:
+        return await _upsert_once(engine, insert, params)
+    except DBAPIError as exc:
+        if engine.dialect.name != "postgresql" or not _stale_plan(exc):
+            raise
+    # Every pooled connection may hold the stale statement: new ones prepare it afresh.
+    await engine.dispose()
+    return await _upsert_once(engine, insert, params)
+
+
+async def _upsert_once(
+    engine: AsyncEngine, insert: Callable[[TableClause], _Insert], params: SqlUpsertParams
+) -> int:
     schema, _, name = params.table.rpartition(".")
     names = [*params.key, *params.values]
     target = table(name, *(column(n) for n in names), schema=schema or None)
-    statement = insert(target).values({**params.key, **params.values})
-    if params.values:
-        statement = statement.on_conflict_do_update(
-            index_elements=list(params.key),
-            set_={n: statement.excluded[n] for n in params.values},
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(params.key))
     async with engine.begin() as connection:
+        row = await _row(connection, target, {**params.key, **params.values})
+        statement = insert(target).values(row)
+        if params.values:
+            statement = statement.on_conflict_do_update(
+                index_elements=list(params.key),
+                set_={n: statement.excluded[n] for n in params.values},
+            )
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=list(params.key))
         result = await connection.execute(statement)
     return result.rowcount
+
+
+async def _row(connection: AsyncConnection, target: TableClause, values: dict[str, Any]) -> dict[str, Any]:
+    """The values to insert: on PostgreSQL, ISO 8601 text for a date or time column cast to its type."""
+    dated = [name for name, value in values.items() if isinstance(value, str) and _ISO_8601.fullmatch(value)]
+    if connection.dialect.name != "postgresql" or not dated:
+        return values
+    preparer = connection.dialect.identifier_preparer
+    qualified = preparer.quote(target.name)
+    if target.schema:
+        qualified = f"{preparer.quote_schema(target.schema)}.{qualified}"
+    found = await connection.execute(_COLUMN_TYPES, {"table": qualified, "columns": dated})
+    temporal = {name: _TEMPORAL_TYPES[kind] for name, kind in found if kind in _TEMPORAL_TYPES}
+    converted: dict[str, Any | ColumnElement[Any]] = dict(values)
+    for name, kind in temporal.items():
+        converted[name] = cast(literal(values[name], String()), kind)
+    return converted
+
+
+def _stale_plan(exc: DBAPIError) -> bool:
+    """Whether the error may come from a statement prepared before the table changed."""
+    driver_error = (exc.orig and exc.orig.__cause__) or exc.orig
+    state = getattr(driver_error, "sqlstate", None)
+    if state in _STALE_PLAN_SQLSTATES:
+        return True
+    return (state, str(driver_error)[: len(_STALE_ARGUMENT[1])]) == _STALE_ARGUMENT
 
 
 def _insert_for(dialect: str, where: str) -> Callable[[TableClause], _Insert]:

@@ -381,3 +381,9 @@ def secret_variable_names(environ: Mapping[str, str]) -> list[str]:
 def _passwords_of(url: str | None) -> list[str]:
     """The password of `url` as written (maybe %-encoded) and decoded: either may be logged."""
     return url_passwords(url) if url else []
+
+
+def colour_wanted(environ: Mapping[str, str] | None = None) -> bool | None:
+    """False when NO_COLOR is set and not empty (https://no-color.org); None: colour on a terminal only."""
+    env = os.environ if environ is None else environ
+    return False if env.get("NO_COLOR") else None

@@ -20,7 +20,7 @@ from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.doctor import doctor
 from engine.cli.junit import write_junit
-from engine.config import Settings, error_line, load_settings, secret_variables
+from engine.config import Settings, colour_wanted, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.language import harness
 from engine.language.fixtures import DEFAULT_FIXTURES_DIR, FixtureFile, load_fixtures
@@ -54,14 +54,16 @@ def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stockaj-rules")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Stockaj Rules: run your workflow rules on Stockaj webhooks."""
+    ctx.color = colour_wanted()  # every command's colour goes out on a terminal only, never with NO_COLOR
 
 
 @cli.command()
 @rules_option
 def check(rules_dir: Path | None) -> None:
-    """Validate every rule file; report every problem with file:line:col."""
+    """Check every rule file; each problem at its file:line:col."""
     settings = _settings()
     folder = rules_dir or settings.rules_dir
     try:
@@ -95,7 +97,10 @@ def check(rules_dir: Path | None) -> None:
     help="Show why every rule did not fire, also for passing fixtures (failing ones always show it).",
 )
 def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | None, verbose: bool) -> None:
-    """Replay fixtures (default ./fixtures) dry and check their expectations."""
+    """Replay fixtures dry and check their expectations.
+
+    PATHS are fixture files or folders (default ./fixtures).
+    """
     settings = _settings()
     masker = _masker(settings)
     rules = _rules_or_exit(rules_dir, settings)
@@ -126,9 +131,14 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
 @cli.command()
 @rules_option
 @click.argument("fixtures", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (spec section 9) instead of text.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the verdicts as JSON, for programs, instead of text."
+)
 def replay(rules_dir: Path | None, fixtures: tuple[Path, ...], as_json: bool) -> None:
-    """Dry run: every rule's verdict for each fixture, with the rendered actions."""
+    """Dry run: every rule's verdict on each fixture.
+
+    With the condition's values and the actions as they would be sent.
+    """
     settings = _settings()
     masker = _masker(settings)
     rules = _rules_or_exit(rules_dir, settings)
@@ -148,7 +158,10 @@ def replay(rules_dir: Path | None, fixtures: tuple[Path, ...], as_json: bool) ->
 
 @cli.command()
 def schema() -> None:
-    """Print the JSON Schema of rule files (committed as schema/rule.schema.json)."""
+    """Print the JSON Schema of rule files.
+
+    The project commits it as schema/rule.schema.json, for editors.
+    """
     click.echo(json.dumps(rule_schema(load_registry()), indent=2))
 
 

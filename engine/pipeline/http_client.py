@@ -22,6 +22,7 @@ encodings that code can undo, whatever compression libraries are installed.
 
 from __future__ import annotations
 
+import importlib.metadata
 import urllib.request
 
 import aiohttp
@@ -32,6 +33,8 @@ from actions.answers import ACCEPT_ENCODING
 
 MAX_CONNECTIONS = 100
 KEEPALIVE_SECONDS = 5.0
+# Who is calling, for the receiving side's logs; a rule's own User-Agent header replaces it.
+USER_AGENT = f"stockaj-rules/{importlib.metadata.version('stockaj-rules')}"
 
 
 def create_http_client() -> httpx.AsyncClient:
@@ -48,7 +51,7 @@ def create_http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=_Transport(client=session),
         follow_redirects=False,
-        headers={"Accept-Encoding": ACCEPT_ENCODING},
+        headers={"Accept-Encoding": ACCEPT_ENCODING, "User-Agent": USER_AGENT},
     )
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import errno
 import logging
 import socket
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
@@ -26,6 +25,8 @@ import uvloop
 from arq import Retry, cron, func
 from arq.connections import RedisSettings
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
 
 from engine.config import Settings
@@ -37,18 +38,14 @@ from engine.pipeline.http_protocol import (
     server_config,
 )
 from engine.pipeline.logs import configure_logging
+from engine.pipeline.metrics import Metrics
 from engine.pipeline.receiver import ASGIApp, create_app, metrics_app
-from engine.pipeline.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
-from engine.queue.arq_queue import PROCESS_FUNCTION, ArqQueue, job_lease
+from engine.pipeline.service import job_lease_seconds, masker_for, open_service, sweep_interval
+from engine.queue.arq_queue import PROCESS_FUNCTION, job_lease
 from engine.queue.arq_worker import DeliveryWorker
 from engine.queue.delivery_queue import Processor
-from engine.store import Reopened
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
-NOT_REDELIVERED = (
-    "not redelivered: a run is processing it right now (or its worker died less than "
-    "REQUEUE_AFTER_SECONDS ago); run redeliver again once `deliveries show` says it is finished"
-)
 GRACEFUL_SHUTDOWN_SECONDS = 10
 CONNECTION_LOST_RETRY_SECONDS = 1.0
 
@@ -57,7 +54,30 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings, host: str, port: int) -> None:
     configure_logging(settings.log_level, settings.log_format, masker_for(settings))
-    uvloop.run(_serve(settings, host, port))
+    try:
+        uvloop.run(_serve(settings, host, port))
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has stopped cleanly by now, then raised the signal again, which Python
+        # turns into KeyboardInterrupt. The stop was asked for and went well: no "Aborted!", exit 0.
+        return
+
+
+def listening_line(sock: socket.socket, path: str = "") -> str:
+    """`listening on http://HOST:PORT`: the address `sock` is bound to, with the port it got."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"listening on http://{shown}:{port}{path}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying where it listens once it does: handed sockets, uvicorn says nothing."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and not self.should_exit:
+            log.info(listening_line(sockets[0]))
+            for metrics_socket in sockets[1:]:
+                log.info(listening_line(metrics_socket, "/metrics") + " (METRICS_PORT)")
 
 
 def bound_socket(host: str, port: int, names: tuple[str, str] = ("HOST", "PORT")) -> socket.socket:
@@ -78,14 +98,19 @@ def bound_socket(host: str, port: int, names: tuple[str, str] = ("HOST", "PORT")
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            fix = f"choose another {port_fix}, or stop the process that uses it"
-        elif exc.errno == errno.EACCES:
-            fix = f"ports below 1024 need privileges: choose another {port_fix}"
-        else:
-            fix = f"fix {host_fix}: it must be an address of this machine"
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {fix}") from None
+        raise cannot_listen(f"listen on {host}:{port}", exc, host_fix, port_fix) from None
     return sock
+
+
+def cannot_listen(what: str, exc: OSError, host_fix: str, port_fix: str) -> ConfigurationError:
+    """`cannot WHAT: why; what to do`, for an address that could not be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        fix = f"choose another {port_fix}, or stop the process that uses it"
+    elif exc.errno == errno.EACCES:
+        fix = f"ports below 1024 need privileges: choose another {port_fix}"
+    else:
+        fix = f"fix {host_fix}: it must be an address of this machine"
+    return ConfigurationError(f"cannot {what}: {exc.strerror or exc}; {fix}")
 
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
@@ -113,7 +138,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     try:
-        await uvicorn.Server(config).serve(sockets=sockets)
+        await _Server(config).serve(sockets=sockets)
     finally:
         await service.close()
 
@@ -178,11 +203,13 @@ def work(settings: Settings, metrics_port: int | None) -> None:
 
 async def _work(settings: Settings, metrics_port: int | None) -> None:
     assert settings.redis_url
-    service = await open_service(settings, receive=False, process_in_process=False)
+    await require_redis(settings.redis_url)
+    # Both before anything opens: Redis down or the port taken is one line, with nothing to undo.
+    metrics = Metrics()
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port:
-        metrics_host = settings.metrics_host or settings.host
-        prometheus_client.start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+        _serve_worker_metrics(settings.metrics_host or settings.host, metrics_port, metrics.registry)
+    service = await open_service(settings, receive=False, process_in_process=False, metrics=metrics)
 
     lease = job_lease_seconds(settings)
 
@@ -223,6 +250,26 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
         await service.close()
 
 
+async def require_redis(url: str) -> None:
+    """Ping Redis once; raise redis-py's ConnectionError or TimeoutError when it does not answer.
+
+    The worker stops at once then, instead of arq's five warnings a second apart.
+    """
+    client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+def _serve_worker_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
+    try:
+        prometheus_client.start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        where = f"serve the worker's metrics on {host}:{port}"
+        raise cannot_listen(where, exc, "METRICS_HOST", "--metrics-port (or METRICS_PORT)") from None
+
+
 async def process_surviving_connection_loss(process: Processor, delivery_id: str) -> float | None:
     """`process(delivery_id)`, a database connection lost on the way making it a retry.
 
@@ -238,43 +285,3 @@ async def process_surviving_connection_loss(process: Processor, delivery_id: str
             raise
         log.warning("database connection lost; delivery %s is retried", delivery_id)
         return CONNECTION_LOST_RETRY_SECONDS
-
-
-def redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
-    """Make a stored delivery pending again and process it; its final status, or None if unknown."""
-    return asyncio.run(_redeliver(settings, delivery_id, force))
-
-
-async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
-    """With REDIS_URL the workers run it now: its job is enqueued, or brought forward if a retry
-    deferred it. Without, this process runs it; what a running `serve` still plans for it (a
-    retry's timer) then finds it finished, or claims it only once it is due again."""
-    store = await open_store(settings)
-    try:
-        now = datetime.now(UTC)
-        # Due at once for the workers' sweeper; here, only if this process dies before it ran it.
-        later = now if settings.redis_url else now + timedelta(seconds=settings.requeue_after_seconds)
-        reopened = await store.reopen(delivery_id, now, later)
-        if reopened is Reopened.UNKNOWN:
-            return None
-        if reopened is Reopened.RUNNING:
-            return NOT_REDELIVERED
-        if force:
-            await store.forget_action_runs(delivery_id)
-        if settings.redis_url:
-            queue = await ArqQueue.connect(settings.redis_url)
-            try:
-                await queue.enqueue([delivery_id])
-            finally:
-                await queue.close()
-            return "enqueued for the workers"
-    finally:
-        await store.close()
-    service = await open_service(settings, receive=False, process_in_process=True, background=False)
-    try:
-        wait = await service.processor.process(delivery_id)
-        stored = await service.store.get(delivery_id)
-        status = stored.status.value if stored else "unknown"
-        return status if wait is None else f"{status}; an action will be retried in {wait:.0f}s"
-    finally:
-        await service.close()

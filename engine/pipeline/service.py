@@ -35,6 +35,7 @@ from engine.queue.delivery_queue import DeliveryQueue
 from engine.queue.in_process import InProcessQueue
 from engine.secrets import Masker
 from engine.store import Store, database
+from engine.store.open_problems import open_problem, sqlite_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class Service:
 
 async def open_store(settings: Settings) -> Store:
     """The store, migrated when it is the embedded SQLite; PostgreSQL must be upgraded first."""
+    problem = sqlite_file_problem(settings.database_url)
+    if problem:
+        raise ConfigurationError(f"cannot open DATABASE_URL: {problem}")
     engine = database.create_engine(settings.database_url)
     try:
         if database.is_sqlite(settings.database_url):
@@ -130,19 +134,27 @@ async def open_store(settings: Settings) -> Store:
         raise
     except Exception as exc:
         await engine.dispose()
-        raise ConfigurationError(f"cannot open DATABASE_URL: {type(exc).__name__}: {exc}") from None
+        raise ConfigurationError(
+            f"cannot open DATABASE_URL: {open_problem(exc, settings.database_url)}"
+        ) from None
     return Store(engine)
 
 
 async def open_service(
-    settings: Settings, *, receive: bool, process_in_process: bool, background: bool = True
+    settings: Settings,
+    *,
+    receive: bool,
+    process_in_process: bool,
+    background: bool = True,
+    metrics: Metrics | None = None,
 ) -> Service:
     """Build the service; `receive` adds the intake, `process_in_process` the in-process workers.
 
     `background=False` is for one-shot commands (`redeliver`): no rules watcher and no
     sweeper, which would otherwise take up every other due delivery in that command.
+    `metrics`: the process's, when it serves them before the service opens (the worker).
     """
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     store = await open_store(settings)
     rules = LiveRules(settings.rules_dir, load_registry(), metrics)
     http = create_http_client()

@@ -472,9 +472,10 @@ def test_deliveries_show_tells_the_whole_story_of_a_processed_delivery(
     assert out.startswith("delivery shown-1\n  event     item.low_stock\n  status    done\n")
     assert "headers\n  X-Stockaj-Event: item.low_stock\n  X-Stockaj-Delivery: shown-1\n" in out
     assert '    "external_id": "TENT-4P"' in out  # the body, pretty-printed
-    assert "  ✓ reorder: fired: data.quantity (3) <= data.minimum_quantity (5) -> true\n" in out
-    assert "  · rentals: event_not_matched: event item.low_stock does not match on: rent.created\n" in out
+    assert "  ✓ reorder  fired: data.quantity (3) <= data.minimum_quantity (5) -> true\n" in out
+    assert "  · rentals  event item.low_stock does not match on: rent.created\n" in out
     assert "  reorder actions[0] http: succeeded, 1 attempt(s), response 201\n" in out
+    assert "      sent to:      https://po.example.com/orders\n" in out
     assert '"Authorization": "Bearer ***"' in out
     assert '"json": {"sku": "TENT-4P", "quantity": 7}' in out
     assert "  reorder actions[1] log: succeeded, 1 attempt(s)\n" in out
@@ -541,10 +542,10 @@ def test_deliveries_show_masks_secrets_and_shows_errors_attempts_and_next_attemp
     assert result.exit_code == 0, result.output
     assert PO_TOKEN not in result.output
     assert "  status    processing (stuck on ***)\n" in result.stdout
-    assert "  ✓ reorder: fired: with ***\n" in result.stdout
+    assert "  ✓ reorder  fired: with ***\n" in result.stdout
     assert "  reorder actions[0] http: pending, 3 attempt(s), response 503\n" in result.stdout
-    assert '      params: {"headers": {"Authorization": "Bearer ***"}}\n' in result.stdout
-    assert "      last error: POST answered 503 for token ***\n" in result.stdout
+    assert '      params:       {"headers": {"Authorization": "Bearer ***"}}\n' in result.stdout
+    assert "      last error:   POST answered 503 for token ***\n" in result.stdout
     assert "      next attempt: 2026-03-01T09:02:00+00:00\n" in result.stdout
     assert '"note": "token ***"' in result.stdout
 
@@ -756,7 +757,8 @@ def test_redeliver_tries_a_failed_action_again_and_exits_1_while_it_fails(
     failed = run("redeliver", "r-3", env=env)
     fixed = run("redeliver", "r-3", env=env)
 
-    assert (failed.exit_code, failed.stdout) == (1, "r-3: failed\n")
+    assert failed.exit_code == 1
+    assert failed.stdout.startswith("r-3: failed: an action failed: reorder actions[0] (http): POST ")
     assert (fixed.exit_code, fixed.stdout) == (0, "r-3: done\n")
     assert len(server.requests) == 2
 

@@ -8,6 +8,7 @@ own `send_request` goes through the client to it.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import socket
 import time
@@ -387,3 +388,25 @@ async def test_an_answer_with_endless_headers_is_a_transient_protocol_error_not_
     assert outcome.transient
     assert "could not connect: RemoteProtocolError" in str(outcome)
     assert peak < 2 * MB
+
+
+async def test_requests_name_the_engine_and_its_version_as_user_agent_unless_the_rule_sets_one() -> None:
+    seen: list[list[bytes]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            seen.append((await read_request(reader))[0])
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    async with local_server(answer) as port, action_context(f"http://127.0.0.1:{port}") as ctx:
+        url = f"http://127.0.0.1:{port}/hook"
+        await send_request(ctx, "POST", url, json={})
+        await send_request(ctx, "POST", url, headers={"User-Agent": "crm-sync/2"}, json={})
+
+    agents = [
+        [line.partition(b":")[2].strip() for line in lines if line.lower().startswith(b"user-agent:")]
+        for lines in seen
+    ]
+    version = importlib.metadata.version("stockaj-rules")
+    assert agents == [[f"stockaj-rules/{version}".encode()], [b"crm-sync/2"]]
