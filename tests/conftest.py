@@ -143,3 +143,8 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     """A migrated store on `database_url` (each storage test runs on SQLite and PostgreSQL)."""
     async with migrated_store(database_url) as migrated:
         yield migrated
+
+
+# tests/plugins/ holds whole plugin distributions with tests of their own: they run with the
+# plugin installed (tests/test_example_plugin.py), not in this process.
+collect_ignore = ["plugins"]

@@ -1,0 +1,118 @@
+"""The example plugin of docs/plugins.md, installed with pip and used as an operator would.
+
+tests/plugins/stockaj-rules-ntfy is a whole plugin distribution: its pyproject.toml
+registers the `ntfy` action under the engine's entry-point group. The suite builds and
+installs it with pip (offline, into a folder of its own put on PYTHONPATH, so the
+project's environment is left as it was), then runs the real console script on the
+plugin's rule and fixtures, and the plugin's own tests, which use engine.testing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "stockaj-rules-ntfy"
+TOKEN = "tk_live_0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def ntfy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the plugin's folder, copied; the folder pip installed it into)."""
+    root = tmp_path_factory.mktemp("ntfy")
+    source = root / "stockaj-rules-ntfy"
+    # A copy: building writes build/ and *.egg-info next to the sources.
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    site = root / "site"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+    command += ["--no-build-isolation", "--target", str(site), str(source)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    return source, site
+
+
+def run(ntfy: tuple[Path, Path], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A command of the plugin's author or operator, in the plugin's folder, with it installed."""
+    source, site = ntfy
+    environment = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    environment.update(PYTHONPATH=str(site), **env)
+    return subprocess.run(
+        [*args], cwd=source, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def stockaj_rules(ntfy: tuple[Path, Path], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    script = shutil.which("stockaj-rules", path=str(Path(sys.executable).parent))
+    assert script is not None, "the stockaj-rules console script is not installed next to this Python"
+    return run(ntfy, script, *args, **env)
+
+
+def test_the_installed_plugins_rule_checks_and_its_fixtures_pass(ntfy: tuple[Path, Path]) -> None:
+    checked = stockaj_rules(ntfy, "check", "--rules", "rules")
+    assert (checked.returncode, checked.stdout) == (0, "OK: 1 rule(s) in 1 file(s) under rules\n"), (
+        checked.stderr
+    )
+
+    tested = stockaj_rules(ntfy, "test", "--rules", "rules", "fixtures")
+
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert (
+        '→ ntfy  topic: "warehouse-alerts", message: "3 left of Tent 4p (TENT-4P), minimum 5."'
+        in tested.stdout
+    )
+    assert tested.stdout.endswith("2 passed, 0 failed\n")
+
+
+def test_the_plugins_own_tests_pass_with_the_engines_test_helpers(ntfy: tuple[Path, Path]) -> None:
+    completed = run(ntfy, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "7 passed" in completed.stdout
+
+
+def test_plugins_lists_the_installed_plugin_and_its_settings_never_their_values(
+    ntfy: tuple[Path, Path],
+) -> None:
+    completed = stockaj_rules(ntfy, "plugins", NTFY_TOKEN=TOKEN)
+
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    start = lines.index("ntfy: Publish a notification to a topic on an ntfy server.")
+    assert lines[start + 1 : start + 5] == [
+        "  from stockaj-rules-ntfy 1.0.0 (entry point ntfy = stockaj_rules_ntfy:NtfyAction)",
+        "  NTFY_URL       URL, unset: the ntfy server to publish to when the rule names no server",
+        "  NTFY_TOKEN     secret, set: an access token of the server, sent as Authorization: Bearer …",
+        "  NTFY_PRIORITY  int, unset: the priority when the rule gives none: 1 (min) to 5 (max)",
+    ]
+    assert TOKEN not in completed.stdout
+
+
+def test_a_bad_value_of_the_plugins_setting_stops_check_with_one_line(ntfy: tuple[Path, Path]) -> None:
+    completed = stockaj_rules(ntfy, "check", "--rules", "rules", NTFY_PRIORITY="high")
+
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        "configuration error: NTFY_PRIORITY: not a whole number; write e.g. 10 (got 'high'); "
+        "fix NTFY_PRIORITY in the environment\n"
+    )
+
+
+def test_check_masks_the_plugins_secret_wherever_a_rule_file_quotes_it(ntfy: tuple[Path, Path]) -> None:
+    source, _ = ntfy
+    broken = source / "broken"
+    broken.mkdir(exist_ok=True)
+    # An env file copied into the rules folder by mistake: the loader quotes what it found.
+    # NTFY_TOKEN is a secret by its declared kind, not by a name the engine would guess from.
+    (broken / "env.yaml").write_text(f"{TOKEN}\n")
+
+    completed = stockaj_rules(ntfy, "check", "--rules", "broken", NTFY_TOKEN=TOKEN)
+
+    assert completed.returncode == 1
+    assert "broken/env.yaml:1:1: " in completed.stderr
+    assert TOKEN not in completed.stdout + completed.stderr
+    assert "***" in completed.stderr
