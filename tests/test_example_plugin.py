@@ -9,7 +9,10 @@ plugin's rule and fixtures, and the plugin's own tests, which use engine.testing
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -116,3 +119,75 @@ def test_check_masks_the_plugins_secret_wherever_a_rule_file_quotes_it(ntfy: tup
     assert "broken/env.yaml:1:1: " in completed.stderr
     assert TOKEN not in completed.stdout + completed.stderr
     assert "***" in completed.stderr
+
+
+# --- docs/plugins.md is this plugin -------------------------------------------------------------
+
+GUIDE = PLUGIN.parent.parent.parent / "docs" / "plugins.md"
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+FILE_BLOCK = re.compile(r"^<!-- file: (\S+) -->\n```[^\n]*\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def _plugin_files() -> set[str]:
+    ignored = {"__pycache__", "build"}
+    return {
+        path.relative_to(PLUGIN).as_posix()
+        for path in PLUGIN.rglob("*")
+        if path.is_file() and not ignored & set(path.parts) and ".egg-info" not in path.as_posix()
+    }
+
+
+def test_the_guide_shows_every_file_of_the_example_plugin_exactly() -> None:
+    shown = dict(FILE_BLOCK.findall(GUIDE.read_text(encoding="utf-8")))
+
+    assert set(shown) == _plugin_files()
+    for path, text in shown.items():
+        assert text == (PLUGIN / path).read_text(encoding="utf-8"), f"docs/plugins.md shows another {path}"
+
+
+def _console_blocks() -> list[tuple[str, list[str]]]:
+    blocks = []
+    for language, body in FENCE.findall(GUIDE.read_text(encoding="utf-8")):
+        if language.strip() == "console":
+            command, *output = body.splitlines()
+            assert command.startswith("$ "), f"a console block starts with its command: {command}"
+            blocks.append((command[2:], output))
+    return blocks
+
+
+def _matches(expected: list[str], actual: list[str]) -> bool:
+    """`actual` is `expected`, where a line `...` stands for any number of lines."""
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(_matches(expected[1:], actual[at:]) for at in range(len(actual) + 1))
+    return bool(actual) and actual[0] == expected[0] and _matches(expected[1:], actual[1:])
+
+
+@pytest.mark.parametrize(("command", "output"), _console_blocks(), ids=[c for c, _ in _console_blocks()])
+def test_the_guides_commands_print_what_it_shows(
+    ntfy: tuple[Path, Path], command: str, output: list[str]
+) -> None:
+    words = shlex.split(command)
+    env = dict(word.split("=", 1) for word in itertools.takewhile(lambda word: "=" in word, words))
+    args = words[len(env) :]
+    assert args[0] == "stockaj-rules"
+
+    completed = stockaj_rules(ntfy, *args[1:], **env)
+
+    actual = (completed.stdout + completed.stderr).splitlines()
+    assert _matches(output, actual), "\n".join(actual)
+
+
+def _slugs(markdown: str) -> set[str]:
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.DOTALL), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_the_guides_links_lead_somewhere() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([\w./-]*)(?:#([\w-]+))?\)", text)
+    assert links, "the guide links to its sections and the other guides"
+    for target, anchor in links:
+        linked = (GUIDE.parent / target).read_text(encoding="utf-8") if target else text
+        assert not anchor or anchor in _slugs(linked), f"{target}#{anchor} is no heading"
