@@ -130,6 +130,13 @@ def plugin_of(action_class: object, *, distribution: str = "", entry_point: str 
             f"the action plugin {label!r} is not an action class (got {_kind_of(action_class)}) ({where}); "
             "point the entry point at a subclass of actions.base.Action"
         )
+    if not callable(getattr(action_class, "run", None)) or not isinstance(
+        getattr(action_class, "Params", None), type
+    ):
+        raise PluginError(
+            f"the action plugin {label!r} is not an action class (got the class {action_class.__qualname__}, "
+            f"without Params and run) ({where}); point the entry point at a subclass of actions.base.Action"
+        )
     type_name = getattr(action_class, "type", None)
     if not isinstance(type_name, str) or not type_name:
         raise PluginError(
