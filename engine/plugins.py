@@ -71,10 +71,13 @@ class Setting(Generic[V]):
                 "write it in capitals, digits and _, like ACME_API_TOKEN"
             )
         if self.kind not in KINDS:
-            raise ValueError(f"setting {self.variable}: unknown kind {self.kind!r}; use one of SDK's kinds")
+            raise ValueError(
+                f"setting {self.variable}: unknown kind {self.kind!r}; use one of actions.base's "
+                "TEXT, INT, URL, SECRET, SECRET_URL, DATABASE_URL"
+            )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InstalledPlugin:
     """An action class as found: its type name, its settings, and where it came from."""
 
@@ -149,7 +152,13 @@ def plugin_of(action_class: object, *, distribution: str = "", entry_point: str 
             f"the action plugin {label!r} declares its settings wrongly ({where}); "
             "write settings = (Setting(...), ...) with actions.base.Setting"
         )
-    return InstalledPlugin(type_name, action_class, tuple(settings), distribution or qualname, entry_point)
+    return InstalledPlugin(
+        type_name=type_name,
+        action_class=action_class,
+        settings=tuple(settings),
+        distribution=distribution or qualname,
+        entry_point=entry_point,
+    )
 
 
 def _load(entry: EntryPoint) -> InstalledPlugin:

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from actions import base
+from engine.plugins import KINDS, SettingKind
+
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "stockaj-rules-ntfy"
 TOKEN = "tk_live_0123456789abcdef"
 
@@ -191,3 +194,13 @@ def test_the_guides_links_lead_somewhere() -> None:
     for target, anchor in links:
         linked = (GUIDE.parent / target).read_text(encoding="utf-8") if target else text
         assert not anchor or anchor in _slugs(linked), f"{target}#{anchor} is no heading"
+
+
+def test_the_guides_table_of_kinds_names_every_kind_the_sdk_exports() -> None:
+    rows = re.findall(
+        r"^\| `(\w+)` \|", GUIDE.read_text(encoding="utf-8").split("| kind | holds |", 1)[1], re.MULTILINE
+    )
+    exported = [name for name in base.__all__ if isinstance(getattr(base, name), SettingKind)]
+
+    assert sorted(rows) == sorted(exported)
+    assert {getattr(base, name) for name in exported} == set(KINDS)
