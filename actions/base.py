@@ -2,9 +2,11 @@
 
 An action is a small class: a `type` name, a one-line `description`, a pydantic
 `Params` model (extra fields forbidden) that rule files are validated against
-when they load, and `async run(params, ctx)`. It reaches nothing global: the
-HTTP client, the clock, databases and defaults from configuration come in
-through `ActionContext`.
+when they load, the `settings` it reads from the environment (each a `Setting`:
+the variable, its kind, whether it is required; engine/config.py reads and
+checks them, and masks them by their kinds), and `async run(params, ctx)`. It
+reaches nothing global: the HTTP client, the clock, databases and the values of
+its settings come in through `ActionContext`. docs/plugins.md shows one whole.
 
 A failed run raises `ActionFailed`; `transient` says whether trying again later
 may help (connection errors, timeouts, 408, 429, 5xx), and `retry_after`
@@ -20,15 +22,18 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actions.answers import READ_BYTES, excerpt, read_prefix
+from engine.plugins import DATABASE_URL, INT, SECRET, SECRET_URL, TEXT, URL, Setting, SettingKind
+
+V = TypeVar("V", str, int)
 
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -46,17 +51,19 @@ class OutgoingURL:
     """Marks a param as a URL the engine connects to: where it goes must not come from payload data.
 
     Use as `url: Annotated[str, OutgoingURL()]`; the rule loader checks it (engine/language/outgoing_urls.py)
-    and `send_request` sends only to the origins it allowed. `default` names the
-    `ActionDefaults` field the action falls back on when the param is left out. `http=False`
-    for a URL that is not an HTTP one (a database URL): all of it must be configuration.
+    and `send_request` sends only to the origins it allowed. `default` is the action's
+    `Setting` it falls back on when the param is left out (its origin is allowed then).
+    `http=False` for a URL that is not an HTTP one (a database URL): all of it must be
+    configuration.
     """
 
-    def __init__(self, *, http: bool = True, default: str | None = None) -> None:
+    def __init__(self, *, http: bool = True, default: Setting[str] | None = None) -> None:
         self.http = http
         self.default = default
 
     def __repr__(self) -> str:
-        return f"OutgoingURL(http={self.http}, default={self.default!r})"
+        default = self.default.variable if self.default else None
+        return f"OutgoingURL(http={self.http}, default={default!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +101,6 @@ class NotTemplated:
         return "NotTemplated()"
 
 
-@dataclass(frozen=True, slots=True)
-class ActionDefaults:
-    """Defaults from configuration that actions fall back on."""
-
-    slack_webhook_url: str | None = None
-    purchase_order_url: str | None = None
-    purchase_order_token: str | None = None
-    sync_database_url: str | None = None
-
-
 class DatabaseEngines:
     """One SQLAlchemy async engine per database URL, created on first use, disposed together."""
 
@@ -131,23 +128,33 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ActionContext:
-    """Everything an action may use for one execution."""
+    """Everything an action may use for one execution (engine/testing.py makes one for tests)."""
 
     http: httpx.AsyncClient
     databases: DatabaseEngines
-    defaults: ActionDefaults
     delivery_id: str
     rule_id: str
     action_index: int
     clock: Clock = utc_now
     # Where `send_request` may send (engine/language/outgoing_urls.py works them out); none: nowhere.
     allowed_origins: frozenset[Origin] = frozenset()
+    # The values of the settings the action declares, None when unset; no other setting.
+    settings: Mapping[str, str | int | None] = field(default_factory=dict)
 
     @property
     def idempotency_key(self) -> str:
         return idempotency_key(self.delivery_id, self.rule_id, self.action_index)
+
+    def setting(self, setting: Setting[V]) -> V | None:
+        """The value of one of the action's settings, checked by its kind; None when it is unset."""
+        if setting.variable not in self.settings:
+            raise LookupError(
+                f"{setting.variable} is not a setting of this action; "
+                "list it in the action's settings to read it"
+            )
+        return cast("V | None", self.settings[setting.variable])
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +194,8 @@ class Action(ABC, Generic[P]):
     Params: builtins.type[P]
     # Params whose interpolated values are escaped with this function (Slack's `text`).
     escaped_params: ClassVar[Mapping[str, Callable[[str], str]]] = {}
+    # The environment variables it reads, each declared once (docs/plugins.md).
+    settings: ClassVar[tuple[Setting[Any], ...]] = ()
 
     @abstractmethod
     async def run(self, params: P, ctx: ActionContext) -> ActionResult:
@@ -354,9 +363,14 @@ def redact_url(url: str) -> str:
 
 
 __all__ = [
+    "DATABASE_URL",
+    "INT",
+    "SECRET",
+    "SECRET_URL",
+    "TEXT",
+    "URL",
     "Action",
     "ActionContext",
-    "ActionDefaults",
     "ActionFailed",
     "ActionParams",
     "ActionResult",
@@ -365,6 +379,8 @@ __all__ = [
     "NotTemplated",
     "Origin",
     "OutgoingURL",
+    "Setting",
+    "SettingKind",
     "idempotency_key",
     "parse_retry_after",
     "redact_url",

@@ -12,14 +12,22 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, StringConstraints
 
 from actions.base import (
+    SECRET,
+    URL,
     Action,
     ActionContext,
     ActionFailed,
     ActionParams,
     ActionResult,
     OutgoingURL,
+    Setting,
     send_request,
 )
+
+ORDERS_URL = Setting(
+    "PURCHASE_ORDER_URL", URL, "where purchase_order actions post when the rule names no url"
+)
+TOKEN = Setting("PURCHASE_ORDER_TOKEN", SECRET, "sent as Authorization: Bearer … by purchase_order actions")
 
 
 def _not_bool(value: Any) -> Any:
@@ -33,16 +41,17 @@ class PurchaseOrderParams(ActionParams):
     item_sku: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
     quantity: Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
     notes: str = ""
-    url: Annotated[str | None, OutgoingURL(default="purchase_order_url")] = None
+    url: Annotated[str | None, OutgoingURL(default=ORDERS_URL)] = None
 
 
 class PurchaseOrderAction(Action[PurchaseOrderParams]):
     type = "purchase_order"
     description = "Create a purchase order for an item in the purchase-order system."
     Params = PurchaseOrderParams
+    settings = (ORDERS_URL, TOKEN)
 
     async def run(self, params: PurchaseOrderParams, ctx: ActionContext) -> ActionResult:
-        url = params.url or ctx.defaults.purchase_order_url
+        url = params.url or ctx.setting(ORDERS_URL)
         if not url:
             raise ActionFailed(
                 "purchase_order: no purchase-order system to send to; "
@@ -50,7 +59,8 @@ class PurchaseOrderAction(Action[PurchaseOrderParams]):
                 transient=False,
             )
         headers = {}
-        if ctx.defaults.purchase_order_token:
-            headers["Authorization"] = f"Bearer {ctx.defaults.purchase_order_token}"
+        token = ctx.setting(TOKEN)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         order = {"item_sku": params.item_sku, "quantity": params.quantity, "notes": params.notes}
         return await send_request(ctx, "POST", url, headers=headers, json=order)

@@ -2,19 +2,21 @@
 
 Every action type, ours included, is declared under the `stockaj_rules.actions`
 entry-point group in its package's metadata (see our `pyproject.toml`), so a
-plugin package only has to declare its class there to be usable in rule files.
+plugin package only has to declare its class there to be usable in rule files
+(docs/plugins.md). engine/plugins.py finds and checks them.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator
-from importlib.metadata import entry_points
 from typing import Any
 
 from actions.base import Action
+from engine.errors import PluginError
+from engine.plugins import ENTRY_POINT_GROUP, InstalledPlugin, installed_plugins
 
-ENTRY_POINT_GROUP = "stockaj_rules.actions"
+__all__ = ["ENTRY_POINT_GROUP", "ActionRegistry", "load_registry"]
 
 
 class ActionRegistry:
@@ -24,6 +26,19 @@ class ActionRegistry:
         self._actions: dict[str, Action[Any]] = {}
         for action_class in action_classes:
             self.register(action_class)
+
+    @classmethod
+    def of(cls, plugins: Iterable[InstalledPlugin]) -> ActionRegistry:
+        """The registry of plugins found installed; each must be an `Action` subclass."""
+        classes = []
+        for plugin in plugins:
+            if not issubclass(plugin.action_class, Action):
+                raise PluginError(
+                    f"the action plugin {plugin.type_name!r} is not an action class ({plugin.origin}); "
+                    "point the entry point at a subclass of actions.base.Action"
+                )
+            classes.append(plugin.action_class)
+        return cls(classes)
 
     def register(self, action_class: type[Action[Any]]) -> None:
         name = action_class.type
@@ -51,6 +66,9 @@ class ActionRegistry:
 
 
 def load_registry() -> ActionRegistry:
-    """Every action type declared by installed packages (ours and plugins)."""
-    classes = [entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)]
-    return ActionRegistry(sorted(classes, key=lambda cls: cls.type))
+    """Every action type declared by installed packages (ours and plugins).
+
+    Raises PluginError (one line naming the distribution and entry point) for a plugin
+    that cannot be loaded or clashes with another.
+    """
+    return ActionRegistry.of(installed_plugins())

@@ -11,13 +11,21 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar
 
 from actions.base import (
+    SECRET_URL,
     Action,
     ActionContext,
     ActionFailed,
     ActionParams,
     ActionResult,
     OutgoingURL,
+    Setting,
     send_request,
+)
+
+WEBHOOK_URL = Setting(
+    "SLACK_WEBHOOK_URL",
+    SECRET_URL,
+    "where slack actions post when the rule names no webhook_url; its path is its token",
 )
 
 
@@ -30,7 +38,7 @@ def slack_escape(value: str) -> str:
 class SlackParams(ActionParams):
     text: str
     blocks: list[dict[str, Any]] | None = None
-    webhook_url: Annotated[str | None, OutgoingURL(default="slack_webhook_url")] = None
+    webhook_url: Annotated[str | None, OutgoingURL(default=WEBHOOK_URL)] = None
 
 
 class SlackAction(Action[SlackParams]):
@@ -41,9 +49,10 @@ class SlackAction(Action[SlackParams]):
         "text": slack_escape,
         "blocks": slack_escape,
     }
+    settings = (WEBHOOK_URL,)
 
     async def run(self, params: SlackParams, ctx: ActionContext) -> ActionResult:
-        url = params.webhook_url or ctx.defaults.slack_webhook_url
+        url = params.webhook_url or ctx.setting(WEBHOOK_URL)
         if not url:
             raise ActionFailed(
                 "slack: no webhook URL to post to; "

@@ -33,6 +33,7 @@ from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.types import TypeEngine
 
 from actions.base import (
+    DATABASE_URL,
     Action,
     ActionContext,
     ActionFailed,
@@ -40,6 +41,7 @@ from actions.base import (
     ActionResult,
     NotTemplated,
     OutgoingURL,
+    Setting,
 )
 
 # Letters, digits and `_`, at most 63 long: PostgreSQL silently truncates longer names.
@@ -81,6 +83,12 @@ _COLUMN_TYPES = text(
 )
 
 _Insert = sqlite.Insert | postgresql.Insert
+SYNC_DATABASE = Setting(
+    "SYNC_DATABASE_URL",
+    DATABASE_URL,
+    "the database sql_upsert actions write to when the rule names no database_url",
+)
+
 _INSERTS: dict[str, Callable[[TableClause], _Insert]] = {
     "sqlite": sqlite.insert,
     "postgresql": postgresql.insert,
@@ -130,9 +138,10 @@ class SqlUpsertAction(Action[SqlUpsertParams]):
     type = "sql_upsert"
     description = "Insert or update one row, found by its key columns, in an external database."
     Params = SqlUpsertParams
+    settings = (SYNC_DATABASE,)
 
     async def run(self, params: SqlUpsertParams, ctx: ActionContext) -> ActionResult:
-        raw_url = params.database_url or ctx.defaults.sync_database_url
+        raw_url = params.database_url or ctx.setting(SYNC_DATABASE)
         if not raw_url:
             raise ActionFailed(
                 "sql_upsert: no database to write to; "

@@ -60,20 +60,24 @@ def _serve(port_out: Any) -> None:
 
 
 async def _run(port: int, count: int, concurrency: int) -> tuple[float, float]:
-    from actions.base import ActionContext, ActionDefaults, DatabaseEngines, send_request
+    from actions.base import ActionContext, DatabaseEngines, send_request
     from engine.pipeline.http_client import create_http_client
 
     url = f"http://127.0.0.1:{port}/orders"
     http = create_http_client()
     extra: dict[str, Any] = {}
-    if "allowed_origins" in {f.name for f in fields(ActionContext)}:  # the checkout has the origin check
+    context_fields = {f.name for f in fields(ActionContext)}
+    if "allowed_origins" in context_fields:  # the checkout has the origin check
         from actions.base import Origin
 
         extra["allowed_origins"] = frozenset({Origin.of(url)})
+    if "defaults" in context_fields:  # a checkout from before actions declared their settings
+        from actions import base
+
+        extra["defaults"] = base.ActionDefaults()  # type: ignore[attr-defined]
     ctx = ActionContext(
         http=http,
         databases=DatabaseEngines(lambda url: None),  # type: ignore[arg-type,return-value]
-        defaults=ActionDefaults(),
         delivery_id="bench",
         rule_id="bench",
         action_index=0,

@@ -1,51 +1,54 @@
 """Settings from the environment; the only module that reads `os.environ`.
 
-Every variable of the spec's configuration table is a field here. `load_settings()`
-turns a bad or missing value into one `ConfigurationError` line that names the
-variable and says what to set, never a traceback and never a secret (the wording
-and what a message may show: engine/config_errors.py). Secrets too short to be
-masked, or to resist guessing, are refused before anything else.
+Every variable of the engine's own configuration table is a field of `Settings`; the
+installed action plugins declare theirs (engine/plugins.py), read here too and checked
+by their kinds (engine/config_plugins.py). `load_settings()` turns a bad or missing
+value into one `ConfigurationError` line that names the variable and says what to set,
+never a traceback and never a secret (the wording and what a message may show:
+engine/config_errors.py); a plugin that cannot be loaded is one `PluginError` line.
+Secrets too short to be masked, or to resist guessing, are refused before anything else.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from arq.connections import RedisSettings
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.asyncio.connection import parse_url as parse_redis_url
-from sqlalchemy.engine import URL, make_url
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
-from actions.base import ActionDefaults
 from engine.config_errors import (
+    Display,
     SettingProblem,
     environment_secrets,
     is_secret_name,
     printable_line,
     problem_line,
     url_passwords,
-    url_ports,
     validation_line,
 )
-from engine.errors import ConfigurationError
+from engine.config_plugins import PluginSettings, display, read_plugin_settings, refuse_taken
+from engine.config_values import database_url, redis_url
+from engine.config_values import listen_address as listen_address  # the operator's --host
+from engine.errors import ConfigurationError, PluginError
+from engine.plugins import SECRET, InstalledPlugin, installed_plugins
 
 SECRET_PREFIX = "SECRET_"
 
-# The store and `sql_upsert` speak to SQLite and PostgreSQL through these async drivers.
-_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "asyncpg"}
-_DATABASE_EXAMPLES = "postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///path/to/file.db"
-_MIN_TOKEN_PATH = 16
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
-_REDIS_EXAMPLE = "redis://host:6379/0 (or rediss:// for TLS)"
 # The webhook secret is an HMAC key: from one signed delivery (a log, a proxy) a short key can
 # be found offline by trying them all, so 16 characters; the operator chooses it, here and in
-# Stockaj. Other secrets (SECRET_*, PURCHASE_ORDER_TOKEN) are issued by other systems: 8
+# Stockaj. Other secrets (SECRET_*, plugins' secrets) are issued by other systems: 8
 # characters, twice the masking minimum (engine/secrets.MIN_MASKED_LENGTH), so that masking
 # them cannot blot out ordinary words and numbers, and a value that short is a mistake.
 WEBHOOK_SECRET_MIN_LENGTH = 16
@@ -56,7 +59,11 @@ _NAME_MAX, _PATH_MAX = 255, 4095
 
 
 class Settings(BaseModel):
-    """The engine's configuration (spec section 10); each field is the lower-cased variable."""
+    """The engine's configuration (spec section 10); each field is the lower-cased variable.
+
+    The values of the settings plugins declare are in `plugins` (not fields: they vary
+    with what is installed).
+    """
 
     # No inf or nan: every number becomes a duration, a count or a size.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -72,10 +79,6 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
-    slack_webhook_url: str | None = None
-    purchase_order_url: str | None = None
-    purchase_order_token: str | None = None
-    sync_database_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = Field(
         default_factory=lambda: "console" if sys.stderr.isatty() else "json"
@@ -98,6 +101,7 @@ class Settings(BaseModel):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Where people open a delivery's story: the address of `stockaj_rules.delivery_failed` alerts.
     console_url: str = "http://127.0.0.1:8001"
+    _plugins: PluginSettings = PrivateAttr(default_factory=PluginSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -110,7 +114,7 @@ class Settings(BaseModel):
     def _format_any_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("database_url", "sync_database_url")
+    @field_validator("database_url")
     @classmethod
     def _database(cls, value: str | None) -> str | None:
         return database_url(value) if value else value
@@ -119,19 +123,6 @@ class Settings(BaseModel):
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         return redis_url(value) if value else value
-
-    @field_validator("slack_webhook_url", "purchase_order_url")
-    @classmethod
-    def _http(cls, value: str | None) -> str | None:
-        if value:
-            try:
-                parts = urlsplit(value)
-                usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-            except ValueError:  # a bad port or IPv6 address
-                usable = False
-            if not usable:
-                raise SettingProblem("not an http(s) URL; write https://host/path")
-        return value
 
     @field_validator("host", "metrics_host")
     @classmethod
@@ -170,49 +161,48 @@ class Settings(BaseModel):
         return (self.stockaj_webhook_secret, *([previous] if previous else []))
 
     @property
-    def action_defaults(self) -> ActionDefaults:
-        return ActionDefaults(
-            slack_webhook_url=self.slack_webhook_url,
-            purchase_order_url=self.purchase_order_url,
-            purchase_order_token=self.purchase_order_token,
-            sync_database_url=self.sync_database_url,
-        )
+    def plugins(self) -> PluginSettings:
+        """The settings the installed action plugins declare, and their values."""
+        return self._plugins
 
     def sensitive_values(self) -> list[str]:
         """Values that must never appear in a log, a response or CLI output."""
-        values = [
-            self.stockaj_webhook_secret,
-            self.stockaj_webhook_secret_previous,
-            self.slack_webhook_url,
-            self.purchase_order_token,
-        ]
-        if self.slack_webhook_url:
-            # Its path is the token and may be shown without the host; a short path is no token
-            # (`/slack` on a test server), and masking it would blot out ordinary words.
-            path = urlsplit(self.slack_webhook_url).path.strip("/")
-            values.append(path if len(path) >= _MIN_TOKEN_PATH else None)
-        for url in (self.database_url, self.sync_database_url, self.redis_url):
+        values = [self.stockaj_webhook_secret, self.stockaj_webhook_secret_previous]
+        for url in (self.database_url, self.redis_url):
             values += _passwords_of(url)
+        values += self._plugins.sensitive_values()
         return [value for value in values if value]
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, plugins: Sequence[InstalledPlugin] | None = None
+) -> Settings:
     """Read settings from `environ` (the process environment by default).
 
+    `plugins`: the action plugins whose declared settings are read too (by default every
+    installed one: loading them raises PluginError for one that cannot be used).
     Raises ConfigurationError: one printable line naming the variable, never a secret of
     `environ`. Secrets are checked first: a secret too short to mask could show in any
     other message.
     """
     env = dict(os.environ if environ is None else environ)
-    secrets = environment_secrets(env)
-    problem = _secret_problem(env) or _text_problem(env, secrets) or _misplaced_secret(env, secrets)
+    declared = PluginSettings(installed_plugins() if plugins is None else tuple(plugins))
+    refuse_taken(declared, {name.upper() for name in Settings.model_fields}, SECRET_PREFIX)
+    secrets = environment_secrets(env, declared.secret_variables())
+    problem = (
+        _secret_problem(env, declared)
+        or _text_problem(env, declared, secrets)
+        or _misplaced_secret(env, declared, secrets)
+    )
     if problem:
         raise ConfigurationError(problem)
     fields = {name: env[name.upper()] for name in Settings.model_fields if name.upper() in env}
     try:
-        return Settings.model_validate({name: value for name, value in fields.items() if value})
+        settings = Settings.model_validate({name: value for name, value in fields.items() if value})
     except ValidationError as exc:
         raise ConfigurationError(validation_line(exc, secrets)) from None
+    settings._plugins = read_plugin_settings(env, declared.plugins, secrets)
+    return settings
 
 
 def error_line(message: str, environ: Mapping[str, str] | None = None) -> str:
@@ -220,19 +210,34 @@ def error_line(message: str, environ: Mapping[str, str] | None = None) -> str:
 
     The last gate for every ConfigurationError, whoever raised it.
     """
-    return printable_line(message, environment_secrets(os.environ if environ is None else environ))
+    try:
+        declared = PluginSettings(installed_plugins()).secret_variables()
+    except PluginError:  # the error being printed, maybe: the names of secrets all say so
+        declared = []
+    env = os.environ if environ is None else environ
+    return printable_line(message, environment_secrets(env, declared))
 
 
-def _secret_problem(env: Mapping[str, str]) -> str | None:
+def _variables(declared: PluginSettings) -> dict[str, Display | None]:
+    """Every variable read, with how an error may show its value (None: as its name says).
+
+    The engine's own settings first, then the plugins' in declaration order.
+    """
+    own: dict[str, Display | None] = {name.upper(): None for name in Settings.model_fields}
+    return own | {setting.variable: display(setting) for setting, _ in declared.declared()}
+
+
+def _secret_problem(env: Mapping[str, str], declared: PluginSettings) -> str | None:
     """A secret that is not UTF-8 text or is too short, named with its length, never its value."""
     named = [name.upper() for name in Settings.model_fields if is_secret_name(name)]
+    named += [setting.variable for setting, _ in declared.declared() if setting.kind == SECRET]
     prefixed = sorted(secret_variable_names(env))
     for variable in [*named, *prefixed]:
         value = env.get(variable)
         if not value:  # unset or empty: nothing to leak
             continue
         if _not_text(value):
-            return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, [])
+            return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, [], "hidden")
         webhook = variable in _WEBHOOK_SECRETS
         minimum = WEBHOOK_SECRET_MIN_LENGTH if webhook else SECRET_MIN_LENGTH
         if len(value) < minimum:
@@ -250,27 +255,30 @@ def _secret_problem(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _text_problem(env: Mapping[str, str], secrets: list[str]) -> str | None:
+def _text_problem(env: Mapping[str, str], declared: PluginSettings, secrets: list[str]) -> str | None:
     """A setting that is not text: bytes that are not UTF-8 (RULES_DIR may hold them), a NUL."""
-    for name in Settings.model_fields:
-        variable = name.upper()
+    for variable, shown_as in _variables(declared).items():
         value = env.get(variable)
-        if value and name != "rules_dir" and _not_text(value):
-            return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, secrets)
+        if value and variable != "RULES_DIR" and _not_text(value):
+            return problem_line(variable, f"not UTF-8 text ({_not_text(value)})", value, secrets, shown_as)
         if value and "\x00" in value:
-            return problem_line(variable, "a NUL character is not allowed", value, secrets)
+            return problem_line(variable, "a NUL character is not allowed", value, secrets, shown_as)
     return None
 
 
-def _misplaced_secret(env: Mapping[str, str], secrets: list[str]) -> str | None:
+def _misplaced_secret(env: Mapping[str, str], declared: PluginSettings, secrets: list[str]) -> str | None:
     """A setting that is not a secret yet holds one: it would be shown later (a path, a host).
 
     URLs are left out: they hold their own password, and may rightly name what a secret names.
     """
-    for name in Settings.model_fields:
-        variable = name.upper()
+    for variable, shown_as in _variables(declared).items():
         value = env.get(variable)
-        if not value or is_secret_name(variable) or variable.endswith("_URL"):
+        if (
+            not value
+            or shown_as not in (None, "value")
+            or is_secret_name(variable)
+            or variable.endswith("_URL")
+        ):
             continue
         # Shorter values of variables merely named like secrets (TOKEN_TTL=8) are too common.
         if any(len(secret) >= SECRET_MIN_LENGTH and secret in value for secret in secrets):
@@ -289,82 +297,6 @@ def _not_text(value: str) -> str | None:
             what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
             return f"{what} at character {index + 1}"
     return None
-
-
-def database_url(value: str) -> str:
-    """`value` as an async SQLAlchemy URL; `postgresql://` and `sqlite://` get their async driver.
-
-    Raises SettingProblem (a ValueError) naming what to write instead for anything the
-    store cannot use: a URL SQLAlchemy cannot parse, a port out of range, an unknown
-    database or driver, query options the driver refuses.
-    """
-    url = _parsed_database_url(value)
-    backend, _, driver = url.drivername.partition("+")
-    wanted = _ASYNC_DRIVERS.get(backend)
-    if wanted is None:
-        raise SettingProblem(f"unsupported database {{part}}; write {_DATABASE_EXAMPLES}", backend)
-    backend = "postgresql" if backend == "postgres" else backend
-    if driver and driver != wanted:
-        raise SettingProblem(f"driver {{part}} is not supported; use {backend}+{wanted}:// instead", driver)
-    if url.drivername != f"{backend}+{wanted}":
-        url = url.set(drivername=f"{backend}+{wanted}")
-        value = url.render_as_string(hide_password=False)
-    try:  # what the engine does with it first: the driver's reading of the options
-        url.get_dialect()().create_connect_args(url)
-    except Exception:
-        given = ", ".join(sorted(url.query)) or "none"
-        problem = f"the {url.drivername} driver cannot use its options ({{part}}); fix or remove them"
-        raise SettingProblem(problem, given) from None
-    return value
-
-
-def _parsed_database_url(value: str) -> URL:
-    try:
-        url = make_url(value)
-    except Exception:  # ArgumentError, or ValueError for a port that is not a number
-        url = None
-    for port in url_ports(value):
-        if not port.isdecimal():
-            raise SettingProblem("port {part} is not a number; write host:5432", port)
-    if url is None:
-        raise SettingProblem(f"not a database URL; write {_DATABASE_EXAMPLES}")
-    if url.port is not None and not 0 < url.port < 65536:
-        raise SettingProblem("port {part} is out of range; write host:5432 (1 to 65535)", str(url.port))
-    return url
-
-
-def listen_address(value: str) -> str:
-    """`value` if it can name an address to listen on: an IP address or a host name.
-
-    The resolver takes names in IDNA: a label over 63 characters fails there with a
-    UnicodeError, not the OSError `serve` reports as "cannot listen on".
-    """
-    try:
-        value.encode("idna")
-    except UnicodeError:
-        raise SettingProblem("not a host name or IP address; write e.g. 127.0.0.1 or 0.0.0.0") from None
-    return value
-
-
-def redis_url(value: str) -> str:
-    """`value` if both readers of REDIS_URL accept it (redis-py's, the receiver's; arq's, the worker's)."""
-    scheme, _, rest = value.partition("://")
-    if scheme not in _REDIS_SCHEMES or not rest:
-        raise SettingProblem(f"not a Redis URL; write {_REDIS_EXAMPLE}")
-    for port in url_ports(value):
-        if not port.isdecimal():
-            raise SettingProblem("port {part} is not a number; write host:6379", port)
-        if not 0 < int(port) < 65536:
-            raise SettingProblem("port {part} is out of range; write host:6379 (1 to 65535)", port)
-    database = re.split(r"[?#]", rest.partition("/")[2], maxsplit=1)[0].strip("/")
-    if scheme != "unix" and database and not database.isdecimal() and "db=" not in rest:
-        raise SettingProblem("database {part} is not a number; write redis://host:6379/0", database)
-    try:
-        parse_redis_url(value)
-        RedisSettings.from_dsn(value)
-    except Exception:
-        raise SettingProblem(f"not a usable Redis URL; write {_REDIS_EXAMPLE}") from None
-    return value
 
 
 def secret_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:

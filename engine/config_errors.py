@@ -2,8 +2,8 @@
 
 A setting's value (or a piece of it) reaches a message only through `shown()`, which
 knows every secret of the environment: the values of variables named like secrets
-(`*SECRET*`, `*TOKEN*`, `*PASSWORD*`, ...), `SLACK_WEBHOOK_URL`, and the password of
-any URL. A value that holds a secret, or shares a run of `SHARED_RUN` characters
+(`*SECRET*`, `*TOKEN*`, `*PASSWORD*`, ...) or declared secrets by a plugin (engine/plugins.py),
+and the password of any URL. A value that holds a secret, or shares a run of `SHARED_RUN` characters
 with one, is not shown at all; whatever variable it was put in. Validators raise
 `SettingProblem` so the pieces they quote go through the same gate, and
 `printable_line()` is the last pass over every line: secrets masked, control
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from pydantic import ValidationError
@@ -30,7 +30,10 @@ SHOWN_CHARS = 80
 MAX_LINE = 500
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "PRIVATE_KEY", "ACCESS_KEY")
 # URLs shown with their userinfo hidden; other URL settings may hold tokens in their path.
-SHOWN_URLS = ("DATABASE_URL", "SYNC_DATABASE_URL", "REDIS_URL")
+SHOWN_URLS = ("DATABASE_URL", "REDIS_URL")
+# How a value may be shown: as it is (still not when it holds a secret), as a URL with its
+# password hidden, or not at all. None: as the variable's name says (`shown()`).
+Display = Literal["value", "redacted URL", "hidden"]
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)", re.DOTALL)
 # SQLAlchemy's reading of userinfo: the password runs from the first ':' to the first '@'.
@@ -51,11 +54,15 @@ def is_secret_name(variable: str) -> bool:
     return any(word in variable.upper() for word in SECRET_WORDS)
 
 
-def environment_secrets(environ: Mapping[str, str]) -> list[str]:
-    """Every secret an environment holds, longest first; the empty value is none."""
+def environment_secrets(environ: Mapping[str, str], secret_names: Iterable[str] = ()) -> list[str]:
+    """Every secret an environment holds, longest first; the empty value is none.
+
+    `secret_names`: variables that hold secrets whatever their names (declared by plugins).
+    """
+    declared = set(secret_names)
     found: set[str] = set()
     for name, value in environ.items():
-        if is_secret_name(name) or name == "SLACK_WEBHOOK_URL":
+        if is_secret_name(name) or name in declared:
             found.add(value)
         found.update(url_passwords(value))
         if name.upper().endswith("_URL") or _SCHEME.match(value):
@@ -129,13 +136,15 @@ def redacted_url(value: str) -> str | None:
     return f"{match['scheme']}://{hidden}@" + _SECRET_QUERY.sub(rf"\1{MASK}", rest)
 
 
-def shown(variable: str, value: object, secrets: Iterable[str]) -> str:
+def shown(variable: str, value: object, secrets: Iterable[str], display: Display | None = None) -> str:
     """`value` as an error message may show it: quoted, cut when long, or not at all."""
     if not isinstance(value, str):
         value = str(value)
-    if is_secret_name(variable) or (variable.endswith("_URL") and variable not in SHOWN_URLS):
+    if display is None:
+        display = _display_by_name(variable)
+    if display == "hidden" or is_secret_name(variable):
         return NOT_SHOWN
-    if variable in SHOWN_URLS:
+    if display == "redacted URL":
         redacted = redacted_url(value)
         if redacted is None:
             return NOT_SHOWN
@@ -145,6 +154,12 @@ def shown(variable: str, value: object, secrets: Iterable[str]) -> str:
     if len(value) > SHOWN_CHARS:
         return f"{value[: SHOWN_CHARS - 20]!r}… ({len(value)} characters)"
     return repr(value)
+
+
+def _display_by_name(variable: str) -> Display:
+    if variable in SHOWN_URLS:
+        return "redacted URL"
+    return "hidden" if variable.endswith("_URL") else "value"
 
 
 def _holds_secret(value: str, secrets: Iterable[str]) -> bool:
@@ -178,10 +193,13 @@ def secret_forms(secret: str) -> set[str]:
     return {secret, *encoded, _escaped(secret), repr(secret)[1:-1]}
 
 
-def problem_line(variable: str, problem: str, value: object, secrets: Iterable[str]) -> str:
+def problem_line(
+    variable: str, problem: str, value: object, secrets: Iterable[str], display: Display | None = None
+) -> str:
     """`VARIABLE: problem (got value); fix VARIABLE in the environment`, safe to print."""
     secrets = list(secrets)
-    line = f"{variable}: {problem} (got {shown(variable, value, secrets)}); fix {variable} in the environment"
+    got = shown(variable, value, secrets, display)
+    line = f"{variable}: {problem} (got {got}); fix {variable} in the environment"
     return printable_line(line, secrets)
 
 
@@ -198,13 +216,24 @@ def validation_line(error: ValidationError, secrets: Iterable[str]) -> str:
     variable = str(first["loc"][0]).upper()
     cause: Any = (first.get("ctx") or {}).get("error")
     if isinstance(cause, SettingProblem):
-        part = shown(variable, cause.part, secrets) if cause.part is not None else ""
-        problem = cause.text.replace("{part}", part)
-    elif first["type"] in ("value_error", "assertion_error"):
-        problem = "not a valid value"
-    else:
-        problem = first["msg"]
+        return setting_problem_line(variable, cause, first.get("input"), secrets)
+    # A value_error's text is not a SettingProblem's: it may quote the value.
+    quoting = first["type"] in ("value_error", "assertion_error")
+    problem = "not a valid value" if quoting else first["msg"]
     return problem_line(variable, problem, first.get("input"), secrets)
+
+
+def setting_problem_line(
+    variable: str,
+    problem: SettingProblem,
+    value: object,
+    secrets: Iterable[str],
+    display: Display | None = None,
+) -> str:
+    """A validator's `SettingProblem` as `problem_line`, the part it quotes shown as the value is."""
+    secrets = list(secrets)
+    part = shown(variable, problem.part, secrets, display) if problem.part is not None else ""
+    return problem_line(variable, problem.text.replace("{part}", part), value, secrets, display)
 
 
 def printable_line(text: str, secrets: Iterable[str] = ()) -> str:

@@ -4,6 +4,7 @@
     ├── SourceErrors          one or more problems in rule or fixture files
     ├── TemplateRenderError   a template failed for one delivery
     └── ConfigurationError    bad settings at start-up
+        └── PluginError       an installed action plugin cannot be used
 
 A problem in a file is a `SourceProblem`: path, line, column, the rule id when
 known, and a message in three parts (what was expected, what was found, a hint).
@@ -52,3 +53,7 @@ class TemplateRenderError(StockajRulesError):
 
 class ConfigurationError(StockajRulesError):
     """A setting is missing or malformed; the message is one line saying which and what to do."""
+
+
+class PluginError(ConfigurationError):
+    """An installed action plugin cannot be used: one line naming its distribution and entry point."""

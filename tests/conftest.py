@@ -19,7 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.queue import ArqQueue
-from engine.store import Store, database
+from engine.store import Store
+from engine.testing import migrated_store
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -140,9 +141,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
     """A migrated store on `database_url` (each storage test runs on SQLite and PostgreSQL)."""
-    engine = database.create_engine(database_url)
-    try:
-        await database.upgrade(engine)
-        yield Store(engine)
-    finally:
-        await engine.dispose()
+    async with migrated_store(database_url) as migrated:
+        yield migrated
+
+
+# tests/plugins/ holds whole plugin distributions with tests of their own: they run with the
+# plugin installed (tests/test_example_plugin.py), not in this process.
+collect_ignore = ["plugins"]

@@ -13,6 +13,8 @@ from actions.purchase_order import PurchaseOrderAction
 from actions.registry import ActionRegistry, load_registry
 from actions.slack import SlackAction
 from actions.sql_upsert import SqlUpsertAction
+from engine.errors import PluginError
+from engine.plugins import plugin_of
 
 BUILT_INS: dict[str, type[Action[Any]]] = {
     "http": HttpAction,
@@ -69,3 +71,43 @@ def test_suggest_offers_the_closest_type_name_or_none() -> None:
     assert registry.suggest("slak") == "slack"
     assert registry.suggest("purchase-order") == "purchase_order"
     assert registry.suggest("teleport") is None
+
+
+class NotAnAction:
+    """Has what the engine reads of an action, but is not one."""
+
+    type = "impostor"
+    Params = ActionParams
+
+    async def run(self, params: ActionParams, ctx: ActionContext) -> ActionResult:
+        return ActionResult()
+
+
+def test_a_plugin_that_is_not_an_action_subclass_is_refused_naming_where_it_came_from() -> None:
+    found = plugin_of(NotAnAction, distribution="acme-actions 1.0", entry_point="impostor = acme:NotAnAction")
+
+    with pytest.raises(PluginError) as raised:
+        ActionRegistry.of([found])
+
+    assert str(raised.value) == (
+        "the action plugin 'impostor' is not an action class (acme-actions 1.0 (entry point "
+        "impostor = acme:NotAnAction)); point the entry point at a subclass of actions.base.Action"
+    )
+
+
+@pytest.mark.parametrize(
+    ("loaded", "problem"),
+    [
+        (print, "is not an action class (got a builtin_function_or_method)"),
+        (ActionParams, "is not an action class (got the class ActionParams, without Params and run)"),
+        (type("Nameless", (LogAction,), {"type": ""}), "has no type name"),
+        (type("Unsettled", (LogAction,), {"settings": ("LOG_LEVEL",)}), "declares its settings wrongly"),
+    ],
+    ids=["function", "other class", "no type", "settings"],
+)
+def test_what_an_entry_point_names_is_checked_before_it_is_used(loaded: object, problem: str) -> None:
+    with pytest.raises(PluginError) as raised:
+        plugin_of(loaded, distribution="acme-actions 1.0", entry_point="acme = acme:Thing")
+
+    assert problem in str(raised.value)
+    assert "(distribution acme-actions 1.0, entry point acme = acme:Thing); " in str(raised.value)

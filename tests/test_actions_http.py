@@ -6,7 +6,8 @@ Each test asserts the request that was actually sent: URL, method, headers and b
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,14 +15,11 @@ import httpx
 import pytest
 import respx
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from actions.base import (
+    Action,
     ActionContext,
-    ActionDefaults,
     ActionFailed,
-    DatabaseEngines,
-    Origin,
     idempotency_key,
     parse_retry_after,
     send_request,
@@ -30,41 +28,39 @@ from actions.http import HttpAction, HttpParams
 from actions.log import LogAction, LogParams
 from actions.purchase_order import PurchaseOrderAction, PurchaseOrderParams
 from actions.slack import SlackAction, SlackParams, slack_escape
+from engine.testing import action_context
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
 PO_URL = "https://po.example.com/api/orders"
 EXPECTED_KEY = idempotency_key("dlv-42", "reorder-low-stock", 1)
 
-TEST_ORIGINS = frozenset(
-    origin
-    for url in (SLACK_URL, PO_URL, "https://po2.example.com", "https://erp.example.com")
-    if (origin := Origin.of(url)) is not None
-)
+TEST_URLS = (SLACK_URL, PO_URL, "https://po2.example.com", "https://erp.example.com")
 
-MakeContext = Callable[..., ActionContext]
+MakeContext = Callable[..., Awaitable[ActionContext]]
 
 
 @pytest.fixture
 async def make_ctx() -> AsyncIterator[MakeContext]:
-    async with httpx.AsyncClient() as client:
-        databases = DatabaseEngines(lambda url: create_async_engine(url))
+    """`await make_ctx(SlackAction, SLACK_WEBHOOK_URL=...)`: a context with the action's settings."""
+    async with httpx.AsyncClient() as client, AsyncExitStack() as stack:
 
-        def make(**defaults: str) -> ActionContext:
+        async def make(action: type[Action[Any]] | None = None, **settings: str) -> ActionContext:
             # What the engine works out from a rule (engine/language/outgoing_urls.py); here, the test's hosts.
-            return ActionContext(
-                http=client,
-                databases=databases,
-                defaults=ActionDefaults(**defaults),
-                delivery_id="dlv-42",
-                rule_id="reorder-low-stock",
-                action_index=1,
-                clock=lambda: NOW,
-                allowed_origins=TEST_ORIGINS,
+            return await stack.enter_async_context(
+                action_context(
+                    action,
+                    settings=settings,
+                    allow=TEST_URLS,
+                    http=client,
+                    clock=lambda: NOW,
+                    delivery_id="dlv-42",
+                    rule_id="reorder-low-stock",
+                    action_index=1,
+                )
             )
 
         yield make
-        await databases.dispose()
 
 
 def sent(route: respx.Route) -> httpx.Request:
@@ -79,7 +75,7 @@ async def test_slack_posts_text_to_configured_webhook_with_idempotency_key(
     respx_mock: respx.MockRouter, make_ctx: MakeContext
 ) -> None:
     route = respx_mock.post(SLACK_URL).respond(200, text="ok")
-    ctx = make_ctx(slack_webhook_url=SLACK_URL)
+    ctx = await make_ctx(SlackAction, SLACK_WEBHOOK_URL=SLACK_URL)
 
     result = await SlackAction().run(SlackParams(text="SKU-1 is low"), ctx)
 
@@ -100,7 +96,7 @@ async def test_slack_sends_blocks_when_given_to_the_url_of_the_action(
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*low*"}}]
     params = SlackParams.model_validate({"text": "low", "blocks": blocks, "webhook_url": own_url})
 
-    await SlackAction().run(params, make_ctx(slack_webhook_url=SLACK_URL))
+    await SlackAction().run(params, await make_ctx(SlackAction, SLACK_WEBHOOK_URL=SLACK_URL))
 
     assert json.loads(sent(route).content) == {"text": "low", "blocks": blocks}
 
@@ -109,7 +105,7 @@ async def test_slack_without_any_webhook_url_fails_permanently_saying_what_to_se
     respx_mock: respx.MockRouter, make_ctx: MakeContext
 ) -> None:
     with pytest.raises(ActionFailed) as caught:
-        await SlackAction().run(SlackParams(text="hi"), make_ctx())
+        await SlackAction().run(SlackParams(text="hi"), await make_ctx(SlackAction))
 
     assert caught.value.transient is False
     assert "SLACK_WEBHOOK_URL" in str(caught.value)
@@ -123,7 +119,9 @@ async def test_slack_failure_message_hides_the_webhook_token(
     respx_mock.post(SLACK_URL).respond(404, text="no_service")
 
     with pytest.raises(ActionFailed) as caught:
-        await SlackAction().run(SlackParams(text="hi"), make_ctx(slack_webhook_url=SLACK_URL))
+        await SlackAction().run(
+            SlackParams(text="hi"), await make_ctx(SlackAction, SLACK_WEBHOOK_URL=SLACK_URL)
+        )
 
     assert caught.value.transient is False
     assert "no_service" in str(caught.value)
@@ -166,7 +164,7 @@ async def test_http_sends_method_headers_and_json_body(
         }
     )
 
-    result = await HttpAction().run(params, make_ctx())
+    result = await HttpAction().run(params, await make_ctx())
 
     request = sent(route)
     assert request.method == "PUT"
@@ -187,7 +185,7 @@ async def test_http_defaults_to_post_and_sends_raw_body_as_given(
         {"url": url, "body": "sku=SKU-1", "headers": {"Content-Type": "text/plain"}}
     )
 
-    await HttpAction().run(params, make_ctx())
+    await HttpAction().run(params, await make_ctx())
 
     request = sent(route)
     assert request.method == "POST"
@@ -202,7 +200,7 @@ async def test_http_passes_its_timeout_to_the_request(
     route = respx_mock.get("https://erp.example.com/ping").respond(200)
     params = HttpParams(url="https://erp.example.com/ping", method="GET", timeout=2.5)
 
-    await HttpAction().run(params, make_ctx())
+    await HttpAction().run(params, await make_ctx())
 
     assert sent(route).extensions["timeout"] == dict.fromkeys(("connect", "read", "write", "pool"), 2.5)
 
@@ -213,7 +211,7 @@ async def test_http_rule_headers_cannot_replace_the_idempotency_key(
     route = respx_mock.post("https://erp.example.com/hook").respond(200)
     params = HttpParams(url="https://erp.example.com/hook", headers={"idempotency-key": "from-the-rule"})
 
-    await HttpAction().run(params, make_ctx())
+    await HttpAction().run(params, await make_ctx())
 
     assert sent(route).headers.get_list("Idempotency-Key") == [EXPECTED_KEY]
 
@@ -226,7 +224,7 @@ async def test_http_expect_status_accepts_listed_non_2xx_answer(
         {"url": "https://erp.example.com/items/9", "method": "DELETE", "expect_status": [200, 404]}
     )
 
-    result = await HttpAction().run(params, make_ctx())
+    result = await HttpAction().run(params, await make_ctx())
 
     assert result.status == 404
 
@@ -238,7 +236,7 @@ async def test_http_expect_status_rejects_other_2xx_answer_permanently(
     params = HttpParams(url="https://erp.example.com/orders", expect_status=201)
 
     with pytest.raises(ActionFailed) as caught:
-        await HttpAction().run(params, make_ctx())
+        await HttpAction().run(params, await make_ctx())
 
     assert (caught.value.transient, caught.value.status) == (False, 200)
 
@@ -247,7 +245,7 @@ async def test_http_expect_status_rejects_other_2xx_answer_permanently(
 async def test_http_url_that_is_not_http_fails_permanently(make_ctx: MakeContext, url: str) -> None:
     # No respx here: httpx's real transport refuses the scheme before any connection.
     with pytest.raises(ActionFailed, match="use an absolute http:// or https:// URL") as caught:
-        await HttpAction().run(HttpParams(url=url), make_ctx())
+        await HttpAction().run(HttpParams(url=url), await make_ctx())
 
     assert caught.value.transient is False
 
@@ -266,7 +264,7 @@ async def test_http_malformed_header_fails_permanently_without_showing_its_value
     params = HttpParams(url="https://erp.example.com/hook", headers=headers)
 
     with pytest.raises(ActionFailed, match="value not shown") as caught:
-        await HttpAction().run(params, make_ctx())
+        await HttpAction().run(params, await make_ctx())
 
     assert caught.value.transient is False
     assert "tok-SECRET" not in str(caught.value)
@@ -280,7 +278,7 @@ async def test_purchase_order_sends_bearer_token_and_idempotency_key(
     respx_mock: respx.MockRouter, make_ctx: MakeContext
 ) -> None:
     route = respx_mock.post(PO_URL).respond(201, json={"id": "po-7"})
-    ctx = make_ctx(purchase_order_url=PO_URL, purchase_order_token="po-token-1")
+    ctx = await make_ctx(PurchaseOrderAction, PURCHASE_ORDER_URL=PO_URL, PURCHASE_ORDER_TOKEN="po-token-1")
     params = PurchaseOrderParams(item_sku="SKU-1", quantity=12, notes="auto reorder")
 
     result = await PurchaseOrderAction().run(params, ctx)
@@ -306,7 +304,7 @@ async def test_purchase_order_without_token_sends_no_authorization_to_its_own_ur
     route = respx_mock.post(own_url).respond(200)
     params = PurchaseOrderParams(item_sku="SKU-2", quantity=1, url=own_url)
 
-    await PurchaseOrderAction().run(params, make_ctx(purchase_order_url=PO_URL))
+    await PurchaseOrderAction().run(params, await make_ctx(PurchaseOrderAction, PURCHASE_ORDER_URL=PO_URL))
 
     request = sent(route)
     assert "Authorization" not in request.headers
@@ -319,7 +317,9 @@ async def test_purchase_order_without_any_url_fails_permanently_saying_what_to_s
     params = PurchaseOrderParams(item_sku="SKU-1", quantity=3)
 
     with pytest.raises(ActionFailed) as caught:
-        await PurchaseOrderAction().run(params, make_ctx(purchase_order_token="t"))
+        await PurchaseOrderAction().run(
+            params, await make_ctx(PurchaseOrderAction, PURCHASE_ORDER_TOKEN="po-token")
+        )
 
     assert caught.value.transient is False
     assert "PURCHASE_ORDER_URL" in str(caught.value)
@@ -350,7 +350,7 @@ async def test_timeout_is_transient(
     respx_mock.post(PO_URL).mock(side_effect=error)
 
     with pytest.raises(ActionFailed, match="timed out after 10s") as caught:
-        await send_request(make_ctx(), "POST", PO_URL, json={})
+        await send_request(await make_ctx(), "POST", PO_URL, json={})
 
     assert caught.value.transient is True
     assert caught.value.status is None
@@ -363,7 +363,7 @@ async def test_connection_error_is_transient(
     respx_mock.post(PO_URL).mock(side_effect=error)
 
     with pytest.raises(ActionFailed, match="could not connect") as caught:
-        await send_request(make_ctx(), "POST", PO_URL, json={})
+        await send_request(await make_ctx(), "POST", PO_URL, json={})
 
     assert caught.value.transient is True
 
@@ -384,7 +384,7 @@ async def test_retryable_status_is_transient_with_retry_after(
     respx_mock.post(PO_URL).respond(status, headers=headers, text="busy")
 
     with pytest.raises(ActionFailed) as caught:
-        await send_request(make_ctx(), "POST", PO_URL, json={})
+        await send_request(await make_ctx(), "POST", PO_URL, json={})
 
     assert caught.value.transient is True
     assert caught.value.status == status
@@ -398,7 +398,7 @@ async def test_client_error_status_is_permanent(
     respx_mock.post(PO_URL).respond(status, headers={"Retry-After": "5"}, text="bad sku")
 
     with pytest.raises(ActionFailed, match=f"answered {status}: bad sku") as caught:
-        await send_request(make_ctx(), "POST", PO_URL, json={})
+        await send_request(await make_ctx(), "POST", PO_URL, json={})
 
     assert caught.value.transient is False
     assert caught.value.status == status
@@ -412,7 +412,7 @@ async def test_failure_message_hides_credentials_and_query_of_the_url(
     respx_mock.post(url).respond(500)
 
     with pytest.raises(ActionFailed) as caught:
-        await send_request(make_ctx(), "POST", url)
+        await send_request(await make_ctx(), "POST", url)
 
     message = str(caught.value)
     assert "erp.example.com" in message
@@ -437,7 +437,7 @@ async def test_a_request_to_an_origin_the_rule_did_not_allow_is_refused_and_not_
     route = respx_mock.route().respond(200)
 
     with pytest.raises(ActionFailed, match="refused: it goes to ") as caught:
-        await send_request(make_ctx(), "POST", url, json={})
+        await send_request(await make_ctx(), "POST", url, json={})
 
     assert caught.value.transient is False
     assert "may send only to https://erp.example.com, " in str(caught.value)
@@ -452,7 +452,7 @@ async def test_an_answer_excerpt_is_one_line_of_printable_text(
     respx_mock.post(PO_URL).respond(404, text=body)
 
     with pytest.raises(ActionFailed) as caught:
-        await send_request(make_ctx(), "POST", PO_URL, json={})
+        await send_request(await make_ctx(), "POST", PO_URL, json={})
 
     message = str(caught.value)
     assert message.startswith("POST https://po.example.com/… answered 404: [31mno [0m such item evil xxx")
@@ -466,7 +466,7 @@ async def test_an_answer_in_an_encoding_not_asked_for_is_not_decoded(
     respx_mock.post(PO_URL).respond(502, headers={"Content-Encoding": "br"}, content=bytes(range(256)) * 4)
 
     with pytest.raises(ActionFailed, match=r"answered 502: \(1,024 bytes encoded as 'br', not shown\)"):
-        await send_request(make_ctx(), "POST", PO_URL, json={})
+        await send_request(await make_ctx(), "POST", PO_URL, json={})
 
 
 @pytest.mark.parametrize(
@@ -536,7 +536,7 @@ def test_http_rejects_out_of_range_params(bad: dict[str, Any]) -> None:
 async def test_log_returns_its_message_and_sends_nothing(
     respx_mock: respx.MockRouter, make_ctx: MakeContext
 ) -> None:
-    result = await LogAction().run(LogParams(message="would reorder SKU-1"), make_ctx())
+    result = await LogAction().run(LogParams(message="would reorder SKU-1"), await make_ctx())
 
     assert result.detail == "would reorder SKU-1"
     assert result.status is None

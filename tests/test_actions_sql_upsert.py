@@ -5,22 +5,20 @@ Every test that touches a database creates its own uniquely named table and drop
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from actions import sql_upsert
-from actions.base import ActionContext, ActionDefaults, ActionFailed, DatabaseEngines
+from actions.base import ActionContext, ActionFailed
 from actions.sql_upsert import SqlUpsertAction, SqlUpsertParams
+from engine.testing import action_context
 
 PASSWORD = "hunter2-pw"
 UNREACHABLE_URL = f"postgresql+asyncpg://u:{PASSWORD}@127.0.0.1:1/x"
@@ -31,19 +29,8 @@ Row = tuple[Any, ...]
 
 @pytest.fixture
 async def ctx() -> AsyncIterator[ActionContext]:
-    async with httpx.AsyncClient() as client:
-        databases = DatabaseEngines(lambda url: create_async_engine(url))
-        try:
-            yield ActionContext(
-                http=client,
-                databases=databases,
-                defaults=ActionDefaults(),
-                delivery_id="dlv-42",
-                rule_id="sync-inventory",
-                action_index=0,
-            )
-        finally:
-            await databases.dispose()
+    async with action_context(SqlUpsertAction, delivery_id="dlv-42", rule_id="sync-inventory") as made:
+        yield made
 
 
 @pytest.fixture
@@ -152,9 +139,9 @@ async def test_upsert_falls_back_to_the_configured_sync_database_url(
     ctx: ActionContext, database_url: str, make_table: MakeTable
 ) -> None:
     table = await make_table(database_url, "sku TEXT PRIMARY KEY, qty INTEGER")
-    ctx = dataclasses.replace(ctx, defaults=ActionDefaults(sync_database_url=database_url))
 
-    await upsert(ctx, table=table, key={"sku": "A"}, values={"qty": 1})
+    async with action_context(SqlUpsertAction, settings={"SYNC_DATABASE_URL": database_url}) as configured:
+        await upsert(configured, table=table, key={"sku": "A"}, values={"qty": 1})
 
     assert await rows(ctx, database_url, table) == [("A", 1)]
 

@@ -91,7 +91,7 @@ def test_settings_beyond_the_spec_table_have_defaults() -> None:
 )
 def test_database_url_without_an_async_driver_gets_the_one_the_store_uses(given: str, used: str) -> None:
     assert load_settings({"DATABASE_URL": given}).database_url == used
-    assert load_settings({"SYNC_DATABASE_URL": given}).sync_database_url == used
+    assert load_settings({"SYNC_DATABASE_URL": given}).plugins.values["SYNC_DATABASE_URL"] == used
 
 
 @pytest.mark.parametrize(

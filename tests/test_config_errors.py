@@ -171,7 +171,7 @@ def test_a_url_may_name_what_a_secret_names() -> None:
         {"SECRET_WAREHOUSE_DSN": dsn, "SYNC_DATABASE_URL": dsn, "SECRET_DB": "warehouse"}
     )
 
-    assert settings.sync_database_url == dsn
+    assert settings.plugins.values["SYNC_DATABASE_URL"] == dsn
 
 
 def test_a_database_password_put_in_another_setting_is_not_echoed() -> None:

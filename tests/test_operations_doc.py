@@ -29,6 +29,7 @@ from engine.config import SECRET_PREFIX, Settings, load_settings, secret_variabl
 from engine.language.matching import RuleStatus
 from engine.pipeline.metrics import Metrics
 from engine.pipeline.receiver import ReceiverParts, create_app
+from engine.plugins import KINDS, installed_plugins
 from engine.store.tables import ActionStatus, DeliveryStatus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +39,8 @@ DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 
 SETTINGS = {name.upper(): field for name, field in Settings.model_fields.items()}
+BUILT_IN_ACTIONS = [p for p in installed_plugins() if p.distribution.partition(" ")[0] == "stockaj-rules"]
+ACTION_SETTINGS = {setting.variable for plugin in BUILT_IN_ACTIONS for setting in plugin.settings}
 SECRET_ROW = f"{SECRET_PREFIX}<NAME>"
 PROGRAM = re.compile(r"(^|/)stockaj-rules(:[\w.-]+)?$")  # the CLI, or the image with its entrypoint
 SHELL_OPERATORS = re.compile(r"^[;&|<>()]+$")
@@ -220,6 +223,31 @@ def test_settings_table_examples_are_accepted(row: list[str]) -> None:
     example = _code(row[3])[0]
     settings = load_settings({name: example})  # raises ConfigurationError on a bad value
     assert getattr(settings, name.lower()) is not None
+
+
+def test_action_settings_table_is_every_setting_the_built_in_actions_declare_per_action() -> None:
+    rows = _table("action-settings")
+    documented = [(_code(row[0])[0], _code(row[1])[0], row[2], row[3]) for row in rows]
+    declared = {
+        (plugin.type_name, setting.variable, setting.kind.name, "yes" if setting.required else "no")
+        for plugin in BUILT_IN_ACTIONS
+        for setting in plugin.settings
+    }
+    assert len(documented) == len(set(documented)), "a setting is listed twice"
+    assert set(documented) == declared
+    actions = [action for action, *_ in documented]
+    assert actions == sorted(actions), "the rows of one action are together, the actions in order"
+
+
+@pytest.mark.parametrize("row", _table("action-settings"), ids=lambda row: _code(row[1])[0])
+def test_action_settings_table_examples_are_accepted(row: list[str]) -> None:
+    variable, example = _code(row[1])[0], _code(row[5])[0]
+    settings = load_settings({variable: example})  # raises ConfigurationError on a bad value
+    assert settings.plugins.values[variable]
+
+
+def test_kinds_table_names_every_kind_a_setting_may_have() -> None:
+    assert [row[0] for row in _table("kinds")] == [kind.name for kind in KINDS]
 
 
 # --- metrics and alert rules --------------------------------------------------------------------
@@ -408,11 +436,17 @@ def test_env_example_holds_every_setting_and_only_real_variables() -> None:
     )
     listed = re.findall(r"^#?[ \t]*([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE)
     for name, _ in listed:
-        real = name in SETTINGS or name.startswith(SECRET_PREFIX) or name in compose_variables
+        real = (
+            name in {*SETTINGS, *ACTION_SETTINGS}
+            or name.startswith(SECRET_PREFIX)
+            or name in compose_variables
+        )
         assert real, f".env.example: {name} is neither a setting nor a variable of docker-compose.yml"
-    assert set(SETTINGS) <= {name for name, _ in listed}, "every setting is listed in .env.example"
+    assert {*SETTINGS, *ACTION_SETTINGS} <= {name for name, _ in listed}, (
+        "every setting is listed in .env.example"
+    )
     active = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE))
-    load_settings({name: value for name, value in active.items() if name in SETTINGS})
+    load_settings({name: value for name, value in active.items() if name in {*SETTINGS, *ACTION_SETTINGS}})
 
 
 # --- links -----------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def deliveries_show(delivery_id: str) -> None:
         unknown_delivery(delivery_id)
     masker = masker_for(settings)
     registry = load_registry()
-    sent_to = Destinations(registry, settings.action_defaults, masker)
+    sent_to = Destinations(registry, settings.plugins, masker)
     order = rule_order(settings, registry) if story.outcomes or story.runs else {}
     for line in story_lines(story, order, masker, sent_to):
         click.echo(line)

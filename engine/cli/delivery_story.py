@@ -17,8 +17,9 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from actions.base import ActionDefaults, OutgoingURL, redact_url
+from actions.base import OutgoingURL, redact_url
 from actions.registry import ActionRegistry
+from engine.config_plugins import PluginSettings
 from engine.language.matching import RuleStatus
 from engine.printable import printable
 from engine.secrets import MASK, Masker
@@ -165,9 +166,9 @@ class Destinations:
     left out, the configuration the action falls back on, named, as this environment has it.
     """
 
-    def __init__(self, registry: ActionRegistry, defaults: ActionDefaults, masker: Masker) -> None:
+    def __init__(self, registry: ActionRegistry, plugin_settings: PluginSettings, masker: Masker) -> None:
         self._registry = registry
-        self._defaults = defaults
+        self._plugin_settings = plugin_settings
         self._masker = masker
 
     def of(self, run: ActionRun) -> str | None:
@@ -183,9 +184,9 @@ class Destinations:
                 if isinstance(value, str) and value:
                     return self._shown(value, http=marker.http)
                 if marker.default:
-                    variable = marker.default.upper()
-                    configured = getattr(self._defaults, marker.default, None)
-                    if not configured:
+                    variable = marker.default.variable
+                    configured = self._plugin_settings.for_action(type(plugin)).get(variable)
+                    if not isinstance(configured, str) or not configured:
                         return f"{variable} (not set in this environment, so not shown)"
                     return f"{self._shown(configured, http=marker.http)} ({variable})"
         return None

@@ -20,6 +20,7 @@ from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.doctor import doctor
 from engine.cli.junit import write_junit
+from engine.cli.plugins import plugins as plugins_command
 from engine.config import Settings, colour_wanted, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.language import harness
@@ -190,6 +191,7 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
 
 cli_ops.register(cli)
 cli.add_command(doctor)
+cli.add_command(plugins_command)
 
 
 def main() -> None:

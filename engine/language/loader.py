@@ -1,7 +1,7 @@
 """Load a rules folder into a `RuleSet`, or report every problem in it at once.
 
 Each problem is located in the source text:
-`rules/stock.yaml:5:15: reorder-low-stock: unknown action type 'slak' (did you mean 'slack'?)`.
+`rules/stock.yaml:5:15: reorder-low-stock: unknown action type 'htpp' (did you mean 'http'?)`.
 
 Each file is loaded on its own into a `LoadedFile`; ids are checked across
 files afterwards. A running process keeps its `LoadedFile`s in a `FileCache`,

@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 
-from actions.base import Action, ActionDefaults, Origin, OutgoingURL
+from actions.base import Action, Origin, OutgoingURL
 from engine.language.templates import environment, has_template_syntax
 from engine.secrets import MASK
 
@@ -156,13 +156,17 @@ def check_rendered(
 
 
 def allowed_origins(
-    plugin: Action[Any], rendered: Mapping[str, Origin], defaults: ActionDefaults
+    plugin: Action[Any], rendered: Mapping[str, Origin], settings: Mapping[str, str | int | None]
 ) -> frozenset[Origin]:
-    """Every origin one run of an action may send to: its rendered URLs', else configuration's."""
+    """Every origin one run of an action may send to: its rendered URLs', else its settings'.
+
+    `settings`: the values of the action's own settings (`ActionContext.settings`).
+    """
     allowed = set(rendered.values())
-    for name, default in _defaults_of(type(plugin)):
-        if name not in rendered:
-            origin = _start(getattr(defaults, default) or "")[0]
+    for name, variable in _defaults_of(type(plugin)):
+        value = settings.get(variable)
+        if name not in rendered and isinstance(value, str):
+            origin = _start(value)[0]
             if origin is not None:
                 allowed.add(origin)
     return frozenset(allowed)
@@ -170,9 +174,9 @@ def allowed_origins(
 
 @functools.cache
 def _defaults_of(plugin: type[Action[Any]]) -> tuple[tuple[str, str], ...]:
-    """(param, `ActionDefaults` field) for each outgoing URL param that falls back on configuration."""
+    """(param, setting variable) for each outgoing URL param that falls back on a setting."""
     return tuple(
-        (field.alias or name, marker.default)
+        (field.alias or name, marker.default.variable)
         for name, field in plugin.Params.model_fields.items()
         for marker in field.metadata
         if isinstance(marker, OutgoingURL) and marker.default

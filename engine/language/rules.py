@@ -59,7 +59,7 @@ class ActionSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="The action type: slack, http, purchase_order, sql_upsert, log.")
+    type: str = Field(description="The action type: one of the installed action plugins.")
 
 
 class RuleSpec(BaseModel):

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from actions.base import ActionContext, ActionDefaults, ActionFailed, Clock, DatabaseEngines
+from actions.base import ActionContext, ActionFailed, Clock, DatabaseEngines
+from engine.config_plugins import PluginSettings
 from engine.language.matching import PlannedAction
 from engine.language.outgoing_urls import allowed_origins
 from engine.language.rules import Rule
@@ -36,7 +37,7 @@ class ActionExecutor:
         self,
         http: httpx.AsyncClient,
         databases: DatabaseEngines,
-        defaults: ActionDefaults,
+        action_settings: PluginSettings,
         masker: Masker,
         metrics: Metrics,
         retry: RetryPolicy,
@@ -44,7 +45,7 @@ class ActionExecutor:
     ) -> None:
         self._http = http
         self._databases = databases
-        self._defaults = defaults
+        self._settings = action_settings
         self._masker = masker
         self._metrics = metrics
         self._retry = retry
@@ -81,15 +82,16 @@ class ActionExecutor:
         if planned.error is not None or planned.validated is None:
             return ActionStatus.FAILED, planned.error or "params were not validated", None, None
         plugin = rule.actions[planned.index].plugin
+        settings = self._settings.for_action(type(plugin))
         ctx = ActionContext(
             http=self._http,
             databases=self._databases,
-            defaults=self._defaults,
             delivery_id=delivery_id,
             rule_id=rule.id,
             action_index=planned.index,
             clock=self._clock,
-            allowed_origins=allowed_origins(plugin, planned.origins, self._defaults),
+            allowed_origins=allowed_origins(plugin, planned.origins, settings),
+            settings=settings,
         )
         try:
             result = await plugin.run(planned.validated, ctx)

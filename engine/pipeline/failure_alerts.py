@@ -3,7 +3,7 @@
 When a delivery ends `failed`, its run raises this event (SPEC section 7): a new
 delivery, stored in the same transaction as the failure and processed like any
 other, so rules alert the team the way they do anything else
-(`on: stockaj_rules.delivery_failed`, a Slack action; rules/delivery-failed-to-slack.yaml).
+(`on: stockaj_rules.delivery_failed` and a chat message; rules/ holds one to start from).
 Its id is derived from the failed delivery and the run that failed it, so
 recording the same end twice cannot raise it twice, while a delivery redelivered
 and failing again raises a new one. The failure of this event's own actions raises

@@ -167,7 +167,7 @@ async def open_service(
         rules=rules,
         http=http,
         databases=databases,
-        defaults=settings.action_defaults,
+        action_settings=settings.plugins,
         secrets=secret_variables(),
         masker=masker_for(settings),
         metrics=metrics,

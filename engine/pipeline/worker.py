@@ -33,7 +33,8 @@ from typing import Any
 
 import httpx
 
-from actions.base import ActionDefaults, Clock, DatabaseEngines, utc_now
+from actions.base import Clock, DatabaseEngines, utc_now
+from engine.config_plugins import PluginSettings
 from engine.language.delivery import Delivery
 from engine.language.matching import Matcher, RuleOutcome, RuleStatus
 from engine.language.rules import RuleSet
@@ -137,7 +138,7 @@ class DeliveryProcessor:
         rules: Callable[[], RuleSet],
         http: httpx.AsyncClient,
         databases: DatabaseEngines,
-        defaults: ActionDefaults,
+        action_settings: PluginSettings,
         secrets: Mapping[str, str],
         masker: Masker,
         metrics: Metrics,
@@ -148,7 +149,7 @@ class DeliveryProcessor:
     ) -> None:
         self._store = store
         self._rules = rules
-        self._executor = ActionExecutor(http, databases, defaults, masker, metrics, retry, clock)
+        self._executor = ActionExecutor(http, databases, action_settings, masker, metrics, retry, clock)
         self._secrets = Secrets(secrets)
         self._masker = masker
         self._metrics = metrics

@@ -1180,20 +1180,32 @@ def test_console_script_reports_bad_configuration_in_one_line_with_exit_2() -> N
 # --- what the CLI prints about broken files is masked, and confined to the rules folder ----------
 
 
+# Short enough to be quoted whole where a broken file is (the start of a value is).
+SLACK_HOOK = "https://h.example/T1/B1/XXXXXXXXXXXXXX"
+
+
 def test_check_never_prints_a_secret_value_a_broken_file_quotes(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
     # An env file copied into the rules folder by mistake: the loader quotes what it found.
     (rules / "env.yaml").write_text("crm-token-7f3a9c-live\n")
+    # A secret by the kind the slack action declares it as, not by its name.
+    (rules / "hook.yaml").write_text(f"{SLACK_HOOK}\n")
     (rules / "bad.yaml").write_text(
         "id: r\non: item.updated\nactions: [{type: slak, text: whsec-live-1234-5678}]\n"
     )
-    env = {"SECRET_CRM_TOKEN": "crm-token-7f3a9c-live", "STOCKAJ_WEBHOOK_SECRET": "whsec-live-1234-5678"}
+    env = {
+        "SECRET_CRM_TOKEN": "crm-token-7f3a9c-live",
+        "STOCKAJ_WEBHOOK_SECRET": "whsec-live-1234-5678",
+        "SLACK_WEBHOOK_URL": SLACK_HOOK,
+    }
     for command in (["check"], ["test"], ["replay", "fixtures-none.json"]):
         result = run(*command, "--rules", str(rules), env=env)
         assert result.exit_code != 0
         assert "crm-token-7f3a9c-live" not in result.output
         assert "whsec-live-1234-5678" not in result.output
+        assert "T1/B1/XXXXXXXX" not in result.output
+        assert f"{rules}/hook.yaml:1:1: " in result.output
         assert f"{rules}/env.yaml:1:1: " in result.output
         assert "***" in result.output
 

@@ -32,10 +32,11 @@ import respx
 from click.testing import CliRunner, Result
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from actions.base import ActionDefaults, DatabaseEngines
+from actions.base import DatabaseEngines
 from actions.registry import load_registry
 from engine.cli.main import cli
 from engine.config import Settings
+from engine.config_plugins import PluginSettings
 from engine.language.fixtures import load_fixtures
 from engine.language.harness import replay
 from engine.language.loader import load_rules
@@ -46,6 +47,7 @@ from engine.secrets import Masker
 from engine.signing import verify
 from engine.store import ActionRun, NewDelivery, Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus
+from engine.testing import migrate, sqlite_url
 from tests.store.helpers import claim_one, finish_run, save_action_run
 
 T = TypeVar("T")
@@ -145,17 +147,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         url: str = request.getfixturevalue("fresh_postgres_url")
     else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-
-    async def migrate() -> None:
-        engine = database.create_engine(url)
-        try:
-            await database.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(migrate())
-    return url
+        url = sqlite_url(tmp_path)
+    return migrate(url)
 
 
 @pytest.fixture
@@ -449,7 +442,7 @@ async def processed(tmp_path: Path, store_url: str) -> str:
             rules=lambda: rule_set,
             http=http,
             databases=DatabaseEngines(lambda url: create_async_engine(url)),
-            defaults=ActionDefaults(),
+            action_settings=PluginSettings(),
             secrets={"PO_TOKEN": PO_TOKEN},
             masker=Masker([PO_TOKEN]),
             metrics=Metrics(),
@@ -599,16 +592,7 @@ def test_deliveries_export_of_a_delivery_whose_body_was_dropped_says_so(store_ur
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> str:
     """A migrated SQLite store holding the delivery `low-1` (what is written does not depend on the store)."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-
-    async def migrate() -> None:
-        engine = database.create_engine(url)
-        try:
-            await database.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(migrate())
+    url = migrate(sqlite_url(tmp_path))
     store_delivery(url, "low-1")
     return url
 

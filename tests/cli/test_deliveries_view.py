@@ -22,9 +22,10 @@ import respx
 from click.testing import CliRunner, Result
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from actions.base import ActionDefaults, DatabaseEngines
+from actions.base import DatabaseEngines
 from actions.registry import load_registry
 from engine.cli.main import cli
+from engine.config import load_settings
 from engine.language.loader import load_rules
 from engine.pipeline.metrics import Metrics
 from engine.pipeline.worker import DeliveryProcessor, RetryPolicy
@@ -98,7 +99,7 @@ async def processed(store_url: str, rules_dir: Path) -> list[str]:
             rules=lambda: rule_set,
             http=http,
             databases=DatabaseEngines(lambda url: create_async_engine(url)),
-            defaults=ActionDefaults(slack_webhook_url=SLACK_URL),
+            action_settings=load_settings({"SLACK_WEBHOOK_URL": SLACK_URL}).plugins,
             secrets={},
             masker=Masker([SLACK_URL]),
             metrics=Metrics(),

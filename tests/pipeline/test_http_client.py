@@ -20,17 +20,14 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from actions.base import (
     ActionContext,
-    ActionDefaults,
     ActionFailed,
     ActionResult,
-    DatabaseEngines,
-    Origin,
     send_request,
 )
+from engine import testing
 from engine.pipeline.http_client import create_http_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -78,31 +75,20 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[list[bytes], bytes
     return lines, await reader.readexactly(length)
 
 
-def origin(url: str) -> Origin:
-    found = Origin.of(url)
-    assert found is not None
-    return found
-
-
 @asynccontextmanager
 async def action_context(*allowed: str) -> AsyncIterator[ActionContext]:
-    """A context whose requests may go to the origins of the `allowed` URLs."""
-    http = create_http_client()
-    databases = DatabaseEngines(lambda url: create_async_engine(url))
-    try:
-        yield ActionContext(
+    """A context sending through the engine's client, to the origins of the `allowed` URLs only."""
+    async with (
+        create_http_client() as http,
+        testing.action_context(
+            allow=allowed,
             http=http,
-            databases=databases,
-            defaults=ActionDefaults(),
+            clock=lambda: datetime(2026, 1, 1, tzinfo=UTC),
             delivery_id="dlv-http-1",
             rule_id="notify",
-            action_index=0,
-            clock=lambda: datetime(2026, 1, 1, tzinfo=UTC),
-            allowed_origins=frozenset(map(origin, allowed)),
-        )
-    finally:
-        await http.aclose()
-        await databases.dispose()
+        ) as ctx,
+    ):
+        yield ctx
 
 
 def free_port() -> int:

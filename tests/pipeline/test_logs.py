@@ -21,9 +21,10 @@ import pytest
 import respx
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from actions.base import ActionDefaults, DatabaseEngines
+from actions.base import DatabaseEngines
 from actions.registry import load_registry
 from engine.config import load_settings
+from engine.config_plugins import PluginSettings
 from engine.language.loader import load_rules
 from engine.pipeline.logs import configure_logging
 from engine.pipeline.metrics import Metrics
@@ -31,7 +32,8 @@ from engine.pipeline.retry import RetryPolicy
 from engine.pipeline.service import masker_for
 from engine.pipeline.worker import DeliveryProcessor
 from engine.secrets import Masker
-from engine.store import NewDelivery, Store, database
+from engine.store import NewDelivery
+from engine.testing import migrated_store
 
 CRM_TOKEN = "crm-t0ken-5ecret-88"
 
@@ -205,13 +207,10 @@ async def test_a_delivery_outcome_is_one_json_line_carrying_its_delivery_id_and_
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "rules.yaml").write_text(RULES)
     rule_set = load_rules(tmp_path / "rules", load_registry())
-    engine = database.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
-    await database.upgrade(engine)
-    store = Store(engine)
-    for delivery_id, event in (("low-1", "item.low_stock"), ("updated-1", "item.updated")):
-        body = json.dumps({"event": event, "data": {"external_id": "TENT-4P"}}).encode()
-        await store.add_deliveries([NewDelivery(delivery_id, event, {}, body, _now())], due_at=_now())
-    async with httpx.AsyncClient() as http, respx.mock() as mock:
+    async with migrated_store(tmp_path) as store, httpx.AsyncClient() as http, respx.mock() as mock:
+        for delivery_id, event in (("low-1", "item.low_stock"), ("updated-1", "item.updated")):
+            body = json.dumps({"event": event, "data": {"external_id": "TENT-4P"}}).encode()
+            await store.add_deliveries([NewDelivery(delivery_id, event, {}, body, _now())], due_at=_now())
         # The CRM's client library puts the token in its error message: it must not reach the log.
         mock.post("https://crm.example.com/orders").mock(side_effect=UpstreamError(f"rejected {CRM_TOKEN}"))
         processor = DeliveryProcessor(
@@ -219,7 +218,7 @@ async def test_a_delivery_outcome_is_one_json_line_carrying_its_delivery_id_and_
             rules=lambda: rule_set,
             http=http,
             databases=DatabaseEngines(lambda url: create_async_engine(url)),
-            defaults=ActionDefaults(),
+            action_settings=PluginSettings(),
             secrets={"CRM_TOKEN": CRM_TOKEN},
             masker=masker_for(load_settings({})),
             metrics=Metrics(),
@@ -228,7 +227,6 @@ async def test_a_delivery_outcome_is_one_json_line_carrying_its_delivery_id_and_
         )
         await processor.process("low-1")
         await processor.process("updated-1")
-    await engine.dispose()
 
     lines = json_lines(stream)
     outcomes = [line for line in lines if "status" in line and "delivery_id" in line]

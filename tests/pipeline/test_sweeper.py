@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,28 +19,18 @@ from engine.pipeline.sweeper import Sweeper
 from engine.queue import PROCESS_FUNCTION, ArqQueue, InProcessQueue
 from engine.store import NewDelivery, Store
 from engine.store.tables import DeliveryStatus
+from engine.testing import T0, FakeClock
 from tests.store.helpers import claim_one, finish_run
 
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 REQUEUE_AFTER = timedelta(seconds=60)
 BODY_RETENTION = timedelta(days=7)
 DELIVERY_RETENTION = timedelta(days=30)
 
 
-class Clock:
-    """The sweeper's clock, moved by the test."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 class Worker:
     """A process function for `InProcessQueue` that does what the real one does first: start the run."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: FakeClock) -> None:
         self.store = store
         self.clock = clock
         self.processed: list[str] = []
@@ -61,12 +51,12 @@ class Worker:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def worker(store: Store, clock: Clock) -> Worker:
+def worker(store: Store, clock: FakeClock) -> Worker:
     return Worker(store, clock)
 
 
@@ -82,7 +72,7 @@ def metrics() -> Metrics:
     return Metrics()
 
 
-def sweeper(store: Store, queue: InProcessQueue | ArqQueue, metrics: Metrics, clock: Clock) -> Sweeper:
+def sweeper(store: Store, queue: InProcessQueue | ArqQueue, metrics: Metrics, clock: FakeClock) -> Sweeper:
     return Sweeper(store, queue, metrics, BODY_RETENTION, DELIVERY_RETENTION, clock=clock)
 
 
@@ -105,7 +95,7 @@ def caplog_info(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureF
 
 
 async def test_sweep_enqueues_due_deliveries_to_the_in_process_workers(
-    store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: Clock
+    store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: FakeClock
 ) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], T0 - timedelta(seconds=1))
     await store.add_deliveries([delivery("not-yet")], T0 + timedelta(seconds=1))
@@ -117,7 +107,7 @@ async def test_sweep_enqueues_due_deliveries_to_the_in_process_workers(
 
 
 async def test_sweep_does_not_run_a_delivery_again_while_its_run_is_under_way(
-    store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: Clock
+    store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: FakeClock
 ) -> None:
     await store.add_deliveries([delivery("a")], T0)
     sweep = sweeper(store, in_process, metrics, clock)
@@ -133,7 +123,7 @@ async def test_sweep_does_not_run_a_delivery_again_while_its_run_is_under_way(
 
 
 async def test_sweep_skips_finished_deliveries(
-    store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: Clock
+    store: Store, in_process: InProcessQueue, worker: Worker, metrics: Metrics, clock: FakeClock
 ) -> None:
     await store.add_deliveries([delivery("done"), delivery("pending")], T0 - timedelta(minutes=5))
     await finish_run(store, "done", DeliveryStatus.DONE, T0, None, None)
@@ -147,7 +137,7 @@ async def test_sweep_skips_finished_deliveries(
 
 @pytest.mark.redis
 async def test_sweep_enqueues_due_deliveries_as_arq_jobs(
-    store: Store, arq_queue: ArqQueue, redis: aioredis.Redis, metrics: Metrics, clock: Clock
+    store: Store, arq_queue: ArqQueue, redis: aioredis.Redis, metrics: Metrics, clock: FakeClock
 ) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], T0)
     await store.add_deliveries([delivery("not-yet")], T0 + timedelta(seconds=1))
@@ -163,7 +153,7 @@ async def test_sweep_enqueues_due_deliveries_as_arq_jobs(
 
 @pytest.mark.redis
 async def test_second_sweep_while_the_job_is_in_redis_does_not_duplicate_it(
-    store: Store, arq_queue: ArqQueue, redis: aioredis.Redis, metrics: Metrics, clock: Clock
+    store: Store, arq_queue: ArqQueue, redis: aioredis.Redis, metrics: Metrics, clock: FakeClock
 ) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], T0)
     sweep = sweeper(store, arq_queue, metrics, clock)
@@ -181,7 +171,7 @@ async def test_second_sweep_while_the_job_is_in_redis_does_not_duplicate_it(
 
 @pytest.mark.redis
 async def test_sweep_with_redis_down_leaves_the_deliveries_due_and_still_applies_retention(
-    store: Store, metrics: Metrics, clock: Clock
+    store: Store, metrics: Metrics, clock: FakeClock
 ) -> None:
     old = T0 - DELIVERY_RETENTION - timedelta(days=1)
     await store.add_deliveries([delivery("pending"), delivery("old", received_at=old)], T0)
@@ -207,7 +197,7 @@ async def add_old_finished(store: Store, delivery_id: str, now: datetime) -> Non
 
 
 async def test_purge_runs_at_most_once_an_hour(
-    store: Store, in_process: InProcessQueue, metrics: Metrics, clock: Clock
+    store: Store, in_process: InProcessQueue, metrics: Metrics, clock: FakeClock
 ) -> None:
     sweep = sweeper(store, in_process, metrics, clock)
     await add_old_finished(store, "first", clock.now)
@@ -225,7 +215,7 @@ async def test_purge_runs_at_most_once_an_hour(
 
 
 async def test_sweep_drops_old_bodies_of_finished_deliveries(
-    store: Store, in_process: InProcessQueue, metrics: Metrics, clock: Clock
+    store: Store, in_process: InProcessQueue, metrics: Metrics, clock: FakeClock
 ) -> None:
     week_old = T0 - BODY_RETENTION - timedelta(hours=1)
     await store.add_deliveries([delivery("done", received_at=week_old)], T0 + timedelta(hours=1))
@@ -253,7 +243,7 @@ class FlakyPurgeStore(Store):
 
 
 async def test_failed_purge_is_tried_again_at_the_next_sweep_not_an_hour_later(
-    store: Store, in_process: InProcessQueue, metrics: Metrics, clock: Clock
+    store: Store, in_process: InProcessQueue, metrics: Metrics, clock: FakeClock
 ) -> None:
     flaky = FlakyPurgeStore(store.engine)
     await add_old_finished(store, "old", clock.now)
@@ -288,7 +278,7 @@ async def test_run_keeps_sweeping_after_a_failed_sweep(
 ) -> None:
     await store.add_deliveries([delivery("a")], T0)
     running = asyncio.create_task(
-        sweeper(FlakyDueStore(store.engine), in_process, metrics, Clock()).run(0.01)
+        sweeper(FlakyDueStore(store.engine), in_process, metrics, FakeClock()).run(0.01)
     )
     try:
         assert await worker.wait_for(1) == ["a"]

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from actions.base import (
     Action,
     ActionContext,
-    ActionDefaults,
     ActionFailed,
     ActionParams,
     ActionResult,
@@ -40,6 +39,7 @@ from actions.base import (
 )
 from actions.base import Clock as ClockFunction
 from actions.registry import ActionRegistry, load_registry
+from engine.config import load_settings
 from engine.language.loader import load_rules
 from engine.pipeline.metrics import Metrics
 from engine.pipeline.retry import RetryPolicy
@@ -49,9 +49,9 @@ from engine.queue import InProcessQueue
 from engine.secrets import Masker
 from engine.store import ActionRun, ClaimedDelivery, NewDelivery, Reopened, RunEnd, Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus
+from engine.testing import T0, FakeClock
 from tests.store.helpers import finish_run
 
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 TOKEN = "tok-5ecret-9f2a"
 PO_URL = "https://po.example.com/orders"
 CRM_URL = "https://crm.example.com/hook"
@@ -127,19 +127,6 @@ def low_stock(quantity: int = 3, **extra: Any) -> dict[str, Any]:
     return data
 
 
-class Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 class ExplodingParams(ActionParams):
     message: str
 
@@ -212,7 +199,7 @@ class Bench:
     store: Store
     tmp_path: Path
     http: httpx.AsyncClient
-    clock: Clock = field(default_factory=Clock)
+    clock: FakeClock = field(default_factory=FakeClock)
     metrics: Metrics = field(default_factory=Metrics)
     databases: DatabaseEngines = field(
         default_factory=lambda: DatabaseEngines(lambda url: create_async_engine(url))
@@ -226,7 +213,7 @@ class Bench:
         registry: ActionRegistry | None = None,
         metrics: Metrics | None = None,
         secrets: dict[str, str] | None = None,
-        defaults: ActionDefaults | None = None,
+        environment: dict[str, str] | None = None,
         clock: ClockFunction | None = None,
         requeue_after: timedelta = REQUEUE_AFTER,
     ) -> DeliveryProcessor:
@@ -239,7 +226,7 @@ class Bench:
             rules=lambda: rule_set,
             http=self.http,
             databases=self.databases,
-            defaults=defaults or ActionDefaults(),
+            action_settings=load_settings(environment or {}).plugins,
             secrets={"PO_TOKEN": TOKEN, **(secrets or {})},
             masker=Masker([TOKEN]),
             metrics=metrics or self.metrics,
@@ -266,16 +253,13 @@ class Bench:
 
 
 @pytest.fixture
-async def bench(database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
-    engine = database.create_engine(database_url)
-    await database.upgrade(engine)
+async def bench(store: Store, tmp_path: Path) -> AsyncIterator[Bench]:
     async with httpx.AsyncClient() as http:
-        bench = Bench(Store(engine), tmp_path, http)
+        bench = Bench(store, tmp_path, http)
         try:
             yield bench
         finally:
             await bench.databases.dispose()
-            await engine.dispose()
 
 
 @pytest.fixture
@@ -1038,10 +1022,10 @@ async def test_actions_left_without_a_url_send_to_the_configured_one(
     slack_url = "https://hooks.slack.com/services/T0/B0/abc"
     slack = router.post(slack_url).respond(200, text="ok")
     orders = router.post(PO_URL).respond(201)
-    defaults = ActionDefaults(slack_webhook_url=slack_url, purchase_order_url=PO_URL)
+    environment = {"SLACK_WEBHOOK_URL": slack_url, "PURCHASE_ORDER_URL": PO_URL}
     await bench.deliver("d-1", low_stock())
 
-    assert await bench.processor(rules, defaults=defaults).process("d-1") is None
+    assert await bench.processor(rules, environment=environment).process("d-1") is None
 
     assert (slack.call_count, orders.call_count) == (1, 1)
     assert sent_json(orders) == {"item_sku": "TENT-4P", "quantity": 2, "notes": ""}
