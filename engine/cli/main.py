@@ -18,6 +18,8 @@ import click
 from actions.registry import ActionRegistry, load_registry
 from engine.cli import operator as cli_ops
 from engine.cli import report
+from engine.cli.check import check
+from engine.cli.fields import fields
 from engine.cli.junit import write_junit
 from engine.config import Settings, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
@@ -55,24 +57,6 @@ def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) 
 @click.version_option(package_name="stockaj-rules")
 def cli() -> None:
     """Stockaj Rules: run your workflow rules on Stockaj webhooks."""
-
-
-@cli.command()
-@rules_option
-def check(rules_dir: Path | None) -> None:
-    """Validate every rule file; report every problem with file:line:col."""
-    settings = _settings()
-    folder = rules_dir or settings.rules_dir
-    try:
-        rules = load_rules(folder, load_registry())
-    except SourceErrors as exc:
-        click.echo(_masker(settings).mask(report.problems_text(exc.problems)), err=True)
-        files = len({p.path for p in exc.problems})
-        click.echo(f"{len(exc.problems)} problem(s) in {files} file(s) under {folder}", err=True)
-        sys.exit(EXIT_FAILED)
-    if not rules.files:
-        click.echo(f"no rule files (*.json, *.yaml, *.yml) found under {folder}", err=True)
-    click.echo(f"OK: {len(rules)} rule(s) in {len(rules.files)} file(s) under {folder}")
 
 
 @cli.command()
@@ -175,6 +159,8 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
 
 
 cli_ops.register(cli)
+cli.add_command(check)
+cli.add_command(fields)
 
 
 def main() -> None:
