@@ -19,6 +19,7 @@ from actions.registry import ActionRegistry, load_registry
 from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.check import check
+from engine.cli.conditions import conditions
 from engine.cli.fields import fields
 from engine.cli.junit import write_junit
 from engine.config import Settings, error_line, load_settings, secret_variables
@@ -161,6 +162,7 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
 cli_ops.register(cli)
 cli.add_command(check)
 cli.add_command(fields)
+cli.add_command(conditions)
 
 
 def main() -> None:
