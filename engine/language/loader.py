@@ -33,6 +33,8 @@ _EXPECTATIONS: dict[JsonPath, str] = {
     ("id",): "an id of letters, digits, '.', '_' and '-' (starting with a letter or digit)",
     ("on",): "an event name such as 'rent.created', or a list of them",
     ("throttle", "per"): "a duration such as '30m', '6h' or '1d'",
+    ("enabled",): "true or false (write enabled: false to switch the rule off, without quotes; "
+    "no, off, yes, on, 0 and 1 are not true or false here)",
 }
 
 

@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    WithJsonSchema,
+)
 
 from actions.base import Action
 from engine.language.conditions import Condition
+from engine.language.expressions.syntax import MAX_EXPRESSION_CHARS
 from engine.language.outgoing_urls import OriginParts
 from engine.language.templates import Escape, ParamTemplate
 from engine.language.validation import describe_value
@@ -40,6 +50,36 @@ def _event_pattern(value: str) -> str:
             f"or '*', found {describe_value(value)}"
         )
     return value
+
+
+_WHEN_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_EXPRESSION_CHARS,
+            "title": "Expression",
+            "description": "A condition written as you would say it: data.quantity <= data.minimum_quantity, "
+            'data.status == "overdue" and "vip" in data.renter.tags, '
+            "any(item.quantity > 3 for item in data.items). Compiled to JsonLogic when rules load.",
+            "examples": [
+                "data.quantity <= data.minimum_quantity",
+                'data.status == "overdue" and "vip" in data.renter.tags',
+                "len(data.items) > 5 or data.total_price | default(0) > 1000",
+                "any(item.quantity > 3 for item in data.items)",
+            ],
+        },
+        {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "title": "JsonLogic",
+            "description": 'JsonLogic (jsonlogic.com): {"<=": [{"var": "data.quantity"}, 5]}. '
+            "What an expression compiles to; stockaj-rules conditions shows both.",
+        },
+        {"type": ["boolean", "number", "array", "null"], "title": "JsonLogic value"},
+    ]
+}
 
 
 class ThrottleSpec(BaseModel):
@@ -82,13 +122,14 @@ class RuleSpec(BaseModel):
             }
         ),
     ] = Field(description="Event names; 'rent.*' matches a prefix, '*' matches all.")
-    when: JsonValue = Field(
+    when: Annotated[JsonValue, WithJsonSchema(_WHEN_SCHEMA)] = Field(
         default=None,
-        description="Condition: an expression (data.quantity <= data.minimum_quantity) or JsonLogic; "
-        "absent means always.",
+        description="Condition: an expression such as data.quantity <= data.minimum_quantity "
+        "(or the JsonLogic it compiles to); absent means always.",
     )
     actions: list[ActionSpec] = Field(min_length=1, description="Run in order.")
-    enabled: bool = True
+    # Only true and false: YAML 1.1's no/off/0 or a quoted "false" would switch a rule off by surprise.
+    enabled: StrictBool = Field(default=True, description="false switches the rule off; only true or false.")
     throttle: ThrottleSpec | None = None
 
 

@@ -191,6 +191,28 @@ def test_disabled_rule_loads_and_stays_disabled(tmp_path: Path) -> None:
     assert _load(tmp_path).rules[0].enabled is False
 
 
+@pytest.mark.parametrize("written", ["no", "off", "0", "1", "yes", '"false"', "'true'", "False"])
+def test_enabled_takes_only_true_or_false(tmp_path: Path, written: str) -> None:
+    _write(
+        tmp_path, {"r.yaml": f"id: r\non: '*'\nenabled: {written}\nactions: [{{type: log, message: x}}]\n"}
+    )
+    if written == "False":  # YAML's own spelling of false
+        assert _load(tmp_path).rules[0].enabled is False
+        return
+    (problem,) = _problems(tmp_path)
+    assert problem.startswith("r.yaml:3:10: r: expected true or false"), problem
+    assert "write enabled: false to switch the rule off" in problem
+
+
+def test_enabled_in_json_takes_only_true_or_false(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {"r.json": '{"id": "r", "on": "*", "enabled": 0, "actions": [{"type": "log", "message": "x"}]}'},
+    )
+    (problem,) = _problems(tmp_path)
+    assert problem.startswith("r.json:1:35: r: expected true or false"), problem
+
+
 def test_a_transformed_secret_is_refused_where_it_is_written(tmp_path: Path) -> None:
     _write(
         tmp_path,
