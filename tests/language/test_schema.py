@@ -33,11 +33,13 @@ def test_schema_offers_every_action_type_and_allows_templates_in_typed_params() 
 def test_schema_leads_with_expressions_for_when_and_its_examples_compile() -> None:
     when = rule_schema(load_registry())["$defs"]["Rule"]["properties"]["when"]
     expression, logic, _ = when["anyOf"]
-    assert expression["type"] == "string" and expression["title"] == "Expression"
+    assert expression["type"] == "string"
+    assert expression["title"] == "Expression"
     assert "data.quantity <= data.minimum_quantity" in when["description"]
     for example in expression["examples"]:
         assert isinstance(compile_expression(example), CompiledExpression), example
-    assert logic["type"] == "object" and logic["maxProperties"] == 1
+    assert logic["type"] == "object"
+    assert logic["maxProperties"] == 1
 
 
 def test_schema_says_enabled_is_only_true_or_false() -> None:
