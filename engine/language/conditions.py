@@ -136,6 +136,14 @@ class Condition:
             return Verdict(False, error=_runtime_error(exc))
         return _FIRED if fired else _NOT_FIRED
 
+    def fires_with_default(self, data: DeliveryData, field: str, value: Any) -> bool:
+        """Whether the condition would fire on `data` if its reads of `field` had the default `value`."""
+        logic = _with_default(_default_scoped_reads(self.logic), field, value)
+        try:
+            return bool(_guarded.session().evaluate_truthy(_guarded.compile(json.dumps(logic)), data.handle))
+        except dl.DataLogicError:  # another missing field, or an error: it would not fire
+            return False
+
     def explain(self, data: DeliveryData) -> str:
         """The condition with the values it saw: `data.quantity (7) <= data.minimum_quantity (5) -> false`.
 
@@ -254,6 +262,19 @@ def _default_scoped_reads(logic: Any, scoped: bool = False) -> Any:
             ]
         }
     return {op: _default_scoped_reads(args, scoped)}
+
+
+def _with_default(logic: Any, field: str, value: Any) -> Any:
+    """Copy `logic` with `value` as the default of every read of `field` that has none."""
+    if isinstance(logic, list):
+        return [_with_default(item, field, value) for item in logic]
+    if not isinstance(logic, dict):
+        return logic
+    if list(logic) == ["var"]:
+        args = logic["var"]
+        path = args[0] if isinstance(args, list) and len(args) == 1 else args
+        return {"var": [field, value]} if path == field else logic
+    return {key: _with_default(item, field, value) for key, item in logic.items()}
 
 
 def _missing_name(exc: dl.EvaluateError) -> str:
