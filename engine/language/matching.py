@@ -145,7 +145,8 @@ class Matcher:
     async def _take_slot(self, fired: RuleOutcome, key: str, now: datetime) -> RuleOutcome:
         throttle = fired.rule.throttle
         assert throttle is not None
-        last = await self._throttle.acquire(fired.rule.id, key, throttle.per, now)
+        slot, window = throttle.slot(key, now)
+        last = await self._throttle.acquire(fired.rule.id, slot, window, now)
         if last is None:
             return fired
         return RuleOutcome(

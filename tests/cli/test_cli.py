@@ -238,7 +238,7 @@ def test_check_refuses_an_empty_actions_list() -> None:
 def test_check_refuses_a_throttle_window_it_cannot_read() -> None:
     assert _check_problems("bad-throttle") == [
         "broken/bad-throttle/rule.yaml:5:8: throttle-typo: "
-        "expected a duration such as '30m', '6h' or '1d', found the text \"2 hours\""
+        "expected a duration such as '30m', '6h' or '1d', or calendar day, found the text \"2 hours\""
     ]
 
 

@@ -101,7 +101,7 @@ def test_every_problem_is_reported_with_file_line_and_column(tmp_path: Path) -> 
         "stock.yaml:14:7: reorder: unknown param 'notse' (did you mean 'notes'?)",
         "stock.yaml:16:16: reorder: template syntax error: unexpected end of template, "
         "expected 'end of print statement'.",
-        "stock.yaml:17:41: reorder: expected a duration such as '30m', '6h' or '1d', found the text \"5x\"",
+        "stock.yaml:17:41: reorder: expected a duration such as '30m', '6h' or '1d', or calendar day, found the text \"5x\"",
         "stock.yaml:19:7: empty-actions: expected an event name such as 'rent.created', "
         "a prefix such as 'rent.*', or '*', found the text \"rent.*x\"",
         "stock.yaml:20:12: empty-actions: expected at least 1 item, found a list of 0 items",
