@@ -203,4 +203,6 @@ def close_paths(fields: Mapping[Segments, FieldInfo], path: Segments) -> list[st
     if whole:
         return whole
     # The same name somewhere else: a field of each item (`data.category` -> `data.items[].category`).
-    return sorted(written(p) for p in fields if p[-1] == path[-1] and p[:1] == path[:1])[:3]
+    elsewhere = {p[-1] for p in fields if p[:1] == path[:1] and p[-1] != EACH}
+    names = difflib.get_close_matches(path[-1], sorted(elsewhere), n=1, cutoff=0.8)
+    return sorted(written(p) for p in fields if names and p[-1] == names[0] and p[:1] == path[:1])[:3]
