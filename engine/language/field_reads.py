@@ -46,6 +46,11 @@ class FieldRead:
     operator: str | None = None
     compared: Any = _NO_VALUE
     node: JsonPath | None = None  # the `var` object's own loc in the condition
+    default: Any = _NO_VALUE  # the value written for when the field is missing
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_VALUE
 
     @property
     def is_compared(self) -> bool:
@@ -145,7 +150,8 @@ def _var_read(items: list[Any], loc: JsonPath, scope: Segments | None, prefix: s
         resolved = resolve(path)
         if resolved is None and path.split(".")[0] in (*CONTEXT_FIELDS, "payload"):
             return None
-        return FieldRead(resolved, path, where, node=loc[:-1])
+        default = items[1] if len(items) == 2 else _NO_VALUE
+        return FieldRead(resolved, path, where, node=loc[:-1], default=default)
     if not scope:
         return None  # inside a scope over a list that is not a field
     keys = path.split(".")

@@ -23,6 +23,7 @@ from engine.language.field_catalog import (
     FieldInfo,
     Segments,
     close_paths,
+    json_type,
     lookup,
     written,
 )
@@ -125,6 +126,8 @@ def _reads(
                 part = expression.parts.get(_pointer(read.node or read.loc))
                 start = part.start if part is not None else 0
                 text = expression.text[part.start : part.end] if part is not None else read.written
+                if read.has_default:  # the part is `data.x | default(0)`: name the field
+                    text = text.split("|")[0].strip()
                 where = position_in(document, (*loc, "when"), start)
                 reads.append(_Located(read, where, text, True))
             else:
@@ -174,7 +177,33 @@ def _field_message(located: _Located, fields: Mapping[Segments, FieldInfo], seen
         )
     if read.is_compared and "array" in info.types:
         return _list_compared(located, seen)
+    if read.has_default:
+        return _default_of_another_type(located, info, seen)
     return None
+
+
+_WRITTEN_DEFAULT = {"array": "[]", "string": '""', "number": "0", "boolean": "false"}
+_TYPE_WORDS = {"array": "a list", "string": "a text", "number": "a number", "boolean": "true or false"}
+
+
+def _default_of_another_type(located: _Located, info: FieldInfo, seen: str) -> str | None:
+    """`data.tags | default(0)` where the fixtures have a list: the default of its type is `[]`."""
+    read = located.read
+    types = set(info.types) - {"null"}
+    wanted = next(iter(types)) if len(types) == 1 else None
+    if wanted not in _WRITTEN_DEFAULT or read.default is None or json_type(read.default) == wanted:
+        return None
+    assert wanted is not None
+    assert read.path is not None
+    given = json.dumps(read.default, ensure_ascii=False)
+    if located.in_expression:
+        better = f"{written(read.path)} | default({_WRITTEN_DEFAULT[wanted]})"
+    else:
+        better = f'{{"var": ["{read.written}", {_WRITTEN_DEFAULT[wanted]}]}}'
+    return (
+        f"{written(read.path)} is {_TYPE_WORDS[wanted]} in {seen}, and its default {given} is "
+        f"{_TYPE_WORDS[json_type(read.default)]}; give a default of its type: {better}"
+    )
 
 
 def _list_compared(located: _Located, seen: str) -> str:

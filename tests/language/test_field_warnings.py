@@ -109,3 +109,24 @@ actions:
     message: "{{ data.renter.name.upper() }} {{ data['renter'].tags[0] }} {{ now.year }} {{ event }}"
 """
     assert _warnings(tmp_path, {"r.yaml": rule}, _catalog(PAYLOAD)) == []
+
+
+def test_a_default_of_another_type_than_the_fixtures_field_gets_the_default_of_its_type(
+    tmp_path: Path,
+) -> None:
+    rules = """\
+- id: e
+  on: rent.created
+  when: '"vip" in data.renter.tags | default("") and data.id | default(0) > 0'
+  actions: [{type: log, message: x}]
+- id: j
+  on: rent.created
+  when: {"==": [{"var": ["data.renter.name", 0]}, "Ada"]}
+  actions: [{type: log, message: x}]
+"""
+    assert _warnings(tmp_path, {"r.yaml": rules}, _catalog(PAYLOAD)) == [
+        'r.yaml:3:19: e: warning: data.renter.tags is a list in the fixture of rent.created, and its default "" '
+        "is a text; give a default of its type: data.renter.tags | default([])",
+        "r.yaml:7:26: j: warning: data.renter.name is a text in the fixture of rent.created, and its default 0 "
+        'is a number; give a default of its type: {"var": ["data.renter.name", ""]}',
+    ]
