@@ -130,8 +130,8 @@ def _report(path: Path, text: str, result: Rewrite) -> None:
         text.splitlines(keepends=True), result.text.splitlines(keepends=True), f"{path}", f"{path}"
     ):
         click.echo(line, nl=not line.endswith("\n"))
-    for rule_id, why in result.kept:
-        click.echo(f"{path}: {rule_id}: kept in JsonLogic: {why}", err=True)
+    if result.kept:
+        click.echo(report.problems_text(result.kept), err=True)
     done = ", ".join(result.rewritten) if result.rewritten else "nothing to rewrite"
     click.echo(f"{path}: {done}", err=True)
 

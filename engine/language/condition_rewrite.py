@@ -21,7 +21,7 @@ import yaml
 
 from engine.errors import SourceProblem
 from engine.language.expressions.render import NoExpression, to_expression
-from engine.language.sources import JsonPath, compose_nodes, parse_text
+from engine.language.sources import JsonPath, SourceDocument, compose_nodes, parse_text
 
 
 @dataclass(slots=True)
@@ -30,7 +30,7 @@ class Rewrite:
 
     text: str
     rewritten: list[str] = field(default_factory=list)
-    kept: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[SourceProblem] = field(default_factory=list)  # at the `when` that stays JsonLogic
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,10 @@ def rewrite_conditions(text: str, name: str, *, yaml_syntax: bool) -> Rewrite | 
     if root is None:
         return result
     edits: list[_Edit] = []
+
+    def keep(loc: JsonPath, rule_id: str, why: str) -> SourceProblem:
+        return document.problem((*loc, "when"), f"kept in JsonLogic: {why}", rule_id=rule_id, key=True)
+
     for loc, rule in _rules(document.value):
         rule_id = str(rule.get("id", "?"))
         logic = rule.get("when")
@@ -65,36 +69,42 @@ def rewrite_conditions(text: str, name: str, *, yaml_syntax: bool) -> Rewrite | 
             # In a JSON string a double quote needs a backslash: write text in single quotes there.
             expression = to_expression(logic, quote='"' if yaml_syntax else "'")
         except NoExpression as exc:
-            result.kept.append((rule_id, str(exc)))
+            result.kept.append(keep(loc, rule_id, str(exc)))
             continue
         edit = _edit(text, root, loc, rule_id, expression)
         if isinstance(edit, str):
-            result.kept.append((rule_id, edit))
+            result.kept.append(keep(loc, rule_id, edit))
         else:
             edits.append(edit)
     newline = "\r\n" if "\r\n" in text else "\n"
     for edit in sorted(edits, key=lambda e: e.start, reverse=True):
         written = _written(result.text, edit, newline, name, yaml_syntax)
         if written is None:
-            result.kept.append((edit.rule_id, "no way to write the expression here was read back the same"))
+            why = "no way to write the expression here read back the same; rewrite it by hand"
+            result.kept.append(keep(edit.loc, edit.rule_id, why))
             continue
         result.text = written
         result.rewritten.insert(0, edit.rule_id)
-    return _checked(result, text, document.value, edits, name, yaml_syntax)
+    return _checked(result, text, document, edits, yaml_syntax)
 
 
 def _checked(
-    result: Rewrite, text: str, before: Any, edits: list[_Edit], name: str, yaml_syntax: bool
+    result: Rewrite, text: str, document: SourceDocument, edits: list[_Edit], yaml_syntax: bool
 ) -> Rewrite:
     """`result` when its text reads as `before` with the rewritten conditions; else nothing changed."""
-    expected = json.loads(json.dumps(before))
+    expected = json.loads(json.dumps(document.value))
     for edit in edits:
         if edit.rule_id in result.rewritten:
             rule = _value_at(expected, edit.loc)
             rule["when"] = edit.expression
-    after = parse_text(result.text, name, yaml_syntax=yaml_syntax)
+    after = parse_text(result.text, document.path, yaml_syntax=yaml_syntax)
     if isinstance(after, SourceProblem) or after.value != expected:
-        kept = [(rule_id, "the rewritten file did not read back the same") for rule_id in result.rewritten]
+        why = "kept in JsonLogic: the rewritten file did not read back the same; rewrite it by hand"
+        kept = [
+            document.problem((*edit.loc, "when"), why, rule_id=edit.rule_id, key=True)
+            for edit in edits
+            if edit.rule_id in result.rewritten
+        ]
         return Rewrite(text, [], [*result.kept, *kept])
     return result
 

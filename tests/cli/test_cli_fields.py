@@ -389,7 +389,7 @@ def test_conditions_rewrite_turns_jsonlogic_into_expressions_keeping_everything_
     assert "-  when:   # at or under the minimum\n" in result.stdout
     assert "+  when: data.quantity <= data.minimum_quantity  # at or under the minimum\n" in result.stdout
     assert result.stderr.splitlines() == [
-        "rules/stock.yaml: labelled: kept in JsonLogic: JsonLogic's 'cat' has no expression form; "
+        "rules/stock.yaml:12:3: labelled: kept in JsonLogic: JsonLogic's 'cat' has no expression form; "
         "keep this condition in JsonLogic",
         "rules/stock.yaml: low, vip",
     ]

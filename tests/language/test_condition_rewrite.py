@@ -90,8 +90,8 @@ def test_a_condition_without_an_expression_form_and_an_alias_stay_with_the_reaso
     assert isinstance(result, Rewrite)
     assert result.text == text
     assert result.rewritten == []
-    assert result.kept == [
-        ("cat", "JsonLogic's 'cat' has no expression form; keep this condition in JsonLogic"),
-        ("shared", "its condition is a YAML anchor or alias; rewrite it by hand"),
-        ("again", "its condition is a YAML anchor or alias; rewrite it by hand"),
+    assert [str(problem) for problem in result.kept] == [
+        "r.yaml:3:3: cat: kept in JsonLogic: JsonLogic's 'cat' has no expression form; keep this condition in JsonLogic",
+        "r.yaml:7:3: shared: kept in JsonLogic: its condition is a YAML anchor or alias; rewrite it by hand",
+        "r.yaml:11:3: again: kept in JsonLogic: its condition is a YAML anchor or alias; rewrite it by hand",
     ]
