@@ -33,6 +33,7 @@ from engine.config import Settings
 from engine.errors import SourceErrors, SourceProblem
 from engine.language import conditions
 from engine.language.delivery import Delivery
+from engine.language.expressions import CompiledExpression, compile_expression
 from engine.language.fixtures import Expectations, ExpectedAction, FixtureSpec, load_fixtures
 from engine.language.harness import replay
 from engine.language.loader import load_rules
@@ -68,7 +69,7 @@ KINDS = {
     ("console", ""),
     ("json", "vscode-settings"),
 }
-LOGIC_KEYS = {"when", "data", "event", "result", "fires", "missing", "error"}
+LOGIC_KEYS = {"when", "jsonlogic", "data", "event", "result", "fires", "missing", "error"}
 LOGIC_TIMESTAMP = "2026-03-01T09:00:00Z"
 
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>.*)$")
@@ -369,13 +370,21 @@ def test_logic_example_evaluates_as_documented(block: Block, index: int, example
     assert "when" in example, f"line {block.line} #{index}: needs when"
     assert set(example) <= LOGIC_KEYS, f"unknown keys {set(example) - LOGIC_KEYS}"
     assert {"result", "fires", "missing", "error"} & set(example), "say what it gives"
-    when = example["when"]
+    when, expression = example["when"], None
+    if isinstance(when, str):  # an expression: what it compiles to is what runs
+        expression = compile_expression(when)
+        assert isinstance(expression, CompiledExpression), f"line {block.line} #{index}: {expression}"
+        when = expression.logic
+    if "jsonlogic" in example:
+        assert expression is not None, "jsonlogic says what an expression compiles to"
+        assert when == example["jsonlogic"], f"line {block.line} #{index}: compiles to {json.dumps(when)}"
     event = example.get("event", "item.low_stock")
     payload = {"event": event, "timestamp": LOGIC_TIMESTAMP, "data": example.get("data", {})}
     context = Delivery(event, "doc-example", payload).context()
     assert conditions.check(when) == [], "a documented condition must load"
 
-    verdict = conditions.Condition(when).test(conditions.DeliveryData(context), conditions.new_session())
+    condition = conditions.Condition(when, expression)
+    verdict = condition.test(conditions.DeliveryData(context), conditions.new_session())
 
     if "result" in example:
         assert _json(conditions.evaluate(when, context)) == _json(example["result"])

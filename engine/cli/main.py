@@ -18,7 +18,10 @@ import click
 from actions.registry import ActionRegistry, load_registry
 from engine.cli import operator as cli_ops
 from engine.cli import report
+from engine.cli.check import check
+from engine.cli.conditions import conditions
 from engine.cli.doctor import doctor
+from engine.cli.fields import fields
 from engine.cli.junit import write_junit
 from engine.cli.plugins import plugins as plugins_command
 from engine.config import Settings, colour_wanted, error_line, load_settings, secret_variables
@@ -59,24 +62,6 @@ def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) 
 def cli(ctx: click.Context) -> None:
     """Stockaj Rules: run your workflow rules on Stockaj webhooks."""
     ctx.color = colour_wanted()  # every command's colour goes out on a terminal only, never with NO_COLOR
-
-
-@cli.command()
-@rules_option
-def check(rules_dir: Path | None) -> None:
-    """Check every rule file; each problem at its file:line:col."""
-    settings = _settings()
-    folder = rules_dir or settings.rules_dir
-    try:
-        rules = load_rules(folder, load_registry())
-    except SourceErrors as exc:
-        click.echo(_masker(settings).mask(report.problems_text(exc.problems)), err=True)
-        files = len({p.path for p in exc.problems})
-        click.echo(f"{len(exc.problems)} problem(s) in {files} file(s) under {folder}", err=True)
-        sys.exit(EXIT_FAILED)
-    if not rules.files:
-        click.echo(f"no rule files (*.json, *.yaml, *.yml) found under {folder}", err=True)
-    click.echo(f"OK: {len(rules)} rule(s) in {len(rules.files)} file(s) under {folder}")
 
 
 @cli.command()
@@ -192,6 +177,9 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
 cli_ops.register(cli)
 cli.add_command(doctor)
 cli.add_command(plugins_command)
+cli.add_command(check)
+cli.add_command(fields)
+cli.add_command(conditions)
 
 
 def main() -> None:

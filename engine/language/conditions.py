@@ -21,7 +21,13 @@ import datalogic_py as dl
 from engine.excerpt import cut, value_text
 from engine.language.expressions import CompiledExpression
 from engine.language.expressions.explain import explain as explain_expression
-from engine.language.missing_field_guard import FAMILIES, guarded, missing_field, new_session
+from engine.language.missing_field_guard import (
+    FAMILIES,
+    guarded,
+    guarded_with_default,
+    missing_field,
+    new_session,
+)
 from engine.language.sources import JsonPath
 
 __all__ = [
@@ -132,6 +138,15 @@ class Condition:
                 return Verdict(False, missing_field=missing)
             return Verdict(False, error=_runtime_error(exc))
         return _FIRED if fired else _NOT_FIRED
+
+    def fires_with_default(self, data: DeliveryData, field: str, value: Any) -> bool:
+        """Whether the condition would fire on `data` if its reads of `field` had the default `value`."""
+        try:
+            return bool(
+                new_session().evaluate_truthy(guarded_with_default(self.logic, field, value), data.handle)
+            )
+        except dl.DataLogicError:  # another missing field, or an error: it would not fire
+            return False
 
     def explain(self, data: DeliveryData) -> str:
         """The condition with the values it saw: `data.quantity (7) <= data.minimum_quantity (5) -> false`.

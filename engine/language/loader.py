@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
@@ -22,17 +24,27 @@ from engine.errors import SourceErrors, SourceProblem
 from engine.language import conditions
 from engine.language.expressions import CompiledExpression, compile_expression
 from engine.language.params import bind_action
-from engine.language.rules import Rule, RuleSet, RuleSpec, Throttle, parse_duration
+from engine.language.rules import (
+    CALENDAR_DAY,
+    Rule,
+    RuleSet,
+    RuleSpec,
+    Throttle,
+    ThrottleSpec,
+    parse_duration,
+)
 from engine.language.scalar_positions import position_in
 from engine.language.source_files import Stamp, find_source_files
 from engine.language.sources import JsonPath, Position, SourceDocument, read_document
-from engine.language.templates import compile_value
+from engine.language.templates import ParamTemplate, compile_value
 from engine.language.validation import FieldProblem, describe, describe_value
 
 _EXPECTATIONS: dict[JsonPath, str] = {
     ("id",): "an id of letters, digits, '.', '_' and '-' (starting with a letter or digit)",
     ("on",): "an event name such as 'rent.created', or a list of them",
-    ("throttle", "per"): "a duration such as '30m', '6h' or '1d'",
+    ("throttle", "per"): "a duration such as '30m', '6h' or '1d', or calendar day",
+    ("enabled",): "true or false (write enabled: false to switch the rule off, without quotes; "
+    "no, off, yes, on, 0 and 1 are not true or false here)",
 }
 
 
@@ -187,7 +199,8 @@ def _load_rule(
     if spec is not None and spec.throttle is not None:
         key, key_problems = compile_value(spec.throttle.key, ("throttle", "key"))
         found += [FieldProblem(p.loc, p.message, template_line=p.line) for p in key_problems]
-        throttle = Throttle(key, parse_duration(spec.throttle.per), spec.throttle.per)
+        throttle, throttle_problems = _throttle(spec.throttle, key)
+        found += throttle_problems
 
     for problem in found:
         problems.append(
@@ -212,6 +225,17 @@ def _load_rule(
         throttle=throttle,
         source=f"{document.path}:{where.line}",
     )
+
+
+def _throttle(spec: ThrottleSpec, key: ParamTemplate) -> tuple[Throttle, list[FieldProblem]]:
+    if spec.per != CALENDAR_DAY:
+        problems = []
+        if spec.timezone is not None:
+            message = "timezone applies to per: calendar day only; remove it, or write per: calendar day"
+            problems.append(FieldProblem(("throttle", "timezone"), message))
+        return Throttle(key, parse_duration(spec.per), spec.per), problems
+    zone = spec.timezone or "UTC"
+    return Throttle(key, timedelta(days=1), f"calendar day ({zone})", ZoneInfo(zone)), []
 
 
 def _compile_when(

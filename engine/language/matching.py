@@ -29,6 +29,7 @@ from engine.errors import TemplateRenderError
 from engine.excerpt import cut
 from engine.language import conditions
 from engine.language.delivery import Delivery
+from engine.language.missing_hint import missing_reason
 from engine.language.outgoing_urls import check_rendered
 from engine.language.params import ParamsInvalid, validate_rendered
 from engine.language.rules import Rule, RuleAction, RuleSet
@@ -144,7 +145,8 @@ class Matcher:
     async def _take_slot(self, fired: RuleOutcome, key: str, now: datetime) -> RuleOutcome:
         throttle = fired.rule.throttle
         assert throttle is not None
-        last = await self._throttle.acquire(fired.rule.id, key, throttle.per, now)
+        slot, window = throttle.slot(key, now)
+        last = await self._throttle.acquire(fired.rule.id, slot, window, now)
         if last is None:
             return fired
         return RuleOutcome(
@@ -211,11 +213,9 @@ class Matcher:
             return None
         verdict = rule.condition.test(data, session)
         if verdict.missing_field is not None:
+            condition, field = rule.condition, verdict.missing_field
             return RuleOutcome(
-                rule,
-                RuleStatus.FIELD_MISSING,
-                _reason=f"{verdict.missing_field} is missing from the delivery, so the condition "
-                f'does not fire (give a default: {{"var": ["{verdict.missing_field}", 0]}})',
+                rule, RuleStatus.FIELD_MISSING, _reason=lambda: missing_reason(condition, field, data)
             )
         if verdict.error is not None:
             return RuleOutcome(rule, RuleStatus.ERROR, _reason=cut(f"condition {verdict.error}"))

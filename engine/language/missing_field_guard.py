@@ -37,6 +37,27 @@ def guarded(logic: Any) -> Any:
     return _guarded.compile(json.dumps(_default_scoped_reads(logic)))
 
 
+def guarded_with_default(logic: Any, field: str, value: Any) -> Any:
+    """`logic` compiled for the guard, with `value` as the default of every read of `field`.
+
+    What the rule would do if its author gave the default the missing-field hint suggests.
+    """
+    return _guarded.compile(json.dumps(_with_default(_default_scoped_reads(logic), field, value)))
+
+
+def _with_default(logic: Any, field: str, value: Any) -> Any:
+    """Copy `logic` with `value` as the default of every read of `field` that has none."""
+    if isinstance(logic, list):
+        return [_with_default(item, field, value) for item in logic]
+    if not isinstance(logic, dict):
+        return logic
+    if list(logic) == ["var"]:
+        args = logic["var"]
+        path = args[0] if isinstance(args, list) and len(args) == 1 else args
+        return {"var": [field, value]} if path == field else logic
+    return {key: _with_default(item, field, value) for key, item in logic.items()}
+
+
 def missing_field(exc: dl.EvaluateError) -> str | None:
     """The field whose absence stopped a guarded evaluation, or None when `exc` is another error."""
     if exc.error_type != "VariableNotFound":

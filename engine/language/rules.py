@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    WithJsonSchema,
+)
 
 from actions.base import Action
 from engine.language.conditions import Condition
+from engine.language.expressions.syntax import MAX_EXPRESSION_CHARS
 from engine.language.outgoing_urls import OriginParts
 from engine.language.templates import Escape, ParamTemplate
 from engine.language.validation import describe_value
 
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 DURATION_PATTERN = r"^[1-9][0-9]*(s|m|h|d)$"
+CALENDAR_DAY = "calendar day"
+PER_PATTERN = rf"^([1-9][0-9]*(s|m|h|d)|{CALENDAR_DAY})$"
 _EVENT_CACHE_SIZE = 1024
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -42,6 +55,46 @@ def _event_pattern(value: str) -> str:
     return value
 
 
+_WHEN_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_EXPRESSION_CHARS,
+            "title": "Expression",
+            "description": "A condition written as you would say it: data.quantity <= data.minimum_quantity, "
+            'data.status == "overdue" and "vip" in data.renter.tags, '
+            "any(item.quantity > 3 for item in data.items). Compiled to JsonLogic when rules load.",
+            "examples": [
+                "data.quantity <= data.minimum_quantity",
+                'data.status == "overdue" and "vip" in data.renter.tags',
+                "len(data.items) > 5 or data.total_price | default(0) > 1000",
+                "any(item.quantity > 3 for item in data.items)",
+            ],
+        },
+        {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "title": "JsonLogic",
+            "description": 'JsonLogic (jsonlogic.com): {"<=": [{"var": "data.quantity"}, 5]}. '
+            "What an expression compiles to; stockaj-rules conditions shows both.",
+        },
+        {"type": ["boolean", "number", "array", "null"], "title": "JsonLogic value"},
+    ]
+}
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"expected a time zone such as Europe/Berlin or UTC, found {describe_value(name)}"
+        ) from None
+    return name
+
+
 class ThrottleSpec(BaseModel):
     """At most one firing per rendered `key` per `per` window."""
 
@@ -49,8 +102,14 @@ class ThrottleSpec(BaseModel):
 
     key: str = Field(min_length=1, description="Template; rendered per delivery.")
     per: str = Field(
-        pattern=DURATION_PATTERN,
-        description="Window: a whole number and a unit, s, m, h or d ('30m', '6h', '1d').",
+        pattern=PER_PATTERN,
+        description="Window: a whole number and a unit, s, m, h or d ('30m', '6h', '1d'), counted from "
+        "the firing (1d is the next 24 hours); or 'calendar day', midnight to midnight.",
+    )
+    timezone: Annotated[str, AfterValidator(_time_zone)] | None = Field(
+        default=None,
+        description="With per: calendar day, whose midnight starts a day: an IANA name such as "
+        "Europe/Berlin. Default UTC.",
     )
 
 
@@ -82,13 +141,14 @@ class RuleSpec(BaseModel):
             }
         ),
     ] = Field(description="Event names; 'rent.*' matches a prefix, '*' matches all.")
-    when: JsonValue = Field(
+    when: Annotated[JsonValue, WithJsonSchema(_WHEN_SCHEMA)] = Field(
         default=None,
-        description="Condition: an expression (data.quantity <= data.minimum_quantity) or JsonLogic; "
-        "absent means always.",
+        description="Condition: an expression such as data.quantity <= data.minimum_quantity "
+        "(or the JsonLogic it compiles to); absent means always.",
     )
     actions: list[ActionSpec] = Field(min_length=1, description="Run in order.")
-    enabled: bool = True
+    # Only true and false: YAML 1.1's no/off/0 or a quoted "false" would switch a rule off by surprise.
+    enabled: StrictBool = Field(default=True, description="false switches the rule off; only true or false.")
     throttle: ThrottleSpec | None = None
 
 
@@ -114,9 +174,20 @@ class RuleAction:
 
 @dataclass(frozen=True, slots=True)
 class Throttle:
+    """At most one firing per rendered key per window: `per` from the firing on, or, with a
+    `calendar` zone, per calendar day in that zone (the slot's key then holds the date)."""
+
     key: ParamTemplate
     per: timedelta
     per_text: str
+    calendar: tzinfo | None = None
+
+    def slot(self, key: str, now: datetime) -> tuple[str, timedelta]:
+        """The throttle slot's key and window for `key` at `now`."""
+        if self.calendar is None:
+            return key, self.per
+        # A calendar day lasts at most 25 hours: any window longer holds the slot until the date changes.
+        return f"{key}\x1f{now.astimezone(self.calendar).date().isoformat()}", timedelta(days=2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

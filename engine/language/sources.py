@@ -272,6 +272,11 @@ def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
+def compose_nodes(text: str) -> yaml.Node | None:
+    """The YAML nodes of `text` (JSON or YAML), with their marks; None when it does not compose."""
+    return _compose(text)
+
+
 def _compose(text: str) -> yaml.Node | None:
     """The nodes of `text` (JSON or YAML) for positions; None when it does not compose."""
     # libyaml refuses JSON's surrogate pairs ("\ud83d\ude00"), which the pure-Python reader takes.

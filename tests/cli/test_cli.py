@@ -238,7 +238,7 @@ def test_check_refuses_an_empty_actions_list() -> None:
 def test_check_refuses_a_throttle_window_it_cannot_read() -> None:
     assert _check_problems("bad-throttle") == [
         "broken/bad-throttle/rule.yaml:5:8: throttle-typo: "
-        "expected a duration such as '30m', '6h' or '1d', found the text \"2 hours\""
+        "expected a duration such as '30m', '6h' or '1d', or calendar day, found the text \"2 hours\""
     ]
 
 
@@ -478,8 +478,9 @@ def test_test_verbose_says_why_a_rule_did_not_fire_for_each_fixture() -> None:
     ) in throttled
     assert "· switched-off      disabled: the rule has enabled: false" in throttled
     assert (
-        "· reorder-tents     data.quantity is missing from the delivery, so the condition does not fire "
-        '(give a default: {"var": ["data.quantity", 0]})'
+        "· reorder-tents     data.quantity is missing from the delivery, so the condition does not fire; "
+        'a default would not help: with {"var": ["data.quantity", 0]} the rule would fire on this delivery, '
+        "and so on others without data.quantity. Leave it without a default unless that is meant"
     ) in fixture_block(result.stdout, "a delivery without quantity does not reorder")
     assert (
         "· reorder-tents     (data.quantity (1) <= data.minimum_quantity (5) -> true) and "
@@ -966,8 +967,9 @@ def test_replay_names_the_missing_field_when_a_condition_does_not_fire() -> None
     assert rule["fired"] is False
     assert rule["actions"] == []
     assert rule["reason"] == (
-        "data.quantity is missing from the delivery, so the condition does not fire "
-        '(give a default: {"var": ["data.quantity", 0]})'
+        "data.quantity is missing from the delivery, so the condition does not fire; "
+        'a default would not help: with {"var": ["data.quantity", 0]} the rule would fire on this delivery, '
+        "and so on others without data.quantity. Leave it without a default unless that is meant"
     )
 
 

@@ -101,7 +101,7 @@ def test_every_problem_is_reported_with_file_line_and_column(tmp_path: Path) -> 
         "stock.yaml:14:7: reorder: unknown param 'notse' (did you mean 'notes'?)",
         "stock.yaml:16:16: reorder: template syntax error: unexpected end of template, "
         "expected 'end of print statement'.",
-        "stock.yaml:17:41: reorder: expected a duration such as '30m', '6h' or '1d', found the text \"5x\"",
+        "stock.yaml:17:41: reorder: expected a duration such as '30m', '6h' or '1d', or calendar day, found the text \"5x\"",
         "stock.yaml:19:7: empty-actions: expected an event name such as 'rent.created', "
         "a prefix such as 'rent.*', or '*', found the text \"rent.*x\"",
         "stock.yaml:20:12: empty-actions: expected at least 1 item, found a list of 0 items",
@@ -189,6 +189,28 @@ def test_missing_rules_folder_says_what_to_do(tmp_path: Path) -> None:
 def test_disabled_rule_loads_and_stays_disabled(tmp_path: Path) -> None:
     _write(tmp_path, {"r.yaml": "id: r\non: '*'\nenabled: false\nactions: [{type: log, message: x}]\n"})
     assert _load(tmp_path).rules[0].enabled is False
+
+
+@pytest.mark.parametrize("written", ["no", "off", "0", "1", "yes", '"false"', "'true'", "False"])
+def test_enabled_takes_only_true_or_false(tmp_path: Path, written: str) -> None:
+    _write(
+        tmp_path, {"r.yaml": f"id: r\non: '*'\nenabled: {written}\nactions: [{{type: log, message: x}}]\n"}
+    )
+    if written == "False":  # YAML's own spelling of false
+        assert _load(tmp_path).rules[0].enabled is False
+        return
+    (problem,) = _problems(tmp_path)
+    assert problem.startswith("r.yaml:3:10: r: expected true or false"), problem
+    assert "write enabled: false to switch the rule off" in problem
+
+
+def test_enabled_in_json_takes_only_true_or_false(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {"r.json": '{"id": "r", "on": "*", "enabled": 0, "actions": [{"type": "log", "message": "x"}]}'},
+    )
+    (problem,) = _problems(tmp_path)
+    assert problem.startswith("r.json:1:35: r: expected true or false"), problem
 
 
 def test_a_transformed_secret_is_refused_where_it_is_written(tmp_path: Path) -> None:

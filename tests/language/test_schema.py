@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from actions.registry import load_registry
+from engine.language.expressions import CompiledExpression, compile_expression
 from engine.language.schema import rule_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema" / "rule.schema.json"
@@ -27,3 +28,20 @@ def test_schema_offers_every_action_type_and_allows_templates_in_typed_params() 
     assert {"type": "integer"}.items() <= quantity["anyOf"][0].items()
     assert quantity["anyOf"][1]["type"] == "string"
     assert schema["$defs"]["Rule"]["additionalProperties"] is False
+
+
+def test_schema_leads_with_expressions_for_when_and_its_examples_compile() -> None:
+    when = rule_schema(load_registry())["$defs"]["Rule"]["properties"]["when"]
+    expression, logic, _ = when["anyOf"]
+    assert expression["type"] == "string"
+    assert expression["title"] == "Expression"
+    assert "data.quantity <= data.minimum_quantity" in when["description"]
+    for example in expression["examples"]:
+        assert isinstance(compile_expression(example), CompiledExpression), example
+    assert logic["type"] == "object"
+    assert logic["maxProperties"] == 1
+
+
+def test_schema_says_enabled_is_only_true_or_false() -> None:
+    enabled = rule_schema(load_registry())["$defs"]["Rule"]["properties"]["enabled"]
+    assert enabled["type"] == "boolean"

@@ -95,6 +95,40 @@ def test_missing_nested_field_in_text_names_the_full_path() -> None:
         _render("Mail {{ data.renter.email }}")
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ data.minimum_qty * 2 - data.quantity }}",
+        "Order {{ data.minimum_qty * 2 - data.quantity }} now",
+        "{{ data.quantity - data.minimum_qty }}",
+        "{{ data.minimum_qty + 1 }}",
+        "{{ 1 + data.minimum_qty }}",
+        "{{ data.minimum_qty / 2 }}",
+        "{{ data.minimum_qty // 2 }}",
+        "{{ data.minimum_qty % 2 }}",
+        "{{ 2 ** data.minimum_qty }}",
+        "{{ -data.minimum_qty }}",
+        "{{ data.minimum_qty > 1 }}",
+        "{{ 1 <= data.minimum_qty }}",
+        "{{ data.minimum_qty[0] }}",
+        "{{ data.minimum_qty | int }}",
+        "{{ data.minimum_qty | float }}",
+        "{{ data.minimum_qty | round }}",
+        "{{ data.minimum_qty | abs }}",
+        "{{ data.name | replace(data.minimum_qty, 'x') }}",
+        "{{ data.name | truncate(length=data.minimum_qty) }}",
+        "{{ data.minimum_qty() }}",
+        "{% if data.minimum_qty > 3 %}x{% endif %}",
+    ],
+)
+def test_a_missing_field_anywhere_in_a_template_is_named_as_missing(source: str) -> None:
+    with pytest.raises(TemplateRenderError) as raised:
+        _render(source)
+    assert str(raised.value).startswith(
+        "data.minimum_qty is not in the delivery (did you mean data.minimum_quantity?)"
+    ), str(raised.value)
+
+
 def test_unknown_top_level_name_lists_what_templates_see() -> None:
     with pytest.raises(TemplateRenderError, match="dta is not defined \\(did you mean data\\?\\)"):
         _render("{{ dta.id }}")

@@ -36,21 +36,28 @@ class NoExpression(ValueError):
     """The condition has no expression form; the message says why."""
 
 
-def to_expression(logic: Any, *, strict_equality: bool = False) -> str:
-    """`logic` written as an expression; raises `NoExpression`."""
-    return _Renderer(strict_equality).render(logic, None)[0]
+def to_expression(logic: Any, *, strict_equality: bool = False, quote: str = '"') -> str:
+    """`logic` written as an expression; raises `NoExpression`.
+
+    `quote="'"` writes text in single quotes where it can (`'returned'`): easier to read
+    inside a JSON string, where a double quote needs a backslash.
+    """
+    return _Renderer(strict_equality, quote).render(logic, None)[0]
 
 
 class _Renderer:
-    def __init__(self, strict_equality: bool) -> None:
+    def __init__(self, strict_equality: bool, quote: str = '"') -> None:
         self.strict_equality = strict_equality
+        self.quote = quote
 
     def render(self, logic: Any, scope: tuple[str, str] | None) -> tuple[str, int]:
         """(text, precedence); `scope` is (loop variable, JsonLogic prefix) inside any/all/sum."""
         if isinstance(logic, list):
             return f"[{', '.join(self.operand(item, scope, _IF) for item in logic)}]", _ATOM
         if not isinstance(logic, dict):
-            return _literal(logic), (_UNARY if isinstance(logic, int | float) and logic < 0 else _ATOM)
+            return _literal(logic, self.quote), (
+                _UNARY if isinstance(logic, int | float) and logic < 0 else _ATOM
+            )
         if len(logic) != 1:
             raise NoExpression("an object with several keys is not a JsonLogic operation")
         ((op, args),) = logic.items()
@@ -86,7 +93,7 @@ class _Renderer:
             raise NoExpression("a var with more than a path and a default has no expression form")
         path = _path(items[0], scope)
         if len(items) == 2:
-            return f"{path} | default({_written(items[1])})"
+            return f"{path} | default({_written(items[1], self.quote)})"
         return path
 
     def compare(self, op: str, items: list[Any], scope: tuple[str, str] | None) -> tuple[str, int]:
@@ -198,23 +205,25 @@ def _key(key: str) -> str:
     return f"[{json.dumps(key, ensure_ascii=False)}]"
 
 
-def _literal(value: Any) -> str:
+def _literal(value: Any, quote: str = '"') -> str:
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, float) and not math.isfinite(value):
         raise NoExpression("an infinite number has no expression form")
+    if isinstance(value, str) and quote == "'" and value.isprintable() and not set("'\\") & set(value):
+        return f"'{value}'"
     if isinstance(value, int | float | str):
         return json.dumps(value, ensure_ascii=False)
     raise NoExpression(f"the value {json.dumps(value)[:40]} has no expression form")
 
 
-def _written(value: Any) -> str:
+def _written(value: Any, quote: str = '"') -> str:
     """A default: a written-out value, or a list of them."""
     if isinstance(value, list):
-        return f"[{', '.join(_written(item) for item in value)}]"
+        return f"[{', '.join(_written(item, quote) for item in value)}]"
     if isinstance(value, dict):
         raise NoExpression("a default that is computed has no expression form; write a value")
-    return _literal(value)
+    return _literal(value, quote)
 
 
 def _is_default_null_read(logic: Any) -> bool:

@@ -55,6 +55,15 @@ class StrictField(jinja2.StrictUndefined):
         raise MissingField(self._undefined_obj, str(self._undefined_name))
 
     __str__ = __iter__ = __len__ = __bool__ = __eq__ = __ne__ = __hash__ = _fail_with_undefined_error
+    __contains__ = _fail_with_undefined_error
+
+
+# Jinja binds arithmetic, comparisons, indexing and calls to its own `_fail_with_undefined_error`
+# when `Undefined` is defined, so the override above would not reach them: a missing field in
+# `{{ data.minimum_quantity * 2 - data.quantity }}` would fail as a bare UndefinedError.
+for _name, _method in vars(jinja2.Undefined).items():
+    if _method is jinja2.Undefined._fail_with_undefined_error and _name != "_fail_with_undefined_error":
+        setattr(StrictField, _name, StrictField._fail_with_undefined_error)
 
 
 def budgeted_range(*args: int) -> range:
@@ -64,6 +73,7 @@ def budgeted_range(*args: int) -> range:
 
 
 TEMPLATE_GLOBALS: dict[str, Any] = {"range": budgeted_range, "dict": dict}
+_UNDEFINED_FILTERS = frozenset({"default", "d"})  # the filters made for a value that is not there
 _PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "format", "format_map"})
 _JINJA_CALLABLES = (Macro, LoopContext, BlockReference, TemplateReference, jinja2.Undefined)
 
@@ -122,10 +132,15 @@ def _guard_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]
     signature = _call_signature(function)
 
     passed = 0 if _PassArg.from_obj(function) is None else 1
+    reads_undefined = name in _UNDEFINED_FILTERS
 
     @functools.wraps(function)  # keeps Jinja's pass_environment/pass_eval_context marker
     def guarded(*args: Any, **kwargs: Any) -> Any:
         template_budget.current().spend()
+        if not reads_undefined:  # `| round` of a missing field names the field
+            for value in (*args[passed:], *kwargs.values()):
+                if isinstance(value, StrictField):
+                    value._fail_with_undefined_error()
         args = (*args[:passed], *_read_iterators(args[passed:], f"the {name} filter"))
         if estimate is not None:
             bound = signature.bind(*args, **kwargs)
