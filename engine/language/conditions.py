@@ -153,6 +153,29 @@ class Condition:
             return cut(f"{text} -> error: {cut(str(trace['error']), 500)}")
         return cut(f"{text} -> {_literal(trace.get('result'))}")
 
+    def trace(self, context: dict[str, Any]) -> dict[str, list[str]]:
+        """Each evaluated node's outcomes, by JSON pointer: "true", "false", "missing" or "error".
+
+        Evaluated as `test` does, the missing-field guard included; a node inside
+        any/all/sum has one outcome per item it was evaluated for. For `test --coverage`.
+        """
+        data = json.dumps(context if self._reads is None else _only(context, self._reads))
+        guarded = json.dumps(_default_scoped_reads(self.logic))
+        trace = json.loads(_guarded.evaluate_with_trace(guarded, data))
+        pointers = trace.get("pointers", {})
+        outcomes: dict[str, list[str]] = {}
+        for step in trace.get("steps", []):
+            pointer = pointers.get(str(step["node_id"]))
+            if pointer is None:
+                continue
+            error = step.get("error")
+            if error is not None:
+                outcome = "missing" if _MISSING_VARIABLE.search(str(error)) else "error"
+            else:
+                outcome = "true" if truthy(step.get("result")) else "false"
+            outcomes.setdefault(pointer, []).append(outcome)
+        return outcomes
+
 
 def _only(value: dict[str, Any], reads: list[list[str]]) -> dict[str, Any]:
     """A copy of `value` holding just the paths in `reads` (each a list of keys).
