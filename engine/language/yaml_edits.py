@@ -14,6 +14,7 @@ constructed, so aliases cost nothing here).
 from __future__ import annotations
 
 import io
+import json
 import itertools
 import re
 from collections import Counter
@@ -27,7 +28,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from engine.language.fixture_edits import EXPECT_KEYS, EditRefused, Entry, NewExpect, new_key_position
 
-FLOW_WIDTH = 100  # a new entry longer than this on one line is written as a block
+FLOW_WIDTH = 90  # a new entry longer than this on one line is written as a block
 _Region = tuple[int, int, int]  # first line, the line after the last, the key's column
 _KEY_ALONE = re.compile(r"^(- )?[^#]*:(\s+#.*)?$")  # `key:` with its value on the lines below
 
@@ -242,7 +243,8 @@ def _reads_back(value: str) -> bool:
 
 
 def _flat(value: Any) -> str:
-    return str(value)
+    """About as long as the value written on one line in YAML (no quotes)."""
+    return json.dumps(value, ensure_ascii=False).replace('"', "")
 
 
 def _has_newline(value: Any) -> bool:
