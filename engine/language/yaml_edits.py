@@ -14,8 +14,8 @@ constructed, so aliases cost nothing here).
 from __future__ import annotations
 
 import io
-import json
 import itertools
+import json
 import re
 from collections import Counter
 from typing import Any
@@ -30,6 +30,7 @@ from engine.language.fixture_edits import EXPECT_KEYS, EditRefused, Entry, NewEx
 
 FLOW_WIDTH = 90  # a new entry longer than this on one line is written as a block
 _Region = tuple[int, int, int]  # first line, the line after the last, the key's column
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _KEY_ALONE = re.compile(r"^(- )?[^#]*:(\s+#.*)?$")  # `key:` with its value on the lines below
 
 
@@ -70,7 +71,7 @@ def edit_yaml(text: str, edits: dict[int, NewExpect]) -> str:
 
 def _fixture_nodes(text: str) -> list[yaml.MappingNode]:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise EditRefused(f"the file does not read as YAML: {exc}") from None
     items = root.value if isinstance(root, yaml.SequenceNode) else [root]
