@@ -39,7 +39,9 @@ RULES = """\
 """
 
 RENTAL = '{"timestamp": "2026-03-01T09:00:00Z", "data": {"id": 7, "renter": {"tags": ["vip"]}, "items": [1]}}'
-REGULAR = '{"timestamp": "2026-03-01T09:00:00Z", "data": {"id": 7, "renter": {"tags": "regular"}, "items": [1]}}'
+REGULAR = (
+    '{"timestamp": "2026-03-01T09:00:00Z", "data": {"id": 7, "renter": {"tags": "regular"}, "items": [1]}}'
+)
 NO_RENTER = '{"timestamp": "2026-03-01T09:00:00Z", "data": {"id": 8, "items": [1, 2, 3]}}'
 
 
