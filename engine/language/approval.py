@@ -93,6 +93,13 @@ def _approve_file(
         after = edit_text(document.text, plans, yaml_syntax=yaml_syntax)
     except EditRefused as exc:
         return None, results, SourceProblem(path, 1, 1, f"not updated: {exc}")
+    except Exception as exc:  # a file shape the rewrite does not handle: one located line, not a traceback
+        reason = f"{type(exc).__name__}: {exc}"
+        return (
+            None,
+            results,
+            SourceProblem(path, 1, 1, f"not updated: {reason}; this is a bug, please report it"),
+        )
     problem = _misread(document, after, plans, yaml_syntax=yaml_syntax)
     if problem is not None:
         return None, results, SourceProblem(path, 1, 1, f"not updated: {problem}")

@@ -109,12 +109,13 @@ def _load_block(reader: YAML, lines: list[str], first: int, end: int, column: in
     text = lines[first][column:] + "".join(line[column:] if line.strip() else "\n" for line in rest)
     try:
         block = reader.load(text)
-    except RuamelError as exc:
+    except (RuamelError, ValueError) as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
         raise EditRefused(
-            f"line {first + 1}: expect cannot be read on its own ({exc.__class__.__name__})"
+            f"line {first + 1}: expect does not read on its own ({problem}); fix it by hand"
         ) from None
     if not isinstance(block, CommentedMap) or list(block) != ["expect"]:
-        raise EditRefused(f"line {first + 1}: expect cannot be read on its own")
+        raise EditRefused(f"line {first + 1}: expect does not read as a mapping on its own; fix it by hand")
     return block
 
 
