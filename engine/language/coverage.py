@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.language.conditions import Condition
+from engine.language.conditions import Condition, DeliveryData, Probe, new_session
 from engine.language.dry_run import because_of, errors_of
 from engine.language.expressions.render import NoExpression, to_expression
 from engine.language.fixtures import Fixture
@@ -30,6 +30,13 @@ from engine.language.rules import Rule, RuleSet
 
 OUTCOMES = ("true", "false", "missing", "error")
 REPORT_NAME = "stockaj-rules test --coverage"
+# The condition's own verdict, where the outcome tells it (an error may be a template's).
+_VERDICTS = {
+    RuleStatus.FIRED: "true",
+    RuleStatus.THROTTLED: "true",
+    RuleStatus.CONDITION_FALSE: "false",
+    RuleStatus.FIELD_MISSING: "missing",
+}
 _EVALUATED = frozenset(
     {
         RuleStatus.FIRED,
@@ -95,6 +102,12 @@ class RuleCoverage:
     errors: list[Seen] = field(default_factory=list)
     verdicts: Tally = field(default_factory=Tally)
     operands: list[OperandCoverage] = field(default_factory=list)
+    pointers: frozenset[str] = frozenset()  # what a trace must report: the verdict, each operand
+    skeleton: _Node | None = None  # worked out when first needed
+    traced: bool = False  # the condition needs a trace (its skeleton is None for good)
+
+    def __post_init__(self) -> None:
+        self.pointers = frozenset(["", *(operand.pointer for operand in self.operands)])
 
     @property
     def fixtures(self) -> int:
@@ -135,15 +148,31 @@ def coverage(rules: RuleSet, runs: Sequence[Run]) -> Coverage:
         RuleCoverage(rule, _written(rule.condition), operands=_operands(rule.condition))
         for rule in rules.rules
     ]
+    session = new_session()
     for run in runs:
-        context = run.fixture.delivery.context()
+        delivery = _Delivery(run.fixture.delivery.context(), session)
         for rule_coverage, outcome in zip(found, run.outcomes, strict=True):
             if outcome.status is not RuleStatus.EVENT_NOT_MATCHED:
-                _count(rule_coverage, run.fixture, outcome, context)
+                _count(rule_coverage, run.fixture, outcome, delivery)
     return Coverage(len(runs), found)
 
 
-def _count(found: RuleCoverage, fixture: Fixture, outcome: RuleOutcome, context: dict[str, Any]) -> None:
+class _Delivery:
+    """A fixture's delivery, read for the condition engine once, when a rule first needs it."""
+
+    def __init__(self, context: dict[str, Any], session: Any) -> None:
+        self.context = context
+        self.session = session
+        self._data: DeliveryData | None = None
+
+    @property
+    def data(self) -> DeliveryData:
+        if self._data is None:
+            self._data = DeliveryData(self.context)
+        return self._data
+
+
+def _count(found: RuleCoverage, fixture: Fixture, outcome: RuleOutcome, delivery: _Delivery) -> None:
     errors = errors_of(outcome)
     if errors:
         found.errors.append(Seen(fixture, errors[0]))
@@ -154,13 +183,88 @@ def _count(found: RuleCoverage, fixture: Fixture, outcome: RuleOutcome, context:
     condition = outcome.rule.condition
     if condition is None or outcome.status not in _EVALUATED:
         return
+    verdict = _VERDICTS.get(outcome.status)
+    if not found.operands and verdict is not None:  # the outcome says it all
+        found.verdicts.add([verdict])
+        return
     try:
-        trace = condition.trace(context)
+        outcomes = _outcomes(found, condition, delivery)
     except Exception:  # a delivery the condition engine cannot read: its error is counted above
         return
-    found.verdicts.add(trace.get(""))
+    found.verdicts.add(outcomes.get(""))
     for operand in found.operands:
-        operand.tally.add(trace.get(operand.pointer))
+        operand.tally.add(outcomes.get(operand.pointer))
+
+
+def _outcomes(found: RuleCoverage, condition: Condition, delivery: _Delivery) -> dict[str, list[str]]:
+    """Each operand's outcomes: from its pieces evaluated one by one when it can be, else a trace."""
+    if found.skeleton is None and not found.traced:
+        found.skeleton = _skeleton(condition.logic, "")
+        found.traced = found.skeleton is None
+    if found.skeleton is None:
+        return condition.trace(delivery.context, found.pointers)
+    outcomes: dict[str, list[str]] = {}
+    _walk(found.skeleton, delivery, outcomes)
+    return outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A condition as and / or / not over pieces that hold no and / or (each a `Probe`)."""
+
+    pointer: str
+    op: str  # "and", "or", "!", "!!", or "" for a piece
+    children: tuple[_Node, ...] = ()
+    probe: Probe | None = None
+
+
+def _skeleton(logic: Any, pointer: str) -> _Node | None:
+    """The condition as `_Node`s; None when an and / or sits where only a trace can follow it.
+
+    (Inside any/all/sum, a branch of `if`, a comparison: there an operand's outcome depends
+    on more than the delivery, so each one is worked out by tracing the whole condition.)
+    """
+    if isinstance(logic, dict) and len(logic) == 1:
+        ((op, args),) = logic.items()
+        here = f"{pointer}/{_escape(op)}"
+        items = (
+            [(arg, f"{here}/{i}") for i, arg in enumerate(args)] if isinstance(args, list) else [(args, here)]
+        )
+        if op in ("and", "or", "!", "!!") and (op in ("and", "or") or len(items) == 1):
+            children = [_skeleton(arg, at) for arg, at in items]
+            if any(child is None for child in children):
+                return None
+            return _Node(pointer, op, tuple(child for child in children if child is not None))
+    if _has_boolean(logic):
+        return None
+    return _Node(pointer, "", probe=Probe(logic))
+
+
+def _has_boolean(logic: Any) -> bool:
+    if isinstance(logic, list):
+        return any(_has_boolean(item) for item in logic)
+    if isinstance(logic, dict):
+        return any(key in ("and", "or") or _has_boolean(value) for key, value in logic.items())
+    return False
+
+
+def _walk(node: _Node, delivery: _Delivery, outcomes: dict[str, list[str]]) -> str:
+    """The node's outcome, as JsonLogic works it out (and / or stop early); each reached node recorded."""
+    if node.probe is not None:
+        outcome = node.probe.outcome(delivery.data, delivery.session)
+    elif node.op in ("and", "or"):
+        going_on = "true" if node.op == "and" else "false"
+        outcome = going_on
+        for child in node.children:
+            outcome = _walk(child, delivery, outcomes)
+            if outcome != going_on:
+                break
+    else:
+        inner = _walk(node.children[0], delivery, outcomes)
+        flipped = {"true": "false", "false": "true"}
+        outcome = flipped.get(inner, inner) if node.op == "!" else inner
+    outcomes[node.pointer] = [outcome]
+    return outcome
 
 
 def _operands(condition: Condition | None) -> list[OperandCoverage]:

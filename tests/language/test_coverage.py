@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from actions.registry import load_registry
-from engine.language.coverage import Coverage, RuleCoverage, coverage, coverage_document
+from engine.language.conditions import Condition, new_session
+from engine.language.coverage import (
+    Coverage,
+    RuleCoverage,
+    _Delivery,
+    _skeleton,
+    _walk,
+    coverage,
+    coverage_document,
+)
+from engine.language.coverage import (
+    _operands as operands_of,
+)
 from engine.language.expectations import replay
+from engine.language.expressions import CompiledExpression, compile_expression
 from engine.language.fixtures import load_fixtures
 from engine.language.loader import load_rules
+from tests.language.test_expressions_property import EXPRESSIONS, PAYLOADS
 
 RULES = """\
 - id: restock
@@ -164,3 +182,26 @@ async def test_the_json_document_lists_every_rule_and_the_gaps(tmp_path: Path) -
         {"rule": "camera-cancelled", "pointer": "/and/1/some/1/or/1", "text": "item.rush"},
         {"rule": "json-written", "pointer": "/or/0", "text": "data.quantity < 1"},
     ]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(EXPRESSIONS, st.lists(PAYLOADS, min_size=3, max_size=3))
+def test_operands_worked_out_piece_by_piece_match_a_trace_of_the_whole_condition(
+    text: str, payloads: list[dict[str, Any]]
+) -> None:
+    compiled = compile_expression(text)
+    if not isinstance(compiled, CompiledExpression):
+        return
+    condition = Condition(compiled.logic, compiled)
+    skeleton = _skeleton(condition.logic, "")
+    event("pieces" if skeleton is not None else "trace only")
+    if skeleton is None:
+        return
+    pointers = frozenset(["", *(o.pointer for o in operands_of(condition))])
+    session = new_session()
+    for data in payloads:
+        context = {"event": "item.low_stock", "data": data, "payload": {"data": data}}
+        walked: dict[str, list[str]] = {}
+        _walk(skeleton, _Delivery(context, session), walked)
+        traced = condition.trace(context, pointers)
+        assert {p: walked[p] for p in pointers if p in walked} == traced, (text, data, condition.logic)
