@@ -176,7 +176,8 @@ class Condition:
             if error is not None:
                 outcome = "missing" if _MISSING_VARIABLE.search(str(error)) else "error"
             else:
-                outcome = "true" if _truthy_json(step.get("result")) else "false"
+                # The engine's truthiness of a JSON value is Python's: [], {}, "", 0 and null are false.
+                outcome = "true" if step.get("result") else "false"
             outcomes.setdefault(pointer, []).append(outcome)
         return outcomes
 
@@ -199,11 +200,6 @@ class Probe:
             return "true" if session.evaluate_truthy(self._rule, data.handle) else "false"
         except dl.EvaluateError as exc:
             return "missing" if exc.error_type == "VariableNotFound" else "error"
-
-
-def _truthy_json(value: Any) -> bool:
-    """JsonLogic's truthiness of a JSON value: [] is false (unlike JavaScript), any object true."""
-    return True if isinstance(value, dict) else bool(value)
 
 
 def _only(value: dict[str, Any], reads: list[list[str]]) -> dict[str, Any]:
