@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from click.testing import CliRunner
@@ -34,7 +34,7 @@ from engine.errors import SourceErrors, SourceProblem
 from engine.language import conditions
 from engine.language.delivery import Delivery
 from engine.language.expressions import CompiledExpression, compile_expression
-from engine.language.fixtures import Expectations, ExpectedAction, FixtureSpec, load_fixtures
+from engine.language.fixtures import Because, Expectations, ExpectedAction, FixtureSpec, load_fixtures
 from engine.language.harness import replay
 from engine.language.loader import load_rules
 from engine.language.matching import Matcher
@@ -480,6 +480,10 @@ def test_every_action_has_a_params_table_matching_its_params_model(action_type: 
 )
 def test_fixture_tables_list_exactly_the_fixture_keys(name: str, model: Any) -> None:
     assert GUIDE_DOC.table(name).column(1) == _required(model.model_fields)
+
+
+def test_because_table_lists_exactly_the_reasons_a_fixture_can_pin() -> None:
+    assert set(GUIDE_DOC.table("because").column(1)) == set(get_args(Because))
 
 
 async def test_context_table_lists_what_conditions_and_templates_see(tmp_path: Path) -> None:

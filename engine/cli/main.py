@@ -22,8 +22,10 @@ from engine.cli.check import check
 from engine.cli.conditions import conditions
 from engine.cli.doctor import doctor
 from engine.cli.fields import fields
+from engine.cli.fixture_tests import show_coverage, update_and_coverage
 from engine.cli.junit import write_junit
 from engine.cli.plugins import plugins as plugins_command
+from engine.cli.updates import update_fixtures
 from engine.config import Settings, colour_wanted, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.language import harness
@@ -82,7 +84,16 @@ def cli(ctx: click.Context) -> None:
     is_flag=True,
     help="Show why every rule did not fire, also for passing fixtures (failing ones always show it).",
 )
-def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | None, verbose: bool) -> None:
+@update_and_coverage
+def test(
+    rules_dir: Path | None,
+    paths: tuple[Path, ...],
+    junit_path: Path | None,
+    verbose: bool,
+    update: bool,
+    coverage: bool,
+    coverage_json: Path | None,
+) -> None:
     """Replay fixtures dry and check their expectations.
 
     PATHS are fixture files or folders (default ./fixtures).
@@ -94,6 +105,9 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
         click.echo(f"warning: no rules loaded from {rules_dir or settings.rules_dir}", err=True)
     files, problems = load_fixtures(paths or (DEFAULT_FIXTURES_DIR,))
     results = _replay(rules, files)
+    if update:
+        results, not_updated = update_fixtures(results, rules, masker)
+        problems += not_updated
     for line in report.test_report(results, masker, verbose=verbose):
         click.echo(line)
     if problems:
@@ -103,6 +117,8 @@ def test(rules_dir: Path | None, paths: tuple[Path, ...], junit_path: Path | Non
         if problem:
             click.echo(problem, err=True)
             sys.exit(EXIT_BAD_INPUT)
+    if coverage or coverage_json:
+        show_coverage(rules, results, masker, terminal=coverage, json_path=coverage_json)
     click.echo(report.summary(results, len(problems)))
     if problems or not (results or problems):
         if not results and not problems:

@@ -7,7 +7,7 @@ not a terminal. Every value shown passes through the `Masker` first.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import click
@@ -24,6 +24,10 @@ def _green(text: str) -> str:
 
 def _red(text: str) -> str:
     return click.style(text, fg="red", bold=True)
+
+
+def _yellow(text: str) -> str:
+    return click.style(text, fg="yellow", bold=True)
 
 
 def _dim(text: str) -> str:
@@ -57,6 +61,7 @@ def test_report(results: list[FixtureResult], masker: Masker, *, verbose: bool) 
             why_not=verbose or not result.passed,
             other_events=verbose,
             indent="      ",
+            remarks={remark.rule_id: remark.because for remark in result.remarks},
         )
 
 
@@ -71,12 +76,27 @@ def replay_report(results: list[FixtureResult], masker: Masker) -> Iterator[str]
 
 
 def _rules(
-    outcomes: list[RuleOutcome], masker: Masker, *, why_not: bool, other_events: bool, indent: str
+    outcomes: list[RuleOutcome],
+    masker: Masker,
+    *,
+    why_not: bool,
+    other_events: bool,
+    indent: str,
+    remarks: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """Fired rules with their actions; with `why_not`, why the others did not fire."""
+    """Fired rules with their actions; with `why_not`, why the others did not fire.
+
+    A rule in `remarks` (a `not_fired` that held for another reason than its condition)
+    is always shown, with the `because` that would pin its reason.
+    """
     width = max((len(o.rule.id) for o in outcomes), default=0)
     quiet, hidden = 0, 0
     for outcome in outcomes:
+        because = (remarks or {}).get(outcome.rule.id)
+        if because is not None and not outcome.fired:
+            why = f"not fired (because: {because}): {masker.mask(outcome.reason)}"
+            yield f"{indent}{_yellow('·')} {outcome.rule.id.ljust(width)}  {why}"
+            continue
         if outcome.status is RuleStatus.EVENT_NOT_MATCHED and not other_events:
             hidden += 1
             continue

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any
 
 import datalogic_py as dl
+import orjson
 
 from engine.excerpt import cut, value_text
 from engine.language.expressions import CompiledExpression
@@ -24,7 +25,10 @@ from engine.language.expressions.explain import explain as explain_expression
 from engine.language.missing_field_guard import (
     FAMILIES,
     guarded,
+    guarded_json,
+    guarded_trace,
     guarded_with_default,
+    is_missing_field_error,
     missing_field,
     new_session,
 )
@@ -117,12 +121,13 @@ class Condition:
     compiled JsonLogic, and explanations show the expression.
     """
 
-    __slots__ = ("_guarded_rule", "_logic_json", "_reads", "expression", "logic")
+    __slots__ = ("_guarded_json", "_guarded_rule", "_logic_json", "_reads", "expression", "logic")
 
     def __init__(self, logic: Any, expression: CompiledExpression | None = None) -> None:
         self.logic = logic
         self.expression = expression
         self._logic_json = json.dumps(logic)
+        self._guarded_json: str | None = None  # for traces, made when first needed
         self._guarded_rule = guarded(logic)
         facts = _standard.compile(self._logic_json).facts()
         # The paths the condition reads: explanations trace only these, not the whole payload.
@@ -164,6 +169,52 @@ class Condition:
         if trace.get("error"):
             return cut(f"{text} -> error: {cut(str(trace['error']), 500)}")
         return cut(f"{text} -> {_literal(trace.get('result'))}")
+
+    def trace(self, context: dict[str, Any], pointers: frozenset[str]) -> dict[str, list[str]]:
+        """The outcomes of the nodes at `pointers`: "true", "false", "missing" or "error" each time.
+
+        Evaluated as `test` does, the missing-field guard included; a node inside
+        any/all/sum has one outcome per item it was evaluated for, a node never reached
+        none. For `test --coverage`, which asks for each operand of each and / or.
+        """
+        data = json.dumps(context if self._reads is None else _only(context, self._reads))
+        if self._guarded_json is None:
+            self._guarded_json = guarded_json(self.logic)
+        trace = orjson.loads(guarded_trace(self._guarded_json, data))
+        wanted = {node: pointer for node, pointer in trace.get("pointers", {}).items() if pointer in pointers}
+        outcomes: dict[str, list[str]] = {}
+        for step in trace.get("steps", []):
+            pointer = wanted.get(str(step["node_id"]))
+            if pointer is None:
+                continue
+            error = step.get("error")
+            if error is not None:
+                outcome = "missing" if is_missing_field_error(str(error)) else "error"
+            else:
+                # The engine's truthiness of a JSON value is Python's: [], {}, "", 0 and null are false.
+                outcome = "true" if step.get("result") else "false"
+            outcomes.setdefault(pointer, []).append(outcome)
+        return outcomes
+
+
+class Probe:
+    """A piece of a condition outside any item scope, compiled to be evaluated on its own.
+
+    Its outcome is what the piece gives when the whole condition is evaluated, the
+    missing-field guard included: "true", "false", "missing" or "error". For `test
+    --coverage`, where it is a hundred times cheaper than a trace.
+    """
+
+    __slots__ = ("_rule",)
+
+    def __init__(self, logic: Any) -> None:
+        self._rule = guarded(logic)
+
+    def outcome(self, data: DeliveryData, session: dl.Session) -> str:
+        try:
+            return "true" if session.evaluate_truthy(self._rule, data.handle) else "false"
+        except dl.EvaluateError as exc:
+            return "missing" if exc.error_type == "VariableNotFound" else "error"
 
 
 def _only(value: dict[str, Any], reads: list[list[str]]) -> dict[str, Any]:

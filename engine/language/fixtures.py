@@ -11,9 +11,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 
 from engine.errors import SourceProblem
 from engine.language.delivery import Delivery
@@ -34,11 +34,34 @@ class ExpectedAction(BaseModel):
     params: dict[str, JsonValue] = Field(default_factory=dict)
 
 
+# The designed reasons a rule does not fire (spec section 13); an error is never one of them.
+Because = Literal["event", "disabled", "throttled", "condition", "missing"]
+
+
+class NotFired(BaseModel):
+    """A rule that must not fire; `because` pins the reason, else any designed reason will do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str
+    because: Because | None = None
+
+
+def _rule_id_alone(value: Any) -> Any:
+    """`not_fired: [reorder]` is short for `not_fired: [{rule: reorder}]`."""
+    if isinstance(value, str):
+        return {"rule": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a rule id, or {{rule: ..., because: ...}}, found {describe_value(value)}")
+    return value
+
+
 class Expectations(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fired: list[str] = Field(default_factory=list)
-    not_fired: list[str] = Field(default_factory=list)
+    not_fired: list[Annotated[NotFired, BeforeValidator(_rule_id_alone)]] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
     actions: list[ExpectedAction] = Field(default_factory=list)
 
 

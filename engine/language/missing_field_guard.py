@@ -37,6 +37,17 @@ def guarded(logic: Any) -> Any:
     return _guarded.compile(json.dumps(_default_scoped_reads(logic)))
 
 
+def guarded_json(logic: Any) -> str:
+    """`logic` as the guard evaluates it, as JSON text (what a trace takes)."""
+    return json.dumps(_default_scoped_reads(logic))
+
+
+def guarded_trace(logic_json: str, data_json: str) -> str:
+    """The trace (JSON text) of a guarded evaluation of `logic_json` (`guarded_json`) on `data_json`."""
+    trace: str = _guarded.evaluate_with_trace(logic_json, data_json)
+    return trace
+
+
 def guarded_with_default(logic: Any, field: str, value: Any) -> Any:
     """`logic` compiled for the guard, with `value` as the default of every read of `field`.
 
@@ -56,6 +67,11 @@ def _with_default(logic: Any, field: str, value: Any) -> Any:
         path = args[0] if isinstance(args, list) and len(args) == 1 else args
         return {"var": [field, value]} if path == field else logic
     return {key: _with_default(item, field, value) for key, item in logic.items()}
+
+
+def is_missing_field_error(message: str) -> bool:
+    """True when an error message of a trace step is the guard's missing field."""
+    return _MISSING_VARIABLE.search(message) is not None
 
 
 def missing_field(exc: dl.EvaluateError) -> str | None:

@@ -377,6 +377,9 @@ def test_long_values_are_cut_short() -> None:
         ({"!!": [{"var": "data.a"}]}, "not not data.a"),
         ({"var": ["data.a"]}, "data.a"),
         ({"and": [{"var": "data.a"}]}, "data.a"),
+        # `-0` would compile to the number 0, not to this subtraction (found by the round-trip property).
+        ({"==": [{"var": "data.a"}, {"-": [0, 0]}]}, "data.a == 0 - 0"),
+        ({"-": [0, {"var": "data.a"}]}, "-data.a"),
     ],
 )
 def test_jsonlogic_written_by_hand_renders_as_an_expression(logic: Any, expected: str) -> None:

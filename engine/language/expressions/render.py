@@ -132,7 +132,9 @@ class _Renderer:
 
     def arithmetic(self, op: str, items: list[Any], scope: tuple[str, str] | None) -> tuple[str, int]:
         level = _ARITHMETIC[op]
-        if op == "-" and (len(items) == 1 or (len(items) == 2 and _is_zero(items[0]))):
+        # `-x` compiles to `0 - x`, but `-5` to the number -5: a number keeps its subtraction.
+        negated = len(items) == 2 and _is_zero(items[0]) and not _is_number(items[1])
+        if op == "-" and (len(items) == 1 or negated):
             return f"-{self.operand(items[-1], scope, _UNARY)}", _UNARY
         if len(items) < 2 or (len(items) > 2 and op not in ("+", "*")):
             raise NoExpression(f"'{op}' with {len(items)} values has no expression form")
@@ -169,6 +171,10 @@ class _Renderer:
         name = _loop_name(scope)
         body = self.operand(rest[0], (name, "current"), _IF)
         return f"sum({body} for {name} in {self.operand(source, scope, _OR)})", _ATOM
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_zero(value: Any) -> bool:
