@@ -119,7 +119,7 @@ async def test_because_pins_the_reason_a_rule_did_not_fire(
                 f"vip-rental should not fire because: {because}",
                 f"not fired because: {because}",
                 "not fired because: missing: data.renter.tags is missing from the delivery, so the condition "
-                'does not fire (give a default: {"var": ["data.renter.tags", 0]})',
+                'does not fire (to give it a value when it is missing, write {"var": ["data.renter.tags", ""]})',
             )
         ]
 
