@@ -38,7 +38,6 @@ from engine.pipeline.http_protocol import (
     server_config,
 )
 from engine.pipeline.logs import configure_logging
-from engine.pipeline.metrics import Metrics
 from engine.pipeline.receiver import ASGIApp, create_app, metrics_app
 from engine.pipeline.service import job_lease_seconds, masker_for, open_service, sweep_interval
 from engine.queue.arq_queue import PROCESS_FUNCTION, job_lease
@@ -203,13 +202,20 @@ def work(settings: Settings, metrics_port: int | None) -> None:
 
 async def _work(settings: Settings, metrics_port: int | None) -> None:
     assert settings.redis_url
-    await require_redis(settings.redis_url)
     # Both before anything opens: Redis down or the port taken is one line, with nothing to undo.
-    metrics = Metrics()
+    await require_redis(settings.redis_url)
     metrics_port = metrics_port or settings.metrics_port
+    metrics_host = settings.metrics_host or settings.host
     if metrics_port:
-        _serve_worker_metrics(settings.metrics_host or settings.host, metrics_port, metrics.registry)
-    service = await open_service(settings, receive=False, process_in_process=False, metrics=metrics)
+        _check_metrics_port(metrics_host, metrics_port)
+    service = await open_service(settings, receive=False, process_in_process=False)
+    if metrics_port:
+        # Served once the service is open: metrics that answer mean a worker that works.
+        try:
+            _serve_worker_metrics(metrics_host, metrics_port, service.metrics.registry)
+        except BaseException:
+            await service.close()
+            raise
 
     lease = job_lease_seconds(settings)
 
@@ -262,12 +268,27 @@ async def require_redis(url: str) -> None:
         await client.aclose()
 
 
+def _check_metrics_port(host: str, port: int) -> None:
+    """Bind the worker's metrics address once and let it go: taken, it stops the worker in one line."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise _metrics_port_problem(host, port, exc) from None
+
+
 def _serve_worker_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
     try:
         prometheus_client.start_http_server(port, host, registry=registry)
-    except OSError as exc:
-        where = f"serve the worker's metrics on {host}:{port}"
-        raise cannot_listen(where, exc, "METRICS_HOST", "--metrics-port (or METRICS_PORT)") from None
+    except OSError as exc:  # taken since the check
+        raise _metrics_port_problem(host, port, exc) from None
+
+
+def _metrics_port_problem(host: str, port: int, exc: OSError) -> ConfigurationError:
+    where = f"serve the worker's metrics on {host}:{port}"
+    return cannot_listen(where, exc, "METRICS_HOST", "--metrics-port (or METRICS_PORT)")
 
 
 async def process_surviving_connection_loss(process: Processor, delivery_id: str) -> float | None:

@@ -141,20 +141,14 @@ async def open_store(settings: Settings) -> Store:
 
 
 async def open_service(
-    settings: Settings,
-    *,
-    receive: bool,
-    process_in_process: bool,
-    background: bool = True,
-    metrics: Metrics | None = None,
+    settings: Settings, *, receive: bool, process_in_process: bool, background: bool = True
 ) -> Service:
     """Build the service; `receive` adds the intake, `process_in_process` the in-process workers.
 
     `background=False` is for one-shot commands (`redeliver`): no rules watcher and no
     sweeper, which would otherwise take up every other due delivery in that command.
-    `metrics`: the process's, when it serves them before the service opens (the worker).
     """
-    metrics = metrics or Metrics()
+    metrics = Metrics()
     store = await open_store(settings)
     rules = LiveRules(settings.rules_dir, load_registry(), metrics)
     http = create_http_client()
