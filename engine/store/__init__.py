@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 from engine.store.connection_turns import ConnectionTurns
+from engine.store.lost_connections import written_again_on_lost_connection
 from engine.store.sqlite_writer import SQLiteIntakeWriter
 from engine.store.tables import (
     PENDING_STATUSES,
@@ -475,6 +476,7 @@ class Store:
             ledgers = await _ledgers(connection, again) if again else {}
         return {d.delivery_id: Claim(d, ledgers.get(d.delivery_id, {})) for d in claimed}
 
+    @written_again_on_lost_connection
     async def save_progress(
         self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime, *, token: int
     ) -> bool:
@@ -558,6 +560,7 @@ class Store:
                 .values(status=DeliveryStatus.PROCESSING.value)
             )
 
+    @written_again_on_lost_connection
     async def finish_runs(self, ends: Sequence[RunEnd]) -> set[str]:
         """Record where runs left their deliveries, all in one transaction; the ids recorded.
 
