@@ -28,6 +28,8 @@ ACTIONS_PER_DELIVERY = 2
 ACTION_TIMEOUT_SECONDS = 2.0
 RETRY_PAUSE_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+MAX_IN_FLIGHT = 100
 
 RULE = """\
 # generation {generation}: rewritten by the chaos soak to make the engine reload its rules
@@ -77,9 +79,13 @@ class Sender:
         self.rate = rate
         self.give_up_seconds = give_up_seconds
         self.sent: dict[str, Sent] = {}
+        # Requests wait for a slot here, never in httpx's pool: with thousands queued there (the
+        # receiver down for a second at 50 a second, each retried), its queue costs time
+        # quadratic in their number and starves the sender's loop.
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._client = httpx.AsyncClient(
-            timeout=SEND_TIMEOUT_SECONDS,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            timeout=httpx.Timeout(SEND_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
         )
 
     async def run(self, duration: float) -> dict[str, Sent]:
@@ -114,7 +120,8 @@ class Sender:
         while time.monotonic() < deadline:
             sent.attempts += 1
             try:
-                response = await self._client.post(self.url, content=body, headers=headers)
+                async with self._slots:
+                    response = await self._client.post(self.url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 sent.refusals[type(exc).__name__] += 1
             else:

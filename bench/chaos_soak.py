@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -300,6 +301,7 @@ def main() -> int:
         args.fault_every = min(20.0, max(5.0, args.duration / 20))
     work = args.keep or Path(tempfile.mkdtemp(prefix="chaos-soak-"))
     work.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: clean up as after Ctrl-C
     sink, sink_port = start_sink(work)
     try:
         result = asyncio.run(soak(args, work, sink_port))

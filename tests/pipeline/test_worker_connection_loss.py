@@ -10,18 +10,15 @@ again on a fresh connection instead: the action stays sent once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import httpx
 import pytest
 
 from actions.base import Action, ActionContext, ActionParams, ActionResult
 from actions.registry import ActionRegistry, load_registry
-from engine.store import Store, database
 from engine.store.tables import ActionStatus, DeliveryStatus
 
-from .test_worker import Bench, key, low_stock, terminate_connections
+from .test_worker import Bench, bench, key, low_stock, terminate_connections
+
+__all__ = ["bench"]  # the fixture, on PostgreSQL only here
 
 pytestmark = pytest.mark.postgres
 
@@ -58,41 +55,29 @@ TWO_STEPS = """\
 """
 
 
-@pytest.fixture
-async def pg_bench(fresh_postgres_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
-    engine = database.create_engine(fresh_postgres_url)
-    await database.upgrade(engine)
-    async with httpx.AsyncClient() as http:
-        bench = Bench(Store(engine), tmp_path, http)
-        try:
-            yield bench
-        finally:
-            await bench.databases.dispose()
-            await engine.dispose()
-
-
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize(
     ("drop_at", "write"),
     [(0, "the progress saved before the next action"), (1, "the run's end")],
 )
 async def test_connections_dropped_during_an_action_do_not_make_it_run_again(
-    pg_bench: Bench, fresh_postgres_url: str, drop_at: int, write: str
+    bench: Bench, fresh_postgres_url: str, drop_at: int, write: str
 ) -> None:
     sent: list[str] = []
-    processor = pg_bench.processor(TWO_STEPS, registry=dropping_registry(fresh_postgres_url, sent, drop_at))
-    await pg_bench.deliver("d-1", low_stock())
+    processor = bench.processor(TWO_STEPS, registry=dropping_registry(fresh_postgres_url, sent, drop_at))
+    await bench.deliver("d-1", low_stock())
 
     # The connection `write` goes to was dropped while the action ran: written again on a fresh one.
     assert await processor.process("d-1") is None, write
 
     assert sent == [key("d-1", "steps", 0), key("d-1", "steps", 1)]
-    assert await pg_bench.status("d-1") is DeliveryStatus.DONE
-    ledger = await pg_bench.ledger("d-1")
+    assert await bench.status("d-1") is DeliveryStatus.DONE
+    ledger = await bench.ledger("d-1")
     assert {index: run.status for (_, index), run in ledger.items()} == {
         0: ActionStatus.SUCCEEDED,
         1: ActionStatus.SUCCEEDED,
     }
     # Nothing left for a later run: the claim is over, and no action is sent again.
-    pg_bench.clock.advance(3600)
+    bench.clock.advance(3600)
     assert await processor.process("d-1") is None
     assert len(sent) == 2
