@@ -79,6 +79,7 @@ class Sender:
         self.rate = rate
         self.give_up_seconds = give_up_seconds
         self.sent: dict[str, Sent] = {}
+        self.refusal_samples: dict[str, list[str]] = {}  # a few distinct messages of each kind
         # Requests wait for a slot here, never in httpx's pool: with thousands queued there (the
         # receiver down for a second at 50 a second, each retried), its queue costs time
         # quadratic in their number and starves the sender's loop.
@@ -116,17 +117,24 @@ class Sender:
             SIGNATURE_HEADER: sign(body, self.secret),
         }
         sent = self.sent[delivery_id] = Sent(event)
-        deadline = time.monotonic() + self.give_up_seconds
-        while time.monotonic() < deadline:
+        first = time.monotonic()
+        while time.monotonic() < first + self.give_up_seconds:
             sent.attempts += 1
             try:
                 async with self._slots:
                     response = await self._client.post(self.url, content=body, headers=headers)
             except httpx.HTTPError as exc:
-                sent.refusals[type(exc).__name__] += 1
+                self._refused(sent, type(exc).__name__, f"{exc!r}"[:120])
             else:
                 if 200 <= response.status_code < 300:
                     sent.acknowledged = True
+                    sent.seconds_to_ack = time.monotonic() - first
                     return
-                sent.refusals[str(response.status_code)] += 1
+                self._refused(sent, str(response.status_code), response.text[:120])
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+    def _refused(self, sent: Sent, kind: str, why: str) -> None:
+        sent.refusals[kind] += 1
+        seen = self.refusal_samples.setdefault(kind, [])
+        if len(seen) < 3 and why not in seen:
+            seen.append(why)

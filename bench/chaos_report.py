@@ -45,6 +45,7 @@ class Sent:
     acknowledged: bool = False
     attempts: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
+    seconds_to_ack: float | None = None  # from the first try to the 2xx
 
 
 def figures(
@@ -73,6 +74,7 @@ def figures(
         "not_acknowledged": len(sent) - len(acknowledged),
         "sender_attempts": sum(s.attempts for s in sent.values()),
         "sender_refusals": dict(sum((s.refusals for s in sent.values()), Counter())),
+        "seconds_to_ack": _spread([s.seconds_to_ack for s in sent.values() if s.seconds_to_ack is not None]),
         "stored": len(stored),
         "statuses": dict(Counter(stored.values())),
         "finished": sum(status in FINISHED for status in stored.values()),
@@ -92,6 +94,15 @@ def figures(
         "sink_answers": dict(Counter(str(r["status"]) + (" slow" if r["slow"] else "") for r in records)),
         "kills": len(kills),
     }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """Median, 99th percentile and maximum, rounded."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    at = lambda share: ordered[min(len(ordered) - 1, int(share * len(ordered)))]  # noqa: E731
+    return {"median": round(at(0.5), 3), "p99": round(at(0.99), 3), "max": round(ordered[-1], 3)}
 
 
 def failures(report: dict[str, Any]) -> list[str]:

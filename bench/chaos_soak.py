@@ -50,7 +50,7 @@ from typing import Any
 import asyncpg
 from chaos_load import ACTIONS_PER_DELIVERY, EVENT, RULE_ID, Sender
 from chaos_parts import CLI, RedisServer, Run, SoakDatabase, log
-from chaos_report import Sent, failures, figures, markdown
+from chaos_report import failures, figures, markdown
 
 BENCH = Path(__file__).resolve().parent
 SLOW_ANSWER_SECONDS = 3.0
@@ -75,15 +75,16 @@ async def run_faults(
 
 
 async def load(
-    run: Run, rate: float, duration: float, faults: list[Callable[[], Awaitable[str]]], every: float
-) -> dict[str, Sent]:
-    sender = Sender(run.url + "/webhooks/stockaj", run.secret, f"soak-{run.shape}", rate, give_up_seconds=120)
+    run: Run, args: argparse.Namespace, duration: float, faults: list[Callable[[], Awaitable[str]]]
+) -> Sender:
+    rate, every, give_up = args.rate, args.fault_every, args.give_up
+    sender = Sender(run.url + "/webhooks/stockaj", run.secret, f"soak-{run.shape}", rate, give_up)
     supervisor = asyncio.create_task(run.supervise())
     schedule = asyncio.create_task(run_faults(run, faults, every, time.monotonic() + duration))
     try:
-        sent = await sender.run(duration)
+        await sender.run(duration)
         await schedule
-        return sent
+        return sender
     finally:
         schedule.cancel()
         supervisor.cancel()
@@ -150,7 +151,7 @@ async def production(args: argparse.Namespace, work: Path, sink_port: int, durat
             return "Redis SIGKILLed and restarted empty"
 
         faults = [kill_worker, reload_rules, flushall, kill_receiver, terminate_backends, restart_redis]
-        sent = await load(run, args.rate, duration, faults, args.fault_every)
+        sender = await load(run, args, duration, faults)
 
         async def pending() -> int:
             connection = await asyncpg.connect(_plain(database.url))
@@ -172,7 +173,7 @@ async def production(args: argparse.Namespace, work: Path, sink_port: int, durat
             }
         finally:
             await connection.close()
-        return _report(run, sent, stored, drained, exits)
+        return _report(run, sender, stored, drained, exits)
     finally:
         if run is not None:
             run.stop()
@@ -191,7 +192,7 @@ async def embedded(args: argparse.Namespace, work: Path, sink_port: int, duratio
         async def kill_serve() -> str:
             return await run.kill_and_restart("serve", 0.5)
 
-        sent = await load(run, args.rate, duration, [kill_serve], args.fault_every)
+        sender = await load(run, args, duration, [kill_serve])
 
         async def pending() -> int:
             return _sqlite(
@@ -201,7 +202,7 @@ async def embedded(args: argparse.Namespace, work: Path, sink_port: int, duratio
         drained = await drain(run, pending, args.drain_timeout)
         exits = run.stop()
         stored = dict(_sqlite(path, "SELECT delivery_id, status FROM deliveries"))
-        return _report(run, sent, stored, drained, exits)
+        return _report(run, sender, stored, drained, exits)
     finally:
         run.stop()
 
@@ -219,12 +220,14 @@ def _plain(url: str) -> str:
 
 
 def _report(
-    run: Run, sent: dict[str, Sent], stored: dict[str, str], drained: float, exits: dict[str, int | None]
+    run: Run, sender: Sender, stored: dict[str, str], drained: float, exits: dict[str, int | None]
 ) -> dict[str, Any]:
     records = [json.loads(line) for line in (run.work.parent / "sink.jsonl").read_text().splitlines() if line]
     prefix = f"soak-{run.shape}-"
     mine = [r for r in records if isinstance(r.get("delivery"), str) and r["delivery"].startswith(prefix)]
-    report = figures(run.shape, sent, stored, mine, run.kills, {EVENT: (RULE_ID, ACTIONS_PER_DELIVERY)})
+    actions = {EVENT: (RULE_ID, ACTIONS_PER_DELIVERY)}
+    report = figures(run.shape, sender.sent, stored, mine, run.kills, actions)
+    report["sender_refusal_samples"] = sender.refusal_samples
     report["drain_seconds"] = round(drained, 1)
     report["faults"] = run.faults
     report["faults_by_kind"] = dict(Counter(fault["kind"] for fault in run.faults))
@@ -293,6 +296,9 @@ def main() -> int:
     parser.add_argument("--embedded-only", action="store_true", help="skip the production shape")
     parser.add_argument(
         "--drain-timeout", type=float, default=300, help="seconds to wait for the engine to finish"
+    )
+    parser.add_argument(
+        "--give-up", type=float, default=600, help="seconds the sender tries a delivery before giving up"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and records in this folder")
