@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.store.connections import converter
 from engine.store.ledger import LedgerQueries, read_ledgers
+from engine.store.lost_connections import written_again_on_lost_connection
 from engine.store.postgres_batches import FINISH_FIRST_RUNS, first_run_ends
 from engine.store.records import ActionRun, ClaimedDelivery, NewDelivery, RunEnd, stored_delivery
 from engine.store.tables import DeliveryStatus, action_runs, deliveries, rule_outcomes
@@ -122,6 +123,7 @@ class RunQueries(LedgerQueries):
             ledgers = await read_ledgers(connection, again) if again else {}
         return {d.delivery_id: ClaimedDelivery(d, ledgers.get(d.delivery_id, {})) for d in claimed}
 
+    @written_again_on_lost_connection
     async def save_progress(
         self, delivery_id: str, runs: Sequence[ActionRun], now: datetime, due_at: datetime, *, token: int
     ) -> bool:
@@ -169,6 +171,7 @@ class RunQueries(LedgerQueries):
                 {"token": token},
             )
 
+    @written_again_on_lost_connection
     async def finish_runs(self, ends: Sequence[RunEnd]) -> set[str]:
         """Record where runs left their deliveries, all in one transaction; the ids recorded.
 
