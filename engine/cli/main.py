@@ -18,6 +18,7 @@ import click
 from actions.registry import ActionRegistry, load_registry
 from engine.cli import operator as cli_ops
 from engine.cli import report
+from engine.cli.impact import impact_command
 from engine.cli.junit import write_junit
 from engine.config import Settings, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
@@ -175,6 +176,7 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
 
 
 cli_ops.register(cli)
+cli.add_command(impact_command)
 
 
 def main() -> None:

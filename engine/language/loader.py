@@ -10,6 +10,8 @@ so a reload reads only the files whose stamp (inode, size, times) changed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +93,14 @@ def load_file(path: Path, registry: ActionRegistry, pace: Callable[[], None] | N
     document = read_document(path)
     if isinstance(document, SourceProblem):
         return LoadedFile((), (document,))
+    return load_document(document, registry, pace)
+
+
+def load_document(
+    document: SourceDocument, registry: ActionRegistry, pace: Callable[[], None] | None = None
+) -> LoadedFile:
+    """The rules of one parsed file (or of a draft typed in the console), or its problems."""
+    pace = pace or _no_pause
     problems: list[SourceProblem] = []
     rules = []
     for loc, item in _rule_items(document, problems):
@@ -211,7 +221,14 @@ def _load_rule(
         enabled=spec.enabled,
         throttle=throttle,
         source=f"{document.path}:{where.line}",
+        digest=_digest(item),
     )
+
+
+def _digest(item: dict[str, Any]) -> str:
+    """The rule as written, whatever its layout: two rules with the same digest run alike."""
+    written = json.dumps(item, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(written.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _compile_when(
