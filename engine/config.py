@@ -95,6 +95,14 @@ class Settings(BaseModel):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Where people open a delivery's story: the address of `stockaj_rules.delivery_failed` alerts.
     console_url: str = "http://127.0.0.1:8001"
+    # The console (SPEC section 16): `stockaj-rules console`, and `serve` in the embedded default.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8001, ge=1, le=65535)
+    console_password: str | None = None  # required to listen beyond loopback; masked
+    console_read_only: bool = False  # refuse redeliver and saving
+    console_rules_writable: bool = False  # saving writes into RULES_DIR (else: a download)
+    console_enabled: bool = True  # false: `serve` starts no console
+    console_fixtures_dir: Path = Path("./fixtures")  # the playground's fixtures
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -130,7 +138,7 @@ class Settings(BaseModel):
                 raise SettingProblem("not an http(s) URL; write https://host/path")
         return value
 
-    @field_validator("host", "metrics_host")
+    @field_validator("host", "metrics_host", "console_host")
     @classmethod
     def _host(cls, value: str) -> str:
         return listen_address(value)
@@ -182,6 +190,7 @@ class Settings(BaseModel):
             self.stockaj_webhook_secret_previous,
             self.slack_webhook_url,
             self.purchase_order_token,
+            self.console_password,
         ]
         if self.slack_webhook_url:
             # Its path is the token and may be shown without the host; a short path is no token

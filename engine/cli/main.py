@@ -18,6 +18,7 @@ import click
 from actions.registry import ActionRegistry, load_registry
 from engine.cli import operator as cli_ops
 from engine.cli import report
+from engine.cli.console import console_command
 from engine.cli.impact import impact_command
 from engine.cli.junit import write_junit
 from engine.config import Settings, error_line, load_settings, secret_variables
@@ -177,6 +178,7 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
 
 cli_ops.register(cli)
 cli.add_command(impact_command)
+cli.add_command(console_command)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,22 @@ def load_rules(
     if cache is not None:
         cache.clear()
         cache.update(kept)
+    rules = _unique_rules(loaded, problems)
+    if problems:
+        raise SourceErrors(problems)
+    return RuleSet(tuple(rules), tuple(str(path) for path in paths))
+
+
+def load_rules_with(rules_dir: Path, registry: ActionRegistry, drafts: Mapping[Path, LoadedFile]) -> RuleSet:
+    """The rules `rules_dir` would hold with `drafts` written at their paths (inside it): what
+    saving them would load. Raises `SourceErrors` like `load_rules`."""
+    if not rules_dir.exists():
+        raise SourceErrors(
+            [SourceProblem(str(rules_dir), 1, 1, "rules folder not found; create it or set RULES_DIR")]
+        )
+    found, problems = find_source_files(rules_dir)
+    paths = sorted({*found, *drafts})
+    loaded = [drafts[path] if path in drafts else load_file(path, registry) for path in paths]
     rules = _unique_rules(loaded, problems)
     if problems:
         raise SourceErrors(problems)

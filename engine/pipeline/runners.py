@@ -88,12 +88,16 @@ def bound_socket(host: str, port: int, names: tuple[str, str] = ("HOST", "PORT")
 
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
+    from engine.console import server as console_server  # the console's pages, only when served
+    from engine.console.app import create_console
+
     sockets = _listening_sockets(settings, host, port)
+    console_socket = console_server.bind_in_serve(settings)
     limits = connection_limits(settings)
     try:
         service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
     except BaseException:
-        for sock in sockets:
+        for sock in [*sockets, *([console_socket] if console_socket else [])]:
             sock.close()
         raise
     parts = service.receiver_parts()
@@ -105,6 +109,14 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     served: ASGIApp = app
     if len(sockets) == 2:
         served = by_local_port(sockets[1].getsockname()[1], metrics_app(parts), served)
+    if console_socket is not None:
+        console = create_console(console_server.service_parts(service))
+        app.before_serving(console.startup)
+        app.after_serving(console.shutdown)
+        console_port = console_socket.getsockname()[1]
+        served = by_local_port(console_port, console.asgi_app, served)
+        sockets.append(console_socket)
+        log.info("console at %s", console_server.address_text(settings.console_host, console_port))
     config = server_config(
         served,
         limits,
@@ -241,10 +253,10 @@ async def process_surviving_connection_loss(process: Processor, delivery_id: str
 
 def redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
     """Make a stored delivery pending again and process it; its final status, or None if unknown."""
-    return asyncio.run(_redeliver(settings, delivery_id, force))
+    return asyncio.run(redeliver_now(settings, delivery_id, force))
 
 
-async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str | None:
+async def redeliver_now(settings: Settings, delivery_id: str, force: bool) -> str | None:
     """With REDIS_URL the workers run it now: its job is enqueued, or brought forward if a retry
     deferred it. Without, this process runs it; what a running `serve` still plans for it (a
     retry's timer) then finds it finished, or claims it only once it is due again."""
