@@ -52,7 +52,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send `Origin: null` on the console's own form posts.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
@@ -148,8 +149,10 @@ def same_origin(origin: str | None, fetch_site: str | None, host_url: str) -> bo
     """Whether the browser's own account of where a request comes from allows it (absent: yes)."""
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return False
-    if origin is None or origin == "null":
-        return origin is None
+    if origin is None:
+        return True
+    if origin == "null":  # a sandboxed frame, a file, or a page that hid its origin
+        return fetch_site == "same-origin"
     mine = urlsplit(host_url)
     theirs = urlsplit(origin)
     return (theirs.scheme, theirs.netloc) == (mine.scheme, mine.netloc)

@@ -109,7 +109,7 @@ guard = Blueprint("console", __name__)
 
 
 async def _page_context() -> dict[str, Any]:
-    return {"csrf": session().csrf, "style_nonce": g.style_nonce}
+    return {"csrf": session().csrf, "style_nonce": g.style_nonce, "logged_in": session().authenticated}
 
 
 async def _guard() -> Response | None:

@@ -19,7 +19,7 @@ from engine.language.delivery import Delivery
 from engine.language.fixtures import fixture_document
 from engine.language.matching import RuleStatus
 from engine.store import StoredDelivery
-from engine.store.delivery_log import LogFilter, log_page, per_minute
+from engine.store.delivery_log import MAX_PAGE, LogFilter, log_page, per_minute
 from engine.store.tables import PENDING_STATUSES, DeliveryStatus
 
 pages = Blueprint("deliveries", __name__)
@@ -54,8 +54,11 @@ def _cursor() -> tuple[datetime, str] | None:
 async def delivery_log() -> Any:
     console = parts()
     chosen, before = _filter(), _cursor()
-    page = await log_page(console.store, chosen, before, PAGE_SIZE)
+    size = request.args.get("size", PAGE_SIZE, type=int) or PAGE_SIZE
+    page = await log_page(console.store, chosen, before, size)
     filters: dict[str, Any] = {k: v for k, v in vars_of(chosen).items() if v}
+    if size != PAGE_SIZE:
+        filters["size"] = max(1, min(size, MAX_PAGE))
     older = (
         url_for(
             ".delivery_log", **filters, before_at=page.next_key[0].isoformat(), before_id=page.next_key[1]

@@ -65,6 +65,7 @@
     textarea.hidden = true;
     view.dom.classList.add("editor");
     view.dom.setAttribute("data-testid", "editor");
+    window.ruleEditor = view; // for people debugging from the browser's console, and for tests
     return view;
   }
 
