@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -80,3 +82,30 @@ def test_the_console_command_serves_alone(tmp_path: Path) -> None:
     finally:
         logs = installation.stop()
     assert f"console at http://127.0.0.1:{port}/" in logs
+
+
+def test_scripts_run_prints_the_console_s_address(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    port, console_port = free_port(), free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKAJ_", "CONSOLE_", "HOST"))}
+    environment |= {
+        "CONSOLE_PORT": str(console_port),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 's.db'}",
+    }
+    process = subprocess.Popen(
+        [str(repo / "scripts" / "run"), "--port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=repo,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{console_port}/healthz", 60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert (
+        f"Open the console (the delivery log, the rules, the playground) in a browser:\n  http://127.0.0.1:{console_port}/"
+        in stderr
+    )
