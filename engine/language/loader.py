@@ -242,8 +242,10 @@ def _load_rule(
 
 
 def _digest(item: dict[str, Any]) -> str:
-    """The rule as written, whatever its layout: two rules with the same digest run alike."""
-    written = json.dumps(item, sort_keys=True, ensure_ascii=False, default=repr)
+    """The rule as written, whatever its layout and description: two rules with the same digest
+    run alike."""
+    running = {key: value for key, value in item.items() if key != "description"}
+    written = json.dumps(running, sort_keys=True, ensure_ascii=False, default=repr)
     return hashlib.sha256(written.encode("utf-8", "surrogatepass")).hexdigest()
 
 
