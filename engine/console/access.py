@@ -69,10 +69,15 @@ class Session:
 
 
 class Sessions:
-    """Sessions by id, the oldest dropped beyond MAX_SESSIONS; each lives SESSION_SECONDS."""
+    """Sessions by id, each living SESSION_SECONDS; beyond MAX_SESSIONS the oldest are dropped.
+
+    Sessions that are not logged in (a visit to the login form) are kept apart: a flood of
+    anonymous requests can never push a logged-in session out.
+    """
 
     def __init__(self) -> None:
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
+        self._logged_in: OrderedDict[str, Session] = OrderedDict()
 
     def new(self, authenticated: bool) -> Session:
         session = Session(
@@ -81,22 +86,26 @@ class Sessions:
             authenticated,
             time.monotonic() + SESSION_SECONDS,
         )
-        self._sessions[session.id] = session
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+        kept = self._logged_in if authenticated else self._anonymous
+        kept[session.id] = session
+        while len(kept) > MAX_SESSIONS:
+            kept.popitem(last=False)
         return session
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        session = self._sessions.get(session_id)
-        if session is None or session.expires < time.monotonic():
-            self._sessions.pop(session_id, None)
-            return None
-        return session
+        for kept in (self._logged_in, self._anonymous):
+            session = kept.get(session_id)
+            if session is not None:
+                if session.expires >= time.monotonic():
+                    return session
+                del kept[session_id]
+        return None
 
     def drop(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        self._anonymous.pop(session_id, None)
+        self._logged_in.pop(session_id, None)
 
 
 @dataclass(slots=True)

@@ -61,6 +61,18 @@ def file_problem(path: str) -> str | None:
     return None
 
 
+def resolved_inside(rules_dir: Path, path: str) -> Path | None:
+    """`rules_dir / path` when it stays inside the folder once links are followed, else None
+    (a link in the folder may lead anywhere; the loader refuses those too)."""
+    target = rules_dir / path
+    root = rules_dir.resolve()
+    try:
+        target.resolve().relative_to(root)
+    except (ValueError, OSError):
+        return None
+    return target
+
+
 def read_draft(text: str, path: str, registry: ActionRegistry) -> Draft:
     """The draft's rules, or its problems located in `text` (at most MAX_RULE_FILE_BYTES)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_RULE_FILE_BYTES:
@@ -94,7 +106,9 @@ def check_saved(rules_dir: Path, draft: Draft, registry: ActionRegistry) -> list
 
 def write_draft(rules_dir: Path, draft: Draft) -> Path:
     """Write the draft's text at its path, atomically; the folders on the way are made."""
-    target = rules_dir / draft.path
+    target = resolved_inside(rules_dir, draft.path)
+    if target is None:
+        raise OSError(f"{draft.path} leads outside the rules folder: not written")
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or (target.exists() and not target.is_file()):
         raise OSError(f"{draft.path} is not a regular file: not replaced")

@@ -25,6 +25,7 @@ from engine.console.drafts import (
     check_saved,
     file_problem,
     read_draft,
+    resolved_inside,
     rules_with_draft,
     source_file,
     write_draft,
@@ -72,8 +73,8 @@ def _starting_file(console: ConsoleParts, path: str | None, rule_id: str | None)
         rule = console.rules.current.get(rule_id)
         path = source_file(console.rules_dir, rule) if rule is not None else None
     if path and file_problem(path) is None:
-        target = console.rules_dir / path
-        if target.is_file():
+        target = resolved_inside(console.rules_dir, path)
+        if target is not None and target.is_file():
             return path, target.read_text(encoding="utf-8", errors="replace")
     return "my-new-rule.yaml", NEW_RULE
 
@@ -223,7 +224,10 @@ async def save_rule() -> Any:
         shown = "; ".join(console.masker.mask(str(p)) for p in problems[:5])
         session().flash = f"not saved: the rules folder would not load: {shown}"
     else:
-        write_draft(console.rules_dir, draft)
+        try:
+            write_draft(console.rules_dir, draft)
+        except OSError as exc:
+            abort(400, f"not saved: {exc}")
         moment = datetime.now(UTC).isoformat(timespec="seconds")
         session().flash = f"saved {draft.path} at {moment}: the running engine reloads it within seconds"
     return redirect(url_for(".playground", file=draft.path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.console import access
 from engine.console.access import LoginLimiter, check_listening, is_loopback, safe_next, same_origin
 from engine.errors import ConfigurationError
 from tests.console.conftest import PASSWORD, Console
@@ -167,3 +168,16 @@ def test_the_login_limiter_counts_per_client_and_in_all() -> None:
     assert limiter.retry_after("b") == 0
     limiter.failed("b")
     assert limiter.retry_after("c") > 0  # three failures in all: everyone waits
+
+
+def test_a_flood_of_anonymous_visits_never_pushes_out_a_logged_in_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(access, "MAX_SESSIONS", 3)
+    sessions = access.Sessions()
+    logged_in = sessions.new(authenticated=True)
+    visits = [sessions.new(authenticated=False) for _ in range(10)]
+
+    assert sessions.get(logged_in.id) is logged_in
+    assert sessions.get(visits[0].id) is None  # the oldest visits went
+    assert sessions.get(visits[-1].id) is visits[-1]

@@ -6,10 +6,13 @@ import json
 import re
 import statistics
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from actions.registry import load_registry
+from engine.console.drafts import read_draft, write_draft
 from tests.console.conftest import PO_TOKEN, RENTALS, REORDER, Console, low_stock
 
 
@@ -186,3 +189,39 @@ async def test_the_playground_opens_a_rule_s_file_on_a_chosen_delivery(console: 
     assert 'name="path" value="rentals.yaml"' in page
     assert "id: rental-log" in page
     assert 'id="delivery-id" list="recent" value="low-1"' in page
+
+
+@pytest.mark.console(rules_writable=True)
+async def test_a_link_in_the_rules_folder_leads_nowhere_outside(
+    console: Console, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.yaml").write_text("id: not-yours\n")
+    (console.root / "rules" / "elsewhere").symlink_to(outside, target_is_directory=True)
+    await console.login()
+
+    opened = await console.client.get("/playground?file=elsewhere/secret.yaml")
+    saved = await console.post(
+        "/playground/save", {"path": "elsewhere/new.yaml", "text": RENTALS.replace("rental-log", "x")}
+    )
+
+    assert "not-yours" not in await opened.get_data(as_text=True)
+    assert saved.status_code == 302  # the folder with that link does not load: refused, as `check` would
+    page = await (await console.client.get(saved.headers["Location"])).get_data(as_text=True)
+    assert "not saved: the rules folder would not load" in page
+    assert "outside" in page
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.yaml"]
+
+
+def test_writing_through_a_link_that_leads_outside_is_refused_whatever_the_loader_says(
+    tmp_path: Path,
+) -> None:
+    rules_dir, outside = tmp_path / "rules", tmp_path / "outside"
+    rules_dir.mkdir()
+    outside.mkdir()
+    (rules_dir / "elsewhere").symlink_to(outside, target_is_directory=True)
+    draft = read_draft(RENTALS, "elsewhere/new.yaml", load_registry())
+
+    with pytest.raises(OSError, match="leads outside the rules folder"):
+        write_draft(rules_dir, draft)
+    assert list(outside.iterdir()) == []
