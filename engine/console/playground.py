@@ -9,6 +9,7 @@ milliseconds of server time (the `Server-Timing` header says how many).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -80,9 +81,11 @@ def _starting_file(console: ConsoleParts, path: str | None, rule_id: str | None)
 
 
 async def _draft(form: Any) -> tuple[Draft, str | None]:
+    """The draft loaded off the event loop (in `serve` it is also the receiver's)."""
     path = form.get("path", "").strip()
     text = form.get("text", "")
-    return read_draft(text, path or "draft.yaml", parts().registry), file_problem(path)
+    draft = await asyncio.to_thread(read_draft, text, path or "draft.yaml", parts().registry)
+    return draft, file_problem(path)
 
 
 @pages.post("/playground/evaluate")
