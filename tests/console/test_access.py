@@ -6,7 +6,9 @@ import pytest
 
 from engine.console import access
 from engine.console.access import LoginLimiter, check_listening, is_loopback, safe_next, same_origin
+from engine.config import load_settings
 from engine.errors import ConfigurationError
+from engine.pipeline.service import masker_for
 from tests.console.conftest import PASSWORD, Console
 
 
@@ -181,3 +183,12 @@ def test_a_flood_of_anonymous_visits_never_pushes_out_a_logged_in_session(
     assert sessions.get(logged_in.id) is logged_in
     assert sessions.get(visits[0].id) is None  # the oldest visits went
     assert sessions.get(visits[-1].id) is visits[-1]
+
+
+def test_the_console_password_is_masked_like_every_secret_and_must_be_long_enough() -> None:
+    settings = load_settings({"CONSOLE_PASSWORD": "console-secret-42"})
+
+    assert masker_for(settings).mask("logged in with console-secret-42") == "logged in with ***"
+    with pytest.raises(ConfigurationError, match=r"CONSOLE_PASSWORD is 5 characters long") as refused:
+        load_settings({"CONSOLE_PASSWORD": "short"})
+    assert "short" not in str(refused.value)
