@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from engine.config import load_settings
 from engine.console import access
 from engine.console.access import LoginLimiter, check_listening, is_loopback, safe_next, same_origin
-from engine.config import load_settings
 from engine.errors import ConfigurationError
 from engine.pipeline.service import masker_for
 from tests.console.conftest import PASSWORD, Console
