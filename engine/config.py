@@ -102,6 +102,14 @@ class Settings(BaseModel):
     # Where people open a delivery's story: the address of `stockaj_rules.delivery_failed` alerts.
     console_url: str = "http://127.0.0.1:8001"
     _plugins: PluginSettings = PrivateAttr(default_factory=PluginSettings)
+    # The console (SPEC section 16): `stockaj-rules console`, and `serve` in the embedded default.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8001, ge=1, le=65535)
+    console_password: str | None = None  # required to listen beyond loopback; masked
+    console_read_only: bool = False  # refuse redeliver and saving
+    console_rules_writable: bool = False  # saving writes into RULES_DIR (else: a download)
+    console_enabled: bool = True  # false: `serve` starts no console
+    console_fixtures_dir: Path = Path("./fixtures")  # the playground's fixtures
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -124,7 +132,7 @@ class Settings(BaseModel):
     def _redis(cls, value: str | None) -> str | None:
         return redis_url(value) if value else value
 
-    @field_validator("host", "metrics_host")
+    @field_validator("host", "metrics_host", "console_host")
     @classmethod
     def _host(cls, value: str) -> str:
         return listen_address(value)
@@ -167,7 +175,7 @@ class Settings(BaseModel):
 
     def sensitive_values(self) -> list[str]:
         """Values that must never appear in a log, a response or CLI output."""
-        values = [self.stockaj_webhook_secret, self.stockaj_webhook_secret_previous]
+        values = [self.stockaj_webhook_secret, self.stockaj_webhook_secret_previous, self.console_password]
         for url in (self.database_url, self.redis_url):
             values += _passwords_of(url)
         values += self._plugins.sensitive_values()

@@ -212,6 +212,7 @@ def test_settings_table_defaults_are_the_engines() -> None:
             assert re.search(r"\b(unset|none)\b", default), f"{name}: default {default!r} should say unset"
         else:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
+            shown = shown.lower() if isinstance(value, bool) else shown  # as written: CONSOLE_READ_ONLY=false
             assert shown in _code(default) or f"./{shown}" in _code(default), f"{name}: default is {shown}"
 
 

@@ -20,9 +20,11 @@ from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.check import check
 from engine.cli.conditions import conditions
+from engine.cli.console import console_command
 from engine.cli.doctor import doctor
 from engine.cli.fields import fields
 from engine.cli.fixture_tests import show_coverage, update_and_coverage
+from engine.cli.impact import impact_command
 from engine.cli.junit import write_junit
 from engine.cli.plugins import plugins as plugins_command
 from engine.cli.updates import update_fixtures
@@ -196,6 +198,8 @@ cli.add_command(plugins_command)
 cli.add_command(check)
 cli.add_command(fields)
 cli.add_command(conditions)
+cli.add_command(impact_command)
+cli.add_command(console_command)
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ so a reload reads only the files whose stamp (inode, size, times) changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -96,6 +98,22 @@ def load_rules(
     return RuleSet(tuple(rules), tuple(str(path) for path in paths))
 
 
+def load_rules_with(rules_dir: Path, registry: ActionRegistry, drafts: Mapping[Path, LoadedFile]) -> RuleSet:
+    """The rules `rules_dir` would hold with `drafts` written at their paths (inside it): what
+    saving them would load. Raises `SourceErrors` like `load_rules`."""
+    if not rules_dir.exists():
+        raise SourceErrors(
+            [SourceProblem(str(rules_dir), 1, 1, "rules folder not found; create it or set RULES_DIR")]
+        )
+    found, problems = find_source_files(rules_dir)
+    paths = sorted({*found, *drafts})
+    loaded = [drafts[path] if path in drafts else load_file(path, registry) for path in paths]
+    rules = _unique_rules(loaded, problems)
+    if problems:
+        raise SourceErrors(problems)
+    return RuleSet(tuple(rules), tuple(str(path) for path in paths))
+
+
 def load_file(path: Path, registry: ActionRegistry, pace: Callable[[], None] | None = None) -> LoadedFile:
     """The rules of one file, or its problems."""
     pace = pace or _no_pause
@@ -103,6 +121,14 @@ def load_file(path: Path, registry: ActionRegistry, pace: Callable[[], None] | N
     document = read_document(path)
     if isinstance(document, SourceProblem):
         return LoadedFile((), (document,))
+    return load_document(document, registry, pace)
+
+
+def load_document(
+    document: SourceDocument, registry: ActionRegistry, pace: Callable[[], None] | None = None
+) -> LoadedFile:
+    """The rules of one parsed file (or of a draft typed in the console), or its problems."""
+    pace = pace or _no_pause
     problems: list[SourceProblem] = []
     rules = []
     for loc, item in _rule_items(document, problems):
@@ -224,6 +250,7 @@ def _load_rule(
         enabled=spec.enabled,
         throttle=throttle,
         source=f"{document.path}:{where.line}",
+        digest=_digest(item),
     )
 
 
@@ -236,6 +263,14 @@ def _throttle(spec: ThrottleSpec, key: ParamTemplate) -> tuple[Throttle, list[Fi
         return Throttle(key, parse_duration(spec.per), spec.per), problems
     zone = spec.timezone or "UTC"
     return Throttle(key, timedelta(days=1), f"calendar day ({zone})", ZoneInfo(zone)), []
+
+
+def _digest(item: dict[str, Any]) -> str:
+    """The rule as written, whatever its layout and description: two rules with the same digest
+    run alike."""
+    running = {key: value for key, value in item.items() if key != "description"}
+    written = json.dumps(running, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(written.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _compile_when(

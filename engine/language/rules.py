@@ -202,6 +202,8 @@ class Rule:
     enabled: bool
     throttle: Throttle | None
     source: str  # "path:line" of the rule, for people
+    # A digest of the rule as written (every key): equal digests run alike (`impact` skips them).
+    digest: str = ""
 
     def matches_event(self, event: str) -> bool:
         return any(

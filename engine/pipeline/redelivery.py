@@ -42,10 +42,10 @@ def redeliver(settings: Settings, delivery_id: str, force: bool, wait: float | N
 
     `wait`: with REDIS_URL, the seconds to wait for the workers' outcome (None: do not wait).
     """
-    return asyncio.run(_redeliver(settings, delivery_id, force, wait))
+    return asyncio.run(redeliver_now(settings, delivery_id, force, wait))
 
 
-async def _redeliver(
+async def redeliver_now(
     settings: Settings, delivery_id: str, force: bool, wait: float | None
 ) -> Redelivered | None:
     """What a running `serve` still plans for it (a retry's timer) finds it finished when it is

@@ -113,12 +113,16 @@ def cannot_listen(what: str, exc: OSError, host_fix: str, port_fix: str) -> Conf
 
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
+    from engine.console import server as console_server  # the console's pages, only when served
+    from engine.console.app import create_console
+
     sockets = _listening_sockets(settings, host, port)
+    console_socket = console_server.bind_in_serve(settings)
     limits = connection_limits(settings)
     try:
         service = await open_service(settings, receive=True, process_in_process=not settings.redis_url)
     except BaseException:
-        for sock in sockets:
+        for sock in [*sockets, *([console_socket] if console_socket else [])]:
             sock.close()
         raise
     parts = service.receiver_parts()
@@ -130,6 +134,14 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     served: ASGIApp = app
     if len(sockets) == 2:
         served = by_local_port(sockets[1].getsockname()[1], metrics_app(parts), served)
+    if console_socket is not None:
+        console = create_console(console_server.service_parts(service))
+        app.before_serving(console.startup)
+        app.after_serving(console.shutdown)
+        console_port = console_socket.getsockname()[1]
+        served = by_local_port(console_port, console.asgi_app, served)
+        sockets.append(console_socket)
+        log.info("console at %s", console_server.address_text(settings.console_host, console_port))
     config = server_config(
         served,
         limits,
