@@ -22,13 +22,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actions.answers import READ_BYTES, excerpt, read_prefix
+
+if TYPE_CHECKING:  # SQLAlchemy loads in the engine's processes, not for `check` (tests/cli/test_imports.py)
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 DEFAULT_TIMEOUT_SECONDS = 10.0

@@ -5,6 +5,7 @@ Core on lightweight `table()`/`column()` clauses, so nothing is reflected and th
 same code serves SQLite and PostgreSQL. Table and column names are checked as
 plain SQL identifiers when the rule loads; every value is a bound parameter.
 Failures never show the database password: URLs are rendered with it masked.
+SQLAlchemy is imported when an upsert runs, not when rules load: `check` stays light.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
-from sqlalchemy import column, table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.sql.expression import TableClause
 
 from actions.base import (
     Action,
@@ -31,6 +27,13 @@ from actions.base import (
     NotTemplated,
     OutgoingURL,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.engine import URL
+    from sqlalchemy.sql.expression import TableClause
+
+    _Insert = sqlite.Insert | postgresql.Insert
 
 # Letters, digits and `_`, at most 63 long: PostgreSQL silently truncates longer names.
 _NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
@@ -44,12 +47,6 @@ UPSERT_TIMEOUT_SECONDS = 30.0
 # is shutting down, starting up or full, a lock is held, or this transaction lost a
 # serialization conflict or a deadlock.
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "55P03", "57P01", "57P02", "57P03"})
-
-_Insert = sqlite.Insert | postgresql.Insert
-_INSERTS: dict[str, Callable[[TableClause], _Insert]] = {
-    "sqlite": sqlite.insert,
-    "postgresql": postgresql.insert,
-}
 
 
 def _table_name(value: str) -> str:
@@ -97,6 +94,8 @@ class SqlUpsertAction(Action[SqlUpsertParams]):
     Params = SqlUpsertParams
 
     async def run(self, params: SqlUpsertParams, ctx: ActionContext) -> ActionResult:
+        from sqlalchemy.exc import SQLAlchemyError
+
         raw_url = params.database_url or ctx.defaults.sync_database_url
         if not raw_url:
             raise ActionFailed(
@@ -116,6 +115,9 @@ class SqlUpsertAction(Action[SqlUpsertParams]):
 
 
 async def _upsert(ctx: ActionContext, raw_url: str, url: URL, params: SqlUpsertParams, where: str) -> int:
+    from sqlalchemy import column, table
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         engine = ctx.databases.get(raw_url)
     except (SQLAlchemyError, ImportError) as exc:  # an unknown or synchronous driver
@@ -142,7 +144,13 @@ async def _upsert(ctx: ActionContext, raw_url: str, url: URL, params: SqlUpsertP
 
 
 def _insert_for(dialect: str, where: str) -> Callable[[TableClause], _Insert]:
-    insert = _INSERTS.get(dialect)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    inserts: dict[str, Callable[[TableClause], _Insert]] = {
+        "sqlite": sqlite.insert,
+        "postgresql": postgresql.insert,
+    }
+    insert = inserts.get(dialect)
     if insert is None:
         raise ActionFailed(
             f"sql_upsert: cannot upsert into {where}: {dialect!r} databases are not supported; "
@@ -153,6 +161,9 @@ def _insert_for(dialect: str, where: str) -> Callable[[TableClause], _Insert]:
 
 
 def _parse_url(raw_url: str) -> URL:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(raw_url)
     except ArgumentError as exc:
@@ -165,6 +176,8 @@ def _parse_url(raw_url: str) -> URL:
 
 
 def _failure(exc: BaseException, where: str, url: URL) -> ActionFailed:
+    from sqlalchemy.exc import DBAPIError
+
     if isinstance(exc, TimeoutError):
         return ActionFailed(
             f"sql_upsert: upsert into {where} timed out after {UPSERT_TIMEOUT_SECONDS:g}s",
@@ -199,6 +212,8 @@ def _scrub(message: str, url: URL) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError
+
     if isinstance(exc, OSError):
         return True
     if not isinstance(exc, DBAPIError):

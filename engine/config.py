@@ -14,13 +14,10 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from arq.connections import RedisSettings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.asyncio.connection import parse_url as parse_redis_url
-from sqlalchemy.engine import URL, make_url
 
 from actions.base import ActionDefaults
 from engine.config_errors import (
@@ -34,6 +31,9 @@ from engine.config_errors import (
     validation_line,
 )
 from engine.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the readers of URLs load with the URL: `check` without them stays light
+    from sqlalchemy.engine import URL
 
 SECRET_PREFIX = "SECRET_"
 
@@ -316,6 +316,8 @@ def database_url(value: str) -> str:
 
 
 def _parsed_database_url(value: str) -> URL:
+    from sqlalchemy.engine import make_url
+
     try:
         url = make_url(value)
     except Exception:  # ArgumentError, or ValueError for a port that is not a number
@@ -356,6 +358,9 @@ def redis_url(value: str) -> str:
     database = re.split(r"[?#]", rest.partition("/")[2], maxsplit=1)[0].strip("/")
     if scheme != "unix" and database and not database.isdecimal() and "db=" not in rest:
         raise SettingProblem("database {part} is not a number; write redis://host:6379/0", database)
+    from arq.connections import RedisSettings
+    from redis.asyncio.connection import parse_url as parse_redis_url
+
     try:
         parse_redis_url(value)
         RedisSettings.from_dsn(value)

@@ -16,9 +16,9 @@ from pathlib import Path
 import click
 
 from actions.registry import ActionRegistry, load_registry
-from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.junit import write_junit
+from engine.cli.lazy_commands import LazyGroup
 from engine.config import Settings, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
 from engine.language import harness
@@ -29,6 +29,10 @@ from engine.language.schema import rule_schema
 from engine.secrets import Masker
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# The operator's commands need the server stack: imported when one runs, so that the rule
+# author's commands here start without it (engine/cli/lazy_commands.py).
+_OPERATOR_COMMAND_NAMES = ("serve", "worker", "send", "deliveries", "redeliver", "db")
+OPERATOR_COMMANDS = {name: f"engine.cli.operator:{name}" for name in _OPERATOR_COMMAND_NAMES}
 
 rules_option = click.option(
     "--rules",
@@ -51,7 +55,9 @@ def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) 
     return load_rules(rules_dir or settings.rules_dir, registry)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy_commands=OPERATOR_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="stockaj-rules")
 def cli() -> None:
     """Stockaj Rules: run your workflow rules on Stockaj webhooks."""
@@ -172,9 +178,6 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
     # Loaded rules live as long as the process: keep the garbage collector from rescanning them.
     gc.freeze()
     return rules
-
-
-cli_ops.register(cli)
 
 
 def main() -> None:
