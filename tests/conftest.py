@@ -7,7 +7,6 @@ skipping what it was meant to prove.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
@@ -20,6 +19,7 @@ import redis.asyncio as aioredis
 
 from engine.queue import ArqQueue
 from engine.store import Store, database
+from tests.redis_space import RedisSpace
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -77,53 +77,33 @@ async def fresh_postgres_url(postgres_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def fresh_redis_url(redis_url: str) -> AsyncIterator[str]:
-    """An empty Redis database (index 1-15) leased to one test, flushed before and after.
+async def redis_space(redis_url: str) -> AsyncIterator[RedisSpace]:
+    """A queue of this test's own on the real Redis; its keys deleted afterwards, nothing else.
 
-    Leases live in database 0, so test runs in parallel never share a database.
+    The database is shared (TEST_REDIS_URL's): what the test makes carries its queue name
+    (tests/redis_space.py), so tests in parallel, and an engine on the same Redis, never meet.
     """
-    import redis.asyncio as aioredis
-
-    leases = aioredis.from_url(redis_url)
-    owner = uuid.uuid4().hex
+    space = RedisSpace(redis_url)
+    yield space
+    client = aioredis.from_url(redis_url)
     try:
-        for _ in range(600):
-            for index in range(1, 16):
-                if await leases.set(f"stockaj-test-lease:{index}", owner, nx=True, ex=900):
-                    break
-            else:
-                await asyncio.sleep(0.1)
-                continue
-            break
-        else:
-            pytest.fail("no free Redis test database (1-15) within 60 s")
-        base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
-        url = f"{base}/{index}"
-        client = aioredis.from_url(url)
-        await client.flushdb()
-        try:
-            yield url
-        finally:
-            await client.flushdb()
-            await client.aclose()
-            if await leases.get(f"stockaj-test-lease:{index}") == owner.encode():
-                await leases.delete(f"stockaj-test-lease:{index}")
+        await space.forget(client)
     finally:
-        await leases.aclose()
+        await client.aclose()
 
 
 @pytest.fixture
-async def redis(fresh_redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A client of the test's own Redis database."""
-    client = aioredis.Redis.from_url(fresh_redis_url)
+async def redis(redis_space: RedisSpace) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's Redis database: use the keys of `redis_space` only."""
+    client = aioredis.Redis.from_url(redis_space.url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def arq_queue(fresh_redis_url: str) -> AsyncIterator[ArqQueue]:
-    """The receivers' queue on the test's own Redis database."""
-    queue = await ArqQueue.connect(fresh_redis_url)
+async def arq_queue(redis_space: RedisSpace) -> AsyncIterator[ArqQueue]:
+    """The receivers' queue, the test's own."""
+    queue = await ArqQueue.connect(redis_space.url, redis_space.queue_name)
     yield queue
     await queue.close()
 

@@ -24,7 +24,6 @@ import prometheus_client
 import uvicorn
 import uvloop
 from arq import Retry, cron, func
-from arq.connections import RedisSettings
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from sqlalchemy.exc import DBAPIError
 
@@ -39,8 +38,8 @@ from engine.pipeline.http_protocol import (
 from engine.pipeline.logs import configure_logging
 from engine.pipeline.receiver import ASGIApp, create_app, metrics_app
 from engine.pipeline.service import job_lease_seconds, masker_for, open_service, open_store, sweep_interval
-from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_lease
-from engine.queue.arq_worker import DeliveryWorker
+from engine.queue import PROCESS_FUNCTION, ArqQueue, Processor, job_id, job_lease
+from engine.queue.arq_worker import DeliveryWorker, worker_pool
 from engine.store import Reopened
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
@@ -96,6 +95,9 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         for sock in sockets:
             sock.close()
         raise
+    log.info("listening on %s", http_address(sockets[0].getsockname()))
+    if len(sockets) == 2:
+        log.info("metrics on %s/metrics", http_address(sockets[1].getsockname()))
     parts = service.receiver_parts()
     app = create_app(dataclasses.replace(parts, serve_metrics=len(sockets) == 1))
     # Closed at the lifespan's shutdown, after the last request: uvicorn raises the signal it
@@ -117,12 +119,18 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         await service.close()
 
 
+def http_address(address: tuple[Any, ...]) -> str:
+    """`http://host:port` of a bound socket's address (IPv6 in brackets)."""
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _listening_sockets(settings: Settings, host: str, port: int) -> list[socket.socket]:
-    """The webhook port's socket, then METRICS_PORT's when it is set."""
+    """The webhook port's socket, then METRICS_PORT's when it is set (port 0: one the system picks)."""
     sockets = [bound_socket(host, port)]
     if settings.metrics_port is not None:
         metrics_host = settings.metrics_host or host
-        if (metrics_host, settings.metrics_port) == (host, port):
+        if port and (metrics_host, settings.metrics_port) == (host, port):
             sockets[0].close()
             raise ConfigurationError(
                 f"METRICS_PORT is the webhook port ({port}); choose another port for the metrics, "
@@ -178,10 +186,13 @@ def work(settings: Settings, metrics_port: int | None) -> None:
 async def _work(settings: Settings, metrics_port: int | None) -> None:
     assert settings.redis_url
     service = await open_service(settings, receive=False, process_in_process=False)
-    metrics_port = metrics_port or settings.metrics_port
-    if metrics_port:
+    metrics_port = metrics_port if metrics_port is not None else settings.metrics_port
+    if metrics_port is not None:
         metrics_host = settings.metrics_host or settings.host
-        prometheus_client.start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+        server, _ = prometheus_client.start_http_server(
+            metrics_port, metrics_host, registry=service.metrics.registry
+        )
+        log.info("metrics on %s/metrics", http_address(server.server_address))
 
     lease = job_lease_seconds(settings)
 
@@ -198,8 +209,17 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
     every = max(1, int(sweep_interval(settings)))
     arq_worker = DeliveryWorker(
         functions=[func(process_delivery, name=PROCESS_FUNCTION)],
-        cron_jobs=[cron(sweep, name="sweep", second=set(range(0, 60, every)), run_at_startup=True)],
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        # Its job ids carry the queue's name: each installation on a Redis database sweeps.
+        cron_jobs=[
+            cron(
+                sweep,
+                name=job_id(settings.queue_name, "sweep"),
+                second=set(range(0, 60, every)),
+                run_at_startup=True,
+            )
+        ],
+        queue_name=settings.queue_name,
+        redis_pool=worker_pool(settings.redis_url, settings.queue_name),
         max_jobs=settings.worker_concurrency,
         job_timeout=ARQ_JOB_TIMEOUT_SECONDS,
         max_tries=1_000_000,  # the action ledger counts attempts, per action
@@ -261,7 +281,7 @@ async def _redeliver(settings: Settings, delivery_id: str, force: bool) -> str |
         if force:
             await store.forget_action_runs(delivery_id)
         if settings.redis_url:
-            queue = await ArqQueue.connect(settings.redis_url)
+            queue = await ArqQueue.connect(settings.redis_url, settings.queue_name, "redeliver")
             try:
                 await queue.enqueue([delivery_id])
             finally:
