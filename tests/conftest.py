@@ -3,10 +3,17 @@
 A test that needs a service skips with the reason when the service is absent on
 a developer's machine, and fails when `CI=true`: CI must never go green by
 skipping what it was meant to prove.
+
+Tests touch only what they create: a PostgreSQL database of their own, Redis keys and
+connections that carry a queue name of their own (tests/redis_space.py). Sentinels planted
+before the session and checked after it (tests/sentinels.py) show it: a run that flushes a
+Redis database or drops a database it did not create fails.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import uuid
@@ -16,10 +23,15 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings
 
 from engine.queue import ArqQueue
 from engine.store import Store, database
+from tests.examples import PROFILE
 from tests.redis_space import RedisSpace
+from tests.sentinels import Sentinels
+
+settings.load_profile(PROFILE)  # HYPOTHESIS_PROFILE=thorough: tests/examples.py
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -41,6 +53,64 @@ def _require(name: str, url: str, default_port: int) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}; CI must run this test (start it: see .ci/run)")
     pytest.skip(f"{message}; start it to run this test")
+
+
+# --- sentinels: planted when the session starts, checked when it ends ---------------------------
+
+SENTINELS = pytest.StashKey[Sentinels]()
+# How the tests of tests/test_isolation.py, in this process or in xdist's workers, find them.
+SENTINELS_VARIABLE = "STOCKAJ_TEST_SENTINELS"
+FIRST, LAST = "test_the_sentinels_are_planted", "test_the_sentinels_are_untouched_at_the_end"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):  # an xdist worker: its controller planted them
+        return
+    planted = Sentinels(
+        REDIS_URL if _answers(REDIS_URL, 6379) else None,
+        POSTGRES_URL if _answers(POSTGRES_URL, 5432) else None,
+    )
+    asyncio.run(planted.plant())
+    session.config.stash[SENTINELS] = planted
+    os.environ[SENTINELS_VARIABLE] = json.dumps(
+        {"run": planted.run, "redis": planted.redis_databases, "postgres": planted.postgres_row}
+    )
+
+
+def planted_sentinels() -> Sentinels | None:
+    """This session's sentinels, as planted (None when the session planted none)."""
+    given = os.environ.get(SENTINELS_VARIABLE)
+    if given is None:
+        return None
+    fields = json.loads(given)
+    return Sentinels(
+        REDIS_URL,
+        POSTGRES_URL,
+        run=fields["run"],
+        redis_databases=fields["redis"],
+        postgres_row=fields["postgres"],
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The sentinels' first test runs first, their last one last."""
+    items.sort(key=lambda item: {FIRST: 0, LAST: 2}.get(getattr(item, "originalname", ""), 1))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Whatever ran, in any worker: a sentinel touched fails the session."""
+    planted = session.config.stash.get(SENTINELS, None)
+    if planted is None:
+        return
+    touched = asyncio.run(planted.touched())
+    asyncio.run(planted.remove())
+    if touched:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            for line in ["the test run touched what it did not create:", *touched]:
+                reporter.write_line(line, red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
