@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from hypothesis import settings
 
 from engine.queue import ArqQueue
 from engine.store import Store, database
+from tests.databases import create_database, drop_database, migrate, migrated_sqlite_file, run_apart
 from tests.examples import PROFILE
 from tests.redis_space import RedisSpace
 from tests.sentinels import Sentinels
@@ -128,22 +129,26 @@ def redis_url() -> str:
 @pytest.fixture
 async def fresh_postgres_url(postgres_url: str) -> AsyncIterator[str]:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""
-    import asyncpg
+    url = await create_database(postgres_url)
+    yield url
+    await drop_database(postgres_url, url)
 
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin_dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(admin_dsn)
+
+@pytest.fixture(scope="session")
+def migrated_postgres_template(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database migrated once for this test process: the template of `store`'s."""
+    url = run_apart(create_database(postgres_url))
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        run_apart(migrate(url))
+        yield url.rpartition("/")[2]
     finally:
-        await admin.close()
-    base, _, _ = postgres_url.rpartition("/")
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+        run_apart(drop_database(postgres_url, url))
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store migrated once for this test process: `store` copies it."""
+    return run_apart(migrated_sqlite_file(tmp_path_factory.mktemp("migrated")))
 
 
 @pytest.fixture
@@ -179,12 +184,28 @@ async def arq_queue(redis_space: RedisSpace) -> AsyncIterator[ArqQueue]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty database: a SQLite file, or a fresh database on the real PostgreSQL."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new database: a SQLite file, or a fresh database on the real PostgreSQL.
+
+    Empty, unless the test takes `store` too: then it is a copy of a store migrated once
+    per test process (tests/databases.py), `store`'s database.
+    """
+    migrated = "store" in request.fixturenames
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    url: str = request.getfixturevalue("fresh_postgres_url")
-    return url
+        path = tmp_path / "store.db"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        yield f"sqlite+aiosqlite:///{path}"
+    else:
+        yield request.getfixturevalue("migrated_postgres_url" if migrated else "fresh_postgres_url")
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_url: str, migrated_postgres_template: str) -> Iterator[str]:
+    """A new PostgreSQL database, migrated (a copy of the template), dropped afterwards."""
+    url = run_apart(create_database(postgres_url, migrated_postgres_template))
+    yield url
+    run_apart(drop_database(postgres_url, url))
 
 
 @pytest.fixture
@@ -192,7 +213,6 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     """A migrated store on `database_url` (each storage test runs on SQLite and PostgreSQL)."""
     engine = database.create_engine(database_url)
     try:
-        await database.upgrade(engine)
         yield Store(engine)
     finally:
         await engine.dispose()

@@ -422,7 +422,8 @@ class Deployment:
     async def start_serve(self, preexec_fn: Callable[[], None] | None = None) -> Proc:
         """`serve`, once ready; `preexec_fn` runs in the child before it starts (e.g. to set limits)."""
         self.serve = self._start("serve", "serve", "--port", "0", preexec_fn=preexec_fn)
-        address = await self.serve.announced("listening on ")
+        # It says so once its store, queue and rules are open: as long as /healthz took before.
+        address = await self.serve.announced("listening on ", within=40)
         self.url, self.port = address, int(address.rsplit(":", 1)[1])
         await self.wait_ready()
         return self.serve
@@ -551,7 +552,8 @@ def topology(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Redis
     """The DATABASE_URL and the Redis queue of the topology; the real services for `distributed`."""
     if request.param == "embedded":
         return f"sqlite+aiosqlite:///{tmp_path / 'stockaj-rules.db'}", None
-    return request.getfixturevalue("fresh_postgres_url"), request.getfixturevalue("redis_space")
+    # Migrated already, as `stockaj-rules db upgrade` leaves it (tests/cli/test_cli_ops.py runs that).
+    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue("redis_space")
 
 
 @pytest.fixture
@@ -563,7 +565,6 @@ async def deployment(
     deployed = Deployment(tmp_path, sink, database_url, redis)
     try:
         if redis:
-            deployed.cli("db", "upgrade")  # as an operator does before starting PostgreSQL deployments
             deployed.start_worker()
             deployed.start_worker()
         await deployed.start_serve()
