@@ -24,16 +24,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actions.answers import READ_BYTES, excerpt, read_prefix
 from engine.plugins import DATABASE_URL, INT, SECRET, SECRET_URL, TEXT, URL, Setting, SettingKind
 
 V = TypeVar("V", str, int)
+
+if TYPE_CHECKING:  # SQLAlchemy loads in the engine's processes, not for `check` (tests/cli/test_imports.py)
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 DEFAULT_TIMEOUT_SECONDS = 10.0

@@ -12,6 +12,7 @@ Secrets too short to be masked, or to resist guessing, are refused before anythi
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from engine.errors import ConfigurationError, PluginError
 from engine.plugins import SECRET, InstalledPlugin, installed_plugins
 
 SECRET_PREFIX = "SECRET_"
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 # The webhook secret is an HMAC key: from one signed delivery (a log, a proxy) a short key can
 # be found offline by trying them all, so 16 characters; the operator chooses it, here and in
@@ -75,9 +77,12 @@ class Settings(BaseModel):
     stockaj_webhook_secret_previous_until: AwareDatetime | None = None
     database_url: str = "sqlite+aiosqlite:///stockaj-rules.db"
     redis_url: str | None = None
+    # The Redis queue's name (arq's by default): installations sharing a Redis database keep
+    # apart by it, their jobs, keys and connection names carrying it (engine/queue).
+    queue_name: str = "arq:queue"
     rules_dir: Path = Path("./rules")
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: a free port; `serve` logs the one it bound
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = Field(
@@ -98,7 +103,7 @@ class Settings(BaseModel):
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     # Prometheus metrics on a port of their own (serve and worker); unset: /metrics on PORT.
     metrics_host: str | None = None
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Where people open a delivery's story: the address of `stockaj_rules.delivery_failed` alerts.
     console_url: str = "http://127.0.0.1:8001"
     _plugins: PluginSettings = PrivateAttr(default_factory=PluginSettings)
@@ -131,6 +136,13 @@ class Settings(BaseModel):
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         return redis_url(value) if value else value
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if not _QUEUE_NAME.fullmatch(value):
+            raise SettingProblem("not a queue name; write 1 to 100 letters, digits, _ . : or -, e.g. stockaj")
+        return value
 
     @field_validator("host", "metrics_host", "console_host")
     @classmethod

@@ -8,13 +8,13 @@ variable. The settings that plugins declare are checked with the same functions.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from arq.connections import RedisSettings
-from redis.asyncio.connection import parse_url as parse_redis_url
-from sqlalchemy.engine import URL, make_url
-
 from engine.config_errors import SettingProblem, url_ports
+
+if TYPE_CHECKING:  # the readers of URLs load with the URL: `check` without them stays light
+    from sqlalchemy.engine import URL
 
 # The store, and plugins given a database URL, speak to SQLite and PostgreSQL through these drivers.
 _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "asyncpg"}
@@ -63,6 +63,8 @@ def database_url(value: str) -> str:
 
 
 def _parsed_database_url(value: str) -> URL:
+    from sqlalchemy.engine import make_url
+
     try:
         url = make_url(value)
     except Exception:  # ArgumentError, or ValueError for a port that is not a number
@@ -103,6 +105,9 @@ def redis_url(value: str) -> str:
     database = re.split(r"[?#]", rest.partition("/")[2], maxsplit=1)[0].strip("/")
     if scheme != "unix" and database and not database.isdecimal() and "db=" not in rest:
         raise SettingProblem("database {part} is not a number; write redis://host:6379/0", database)
+    from arq.connections import RedisSettings
+    from redis.asyncio.connection import parse_url as parse_redis_url
+
     try:
         parse_redis_url(value)
         RedisSettings.from_dsn(value)

@@ -140,6 +140,21 @@ def test_redis_url_must_be_a_redis_url() -> None:
     )
 
 
+def test_queue_name_is_arqs_by_default_and_a_plain_name_otherwise() -> None:
+    assert load_settings({}).queue_name == "arq:queue"
+    assert load_settings({"QUEUE_NAME": "shop-eu:v2"}).queue_name == "shop-eu:v2"
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings({"QUEUE_NAME": "shop eu"})
+    assert str(raised.value) == (
+        "QUEUE_NAME: not a queue name; write 1 to 100 letters, digits, _ . : or -, e.g. stockaj "
+        "(got 'shop eu'); fix QUEUE_NAME in the environment"
+    )
+
+
+def test_port_zero_asks_for_a_free_port() -> None:
+    assert load_settings({"PORT": "0", "METRICS_PORT": "0"}).port == 0
+
+
 @pytest.mark.parametrize("variable", ["SLACK_WEBHOOK_URL", "PURCHASE_ORDER_URL"])
 def test_action_default_urls_must_be_http_and_are_never_echoed(variable: str) -> None:
     with pytest.raises(ConfigurationError) as raised:

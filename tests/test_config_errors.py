@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from engine.cli import main as cli_module
 from engine.config import Settings, load_settings
 from engine.errors import ConfigurationError
+from tests.examples import examples
 
 WEBHOOK_SECRET = "whsec-config-5ecret-2f9c"
 CRM_TOKEN = "crm-t0ken-5ecret-61"
@@ -417,9 +418,11 @@ def hostile_environments(draw: st.DrawFn) -> tuple[dict[str, str], list[str], li
     return environ, secrets, malformed
 
 
-@pytest.mark.timeout(300)  # about 30 s alone; more on a machine busy with other tests
+@pytest.mark.timeout(300)  # about 30 s alone at 1,000 examples; more on a machine busy with other tests
 @settings(
-    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=examples(250, 2000),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(hostile_environments())
 def test_any_malformed_settings_give_one_line_naming_a_variable_and_no_secret(
@@ -467,7 +470,7 @@ def short_secret_environments(draw: st.DrawFn) -> tuple[dict[str, str], str]:
 
 
 @pytest.mark.timeout(120)
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500, 2000), deadline=None)
 @given(short_secret_environments())
 def test_a_short_secret_is_reported_first_by_name_and_length_only(case: tuple[dict[str, str], str]) -> None:
     environ, variable = case

@@ -334,8 +334,9 @@ def _parse(args: list[str]) -> None:
     while isinstance(command, click.Group):
         assert args, f"{' '.join(path)} needs a subcommand"
         name, args = args[0], args[1:]
-        assert name in command.commands, f"{' '.join(path)} has no command {name!r}"
-        command, path = command.commands[name], [*path, name]
+        found = command.get_command(click.Context(command), name)  # operator commands load lazily
+        assert found is not None, f"{' '.join(path)} has no command {name!r}"
+        command, path = found, [*path, name]
     command.make_context(" ".join(path), list(args))  # raises a click.UsageError when wrong
 
 

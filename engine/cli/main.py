@@ -16,17 +16,13 @@ from pathlib import Path
 import click
 
 from actions.registry import ActionRegistry, load_registry
-from engine.cli import operator as cli_ops
 from engine.cli import report
 from engine.cli.check import check
 from engine.cli.conditions import conditions
-from engine.cli.console import console_command
-from engine.cli.doctor import doctor
 from engine.cli.fields import fields
 from engine.cli.fixture_tests import show_coverage, update_and_coverage
-from engine.cli.impact import impact_command
 from engine.cli.junit import write_junit
-from engine.cli.plugins import plugins as plugins_command
+from engine.cli.lazy_commands import LazyGroup
 from engine.cli.updates import update_fixtures
 from engine.config import Settings, colour_wanted, error_line, load_settings, secret_variables
 from engine.errors import ConfigurationError, SourceErrors
@@ -38,6 +34,16 @@ from engine.language.schema import rule_schema
 from engine.secrets import Masker
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# The operator's commands need the server stack: imported when one runs, so that the rule
+# author's commands here start without it (engine/cli/lazy_commands.py).
+_OPERATOR_COMMAND_NAMES = ("serve", "worker", "send", "deliveries", "redeliver", "db")
+OPERATOR_COMMANDS = {
+    **{name: f"engine.cli.operator:{name}" for name in _OPERATOR_COMMAND_NAMES},
+    "doctor": "engine.cli.doctor:doctor",
+    "impact": "engine.cli.impact:impact_command",
+    "console": "engine.cli.console:console_command",
+    "plugins": "engine.cli.plugins:plugins",
+}
 
 rules_option = click.option(
     "--rules",
@@ -60,7 +66,9 @@ def _load(rules_dir: Path | None, settings: Settings, registry: ActionRegistry) 
     return load_rules(rules_dir or settings.rules_dir, registry)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy_commands=OPERATOR_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="stockaj-rules")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -192,14 +200,9 @@ def _rules_or_exit(rules_dir: Path | None, settings: Settings) -> RuleSet:
     return rules
 
 
-cli_ops.register(cli)
-cli.add_command(doctor)
-cli.add_command(plugins_command)
 cli.add_command(check)
 cli.add_command(fields)
 cli.add_command(conditions)
-cli.add_command(impact_command)
-cli.add_command(console_command)
 
 
 def main() -> None:

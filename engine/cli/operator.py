@@ -55,7 +55,12 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default: HOST, or 127.0.0.1).")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: PORT, or 8000).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port (default: PORT, or 8000); 0 for a free one. The address bound is logged.",
+)
 def serve(host: str | None, port: int | None) -> None:
     """Receive webhooks (and, without REDIS_URL, process them too)."""
     try:
@@ -65,15 +70,15 @@ def serve(host: str | None, port: int | None) -> None:
     settings = load_settings()
     settings.require_webhook_secret()
     with _operator_errors(masker_for(settings)):
-        runners.serve(settings, host or settings.host, port or settings.port)
+        runners.serve(settings, host or settings.host, settings.port if port is None else port)
 
 
 @click.command()
 @click.option(
     "--metrics-port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics on this port (default: METRICS_PORT, or none).",
+    help="Serve Prometheus metrics on this port (default: METRICS_PORT, or none); 0 for a free one.",
 )
 def worker(metrics_port: int | None) -> None:
     """Process the deliveries the receivers enqueue on REDIS_URL."""

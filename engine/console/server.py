@@ -91,7 +91,7 @@ def standalone_redeliver(settings: Settings, store: Store) -> Redeliver:
             return redelivery.NOT_REDELIVERED
         if force:
             await store.forget_action_runs(delivery_id)
-        queue = await ArqQueue.connect(settings.redis_url)
+        queue = await ArqQueue.connect(settings.redis_url, settings.queue_name, "console")
         try:
             await queue.enqueue([delivery_id])
         finally:

@@ -64,7 +64,7 @@ async def redeliver_now(
         if force:
             await store.forget_action_runs(delivery_id)
         if settings.redis_url:
-            queue = await ArqQueue.connect(settings.redis_url)
+            queue = await ArqQueue.connect(settings.redis_url, settings.queue_name, "redeliver")
             try:
                 await queue.enqueue([delivery_id])
             finally:

@@ -23,7 +23,6 @@ import prometheus_client
 import uvicorn
 import uvloop
 from arq import Retry, cron, func
-from arq.connections import RedisSettings
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -40,9 +39,8 @@ from engine.pipeline.http_protocol import (
 from engine.pipeline.logs import configure_logging
 from engine.pipeline.receiver import ASGIApp, create_app, metrics_app
 from engine.pipeline.service import job_lease_seconds, masker_for, open_service, sweep_interval
-from engine.queue.arq_queue import PROCESS_FUNCTION, job_lease
-from engine.queue.arq_worker import DeliveryWorker
-from engine.queue.delivery_queue import Processor
+from engine.queue import PROCESS_FUNCTION, Processor, job_id, job_lease
+from engine.queue.arq_worker import DeliveryWorker, worker_pool
 
 ARQ_JOB_TIMEOUT_SECONDS = 600
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -154,12 +152,18 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         await service.close()
 
 
+def http_address(address: tuple[Any, ...]) -> str:
+    """`http://host:port` of a bound socket's address (IPv6 in brackets)."""
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _listening_sockets(settings: Settings, host: str, port: int) -> list[socket.socket]:
-    """The webhook port's socket, then METRICS_PORT's when it is set."""
+    """The webhook port's socket, then METRICS_PORT's when it is set (port 0: one the system picks)."""
     sockets = [bound_socket(host, port)]
     if settings.metrics_port is not None:
         metrics_host = settings.metrics_host or host
-        if (metrics_host, settings.metrics_port) == (host, port):
+        if port and (metrics_host, settings.metrics_port) == (host, port):
             sockets[0].close()
             raise ConfigurationError(
                 f"METRICS_PORT is the webhook port ({port}); choose another port for the metrics, "
@@ -216,12 +220,12 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
     assert settings.redis_url
     # Both before anything opens: Redis down or the port taken is one line, with nothing to undo.
     await require_redis(settings.redis_url)
-    metrics_port = metrics_port or settings.metrics_port
+    metrics_port = metrics_port if metrics_port is not None else settings.metrics_port
     metrics_host = settings.metrics_host or settings.host
-    if metrics_port:
+    if metrics_port is not None:
         _check_metrics_port(metrics_host, metrics_port)
     service = await open_service(settings, receive=False, process_in_process=False)
-    if metrics_port:
+    if metrics_port is not None:
         # Served once the service is open: metrics that answer mean a worker that works.
         try:
             _serve_worker_metrics(metrics_host, metrics_port, service.metrics.registry)
@@ -244,8 +248,17 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
     every = max(1, int(sweep_interval(settings)))
     arq_worker = DeliveryWorker(
         functions=[func(process_delivery, name=PROCESS_FUNCTION)],
-        cron_jobs=[cron(sweep, name="sweep", second=set(range(0, 60, every)), run_at_startup=True)],
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        # Its job ids carry the queue's name: each installation on a Redis database sweeps.
+        cron_jobs=[
+            cron(
+                sweep,
+                name=job_id(settings.queue_name, "sweep"),
+                second=set(range(0, 60, every)),
+                run_at_startup=True,
+            )
+        ],
+        queue_name=settings.queue_name,
+        redis_pool=worker_pool(settings.redis_url, settings.queue_name),
         max_jobs=settings.worker_concurrency,
         job_timeout=ARQ_JOB_TIMEOUT_SECONDS,
         max_tries=1_000_000,  # the action ledger counts attempts, per action
@@ -293,9 +306,10 @@ def _check_metrics_port(host: str, port: int) -> None:
 
 def _serve_worker_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
     try:
-        prometheus_client.start_http_server(port, host, registry=registry)
+        server, _ = prometheus_client.start_http_server(port, host, registry=registry)
     except OSError as exc:  # taken since the check
         raise _metrics_port_problem(host, port, exc) from None
+    log.info("metrics on %s/metrics", http_address(server.server_address))
 
 
 def _metrics_port_problem(host: str, port: int, exc: OSError) -> ConfigurationError:

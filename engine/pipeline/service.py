@@ -175,7 +175,9 @@ async def open_service(
     else:
         if not settings.redis_url:
             raise ConfigurationError("REDIS_URL is not set: workers take their jobs from Redis; set it")
-        queue = await ArqQueue.connect(settings.redis_url)
+        queue = await ArqQueue.connect(
+            settings.redis_url, settings.queue_name, "receiver" if receive else "worker"
+        )
     processor.enqueue_raised_to(queue.enqueue)  # `stockaj_rules.delivery_failed` events
     sweeper = Sweeper(
         store,

@@ -25,6 +25,8 @@ from engine.queue.delivery_queue import QueueUnavailable
 
 PROCESS_FUNCTION = "process_delivery"
 JOB_EXPIRES_MS = 24 * 3600 * 1000
+# QUEUE_NAME unset: arq's own queue, and job ids that are the delivery ids, as before the setting.
+DEFAULT_QUEUE_NAME = default_queue_name
 # Published to (the number of jobs added) whenever jobs are enqueued: the workers' wake-up call.
 # Redis shares pub/sub channels across its databases, so the database number is part of the name.
 JOBS_CHANNEL_PREFIX = "stockaj-rules:jobs-enqueued:db"
@@ -63,15 +65,25 @@ log = logging.getLogger(__name__)
 class ArqQueue:
     """Jobs on Redis for arq workers."""
 
-    def __init__(self, redis: ArqRedis) -> None:
+    def __init__(self, redis: ArqRedis, queue_name: str = DEFAULT_QUEUE_NAME) -> None:
+        self._queue_name = queue_name
         self._redis = redis
         self._script = redis.register_script(_ENQUEUE_SCRIPT)
-        self._channel = jobs_channel(redis)
+        self._channel = jobs_channel(redis, queue_name)
 
     @classmethod
-    async def connect(cls, redis_url: str) -> ArqQueue:
-        """A queue on `redis_url`; connects lazily, so a Redis outage does not stop the receiver."""
-        return cls(ArqRedis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5))
+    async def connect(
+        cls, redis_url: str, queue_name: str = DEFAULT_QUEUE_NAME, role: str = "receiver"
+    ) -> ArqQueue:
+        """A queue on `redis_url`; connects lazily, so a Redis outage does not stop the receiver.
+
+        Its connections are named `connection_name(queue_name, role)` (CLIENT LIST shows it).
+        """
+        name = connection_name(queue_name, role)
+        return cls(
+            ArqRedis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5, client_name=name),
+            queue_name,
+        )
 
     async def enqueue(self, delivery_ids: Sequence[str]) -> None:
         if not delivery_ids:
@@ -79,11 +91,12 @@ class ArqQueue:
         now_ms = int(time.time() * 1000)
         argv: list[str | bytes] = []
         for delivery_id in delivery_ids:
-            argv += [delivery_id, serialize_job(PROCESS_FUNCTION, (delivery_id,), {}, None, now_ms)]
+            job = serialize_job(PROCESS_FUNCTION, (delivery_id,), {}, None, now_ms)
+            argv += [job_id(self._queue_name, delivery_id), job]
         keys = [
             job_key_prefix,
             result_key_prefix,
-            default_queue_name,
+            self._queue_name,
             str(JOB_EXPIRES_MS),
             str(now_ms),
             self._channel,
@@ -105,9 +118,24 @@ class ArqQueue:
         await self._redis.aclose()
 
 
-def jobs_channel(redis: Redis) -> str:
-    """The channel on which enqueues into this client's Redis database are announced."""
-    return f"{JOBS_CHANNEL_PREFIX}{redis.connection_pool.connection_kwargs.get('db', 0)}"
+def jobs_channel(redis: Redis, queue_name: str = DEFAULT_QUEUE_NAME) -> str:
+    """The channel on which enqueues into this queue of this client's Redis database are announced."""
+    channel = f"{JOBS_CHANNEL_PREFIX}{redis.connection_pool.connection_kwargs.get('db', 0)}"
+    return channel if queue_name == DEFAULT_QUEUE_NAME else f"{channel}:{queue_name}"
+
+
+def job_id(queue_name: str, name: str) -> str:
+    """The arq job id of a delivery (or of a cron job) on this queue.
+
+    arq keeps a job under `arq:job:<job id>` whatever its queue: the id carries the queue's
+    name, so that the same delivery id on two queues of one database makes two jobs.
+    """
+    return name if queue_name == DEFAULT_QUEUE_NAME else f"{queue_name}:{name}"
+
+
+def connection_name(queue_name: str, role: str) -> str:
+    """The CLIENT SETNAME of a process's Redis connections: `stockaj-rules:<role>:<queue name>`."""
+    return f"stockaj-rules:{role}:{queue_name}"
 
 
 @contextlib.asynccontextmanager

@@ -34,11 +34,12 @@ import logging
 
 import redis.exceptions
 from arq import Worker
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
 
-from engine.queue.arq_queue import jobs_channel
+from engine.queue.arq_queue import DEFAULT_QUEUE_NAME, connection_name, jobs_channel
 
 # The longest a worker goes without polling: deferred retries, and no subscription.
 IDLE_POLL_SECONDS = 0.25
@@ -72,10 +73,23 @@ return taken
 """
 
 
+def worker_pool(redis_url: str, queue_name: str = DEFAULT_QUEUE_NAME) -> ArqRedis:
+    """A worker's Redis client (its `redis_pool`), its connections named for the queue.
+
+    arq's own pool (from `redis_settings`) cannot name its connections, and retries a Redis
+    that does not answer five times, warning each time; this one fails at the first command.
+    """
+    name = connection_name(queue_name, "worker")
+    pool: ArqRedis = ArqRedis.from_url(redis_url, socket_connect_timeout=2, client_name=name)
+    pool.default_queue_name = queue_name
+    return pool
+
+
 class DeliveryWorker(Worker):
     """An arq `Worker` that polls when jobs arrive and takes what it polled in one round trip.
 
-    Construct it with `poll_delay=0`: the wait between polls is this class's own.
+    Construct it with `poll_delay=0`, `queue_name` and `redis_pool=worker_pool(...)`: the wait
+    between polls is this class's own.
     """
 
     _take_jobs_script: AsyncScript | None = None
@@ -121,7 +135,7 @@ class DeliveryWorker(Worker):
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(jobs_channel(self.pool))
+                    await pubsub.subscribe(jobs_channel(self.pool, self.queue_name))
                     work_may_wait.set()  # jobs may have come while not subscribed
                     if failing:
                         log.info("subscribed to new jobs again")

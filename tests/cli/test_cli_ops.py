@@ -827,7 +827,7 @@ def test_serve_with_a_port_option_out_of_range_is_a_usage_error(tmp_path: Path) 
 
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
-    assert "Invalid value for '--port': 99999 is not in the range 1<=x<=65535" in completed.stderr
+    assert "Invalid value for '--port': 99999 is not in the range 0<=x<=65535" in completed.stderr
 
 
 def test_serve_without_its_rules_folder_says_so_and_exits_2(tmp_path: Path) -> None:
@@ -837,7 +837,7 @@ def test_serve_without_its_rules_folder_says_so_and_exits_2(tmp_path: Path) -> N
         "LOG_LEVEL": "WARNING",
     }
 
-    completed = shell("serve", "--port", str(_free_port()), env=env, cwd=tmp_path)
+    completed = shell("serve", "--port", "0", env=env, cwd=tmp_path)
 
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
@@ -869,7 +869,7 @@ def test_serve_on_an_address_not_of_this_machine_says_fix_host(tmp_path: Path) -
     (tmp_path / "rules").mkdir()
     env = {"STOCKAJ_WEBHOOK_SECRET": WEBHOOK_SECRET, "RULES_DIR": str(tmp_path / "rules")}
 
-    completed = shell("serve", "--host", "192.0.2.1", "--port", str(_free_port()), env=env, cwd=tmp_path)
+    completed = shell("serve", "--host", "192.0.2.1", "--port", "0", env=env, cwd=tmp_path)
 
     assert completed.returncode == 2
     line = one_line(completed.stderr)
@@ -884,7 +884,7 @@ def test_serve_with_an_unreachable_postgresql_is_one_line_without_the_password(t
         "RULES_DIR": str(tmp_path),
     }
 
-    completed = shell("serve", "--port", str(_free_port()), env=env, cwd=tmp_path)
+    completed = shell("serve", "--port", "0", env=env, cwd=tmp_path)
 
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
@@ -930,28 +930,35 @@ def _wait_until(check: Callable[[], bool], seconds: float = 20) -> None:
 def test_serve_then_send_then_deliveries_show_with_json_logs_that_hide_secrets(
     tmp_path: Path, rules_dir: Path, server: RecordingServer
 ) -> None:
-    port = _free_port()
     env = env_for(
         f"sqlite+aiosqlite:///{tmp_path / 'live.db'}", rules_dir, STOCKAJ_WEBHOOK_SECRET=WEBHOOK_SECRET
     )
-    receiver = subprocess.Popen(
-        [_console_script(), "serve", "--port", str(port)],
-        env=_process_env(env),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr_file:
+        receiver = subprocess.Popen(
+            [_console_script(), "serve", "--port", "0"],  # a free port: serve says which
+            env=_process_env(env),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            text=True,
+        )
     try:
-        _wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"))
+        _wait_until(lambda: "listening on http://127.0.0.1:" in log.read_text())
+        url = next(
+            json.loads(line)["event"] for line in log.read_text().splitlines() if "listening on" in line
+        )
+        url = url.removeprefix("listening on ")
+        _wait_until(lambda: _answers(f"{url}/healthz"))
         fixture = write_fixture(tmp_path, delivery_id="live-1")
-        sent = shell("send", str(fixture), "--url", f"http://127.0.0.1:{port}/webhooks/stockaj", env=env)
+        sent = shell("send", str(fixture), "--url", f"{url}/webhooks/stockaj", env=env)
         assert sent.returncode == 0, sent.stderr
         assert '"duplicate":false' in sent.stdout
         _wait_until(lambda: "status    done" in shell("deliveries", "show", "live-1", env=env).stdout)
     finally:
         receiver.send_signal(signal.SIGTERM)
-        _, stderr = receiver.communicate(timeout=30)
+        receiver.wait(timeout=30)
+    stderr = log.read_text()
 
     assert len(server.requests) == 1
     shown = shell("deliveries", "show", "live-1", env=env).stdout

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from actions.base import idempotency_key
 from engine.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from engine.store import ActionRun, Store, StoredDelivery, database
 from engine.store.tables import DeliveryStatus
+from tests.redis_space import RedisSpace
 
 T = TypeVar("T")
 
@@ -215,13 +215,6 @@ def sink() -> Iterator[Sink]:
 # --- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Proc:
     """One `stockaj-rules` process, its stdout and stderr in a log file."""
 
@@ -257,6 +250,20 @@ class Proc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    async def announced(self, prefix: str, within: float = 20.0) -> str:
+        """The rest of the first log event that starts with `prefix` (`listening on http://...`).
+
+        Ports are bound by the process itself (`--port 0`): it says which, nobody races for one.
+        """
+
+        async def said() -> str | None:
+            if not self.alive():
+                pytest.fail(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
+            events = (event.get("event", "") for event in self.log_events())
+            return next((event.removeprefix(prefix) for event in events if event.startswith(prefix)), None)
+
+        return await eventually(said, within, f"{self.name} never logged {prefix!r}")
 
     def log_events(self) -> list[dict[str, Any]]:
         """The JSON log lines (LOG_FORMAT=json); anything else is skipped."""
@@ -363,18 +370,19 @@ def keys(delivery_id: str, rule_id: str, count: int = 2) -> list[str]:
 class Deployment:
     """One installation: environment, rules folder, processes, store."""
 
-    def __init__(self, root: Path, sink: Sink, database_url: str, redis_url: str | None) -> None:
+    def __init__(self, root: Path, sink: Sink, database_url: str, redis: RedisSpace | None) -> None:
         self.root = root
         self.sink = sink
-        self.topology = "distributed" if redis_url else "embedded"
+        self.topology = "distributed" if redis else "embedded"
         self.rules_dir = root / "rules"
         self.rules_dir.mkdir()
         (self.rules_dir / "reorder.yaml").write_text(REORDER_RULE)
         (self.rules_dir / "rentals.yaml").write_text(RENTAL_RULE.format(sink_port=sink.port))
         self.logs = root / "logs"
         self.logs.mkdir()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Known once `serve` has started: the port it bound and logged (`serve --port 0`).
+        self.port = 0
+        self.url = ""
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(root),
@@ -383,7 +391,6 @@ class Deployment:
             "DATABASE_URL": database_url,
             "RULES_DIR": str(self.rules_dir),
             "HOST": "127.0.0.1",
-            "PORT": str(self.port),
             "SLACK_WEBHOOK_URL": sink.url(SLACK_PATH),
             "PURCHASE_ORDER_URL": sink.url(PO_PATH),
             "PURCHASE_ORDER_TOKEN": PO_TOKEN,
@@ -394,10 +401,10 @@ class Deployment:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
         }
-        if redis_url:
-            self.env["REDIS_URL"] = redis_url
+        if redis:
+            self.env.update(redis.environment())  # a queue of this test's own (tests/redis_space.py)
         self.database_url = database_url
-        self.redis_url = redis_url
+        self.redis = redis
         self.processes: list[Proc] = []
         self.serve: Proc | None = None
         self.workers: list[Proc] = []
@@ -414,21 +421,24 @@ class Deployment:
 
     async def start_serve(self, preexec_fn: Callable[[], None] | None = None) -> Proc:
         """`serve`, once ready; `preexec_fn` runs in the child before it starts (e.g. to set limits)."""
-        self.serve = self._start("serve", "serve", preexec_fn=preexec_fn)
+        self.serve = self._start("serve", "serve", "--port", "0", preexec_fn=preexec_fn)
+        # It says so once its store, queue and rules are open: as long as /healthz took before.
+        address = await self.serve.announced("listening on ", within=40)
+        self.url, self.port = address, int(address.rsplit(":", 1)[1])
         await self.wait_ready()
         return self.serve
 
-    def start_worker(self) -> Proc:
-        """A worker; its --metrics-port answers once its rules are loaded (see `wait_workers`)."""
-        port = free_port()
-        worker = self._start("worker", "worker", "--metrics-port", str(port))
-        worker.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    def start_worker(self, metrics_port_option: bool = True) -> Proc:
+        """A worker, with `--metrics-port 0` (a port of its choosing) by default; see `wait_workers`."""
+        worker = self._start("worker", "worker", *(["--metrics-port", "0"] if metrics_port_option else []))
         self.workers.append(worker)
         return worker
 
     async def wait_workers(self, within: float = 20.0) -> None:
-        """Poll every worker's metrics endpoint until it answers."""
+        """Poll every worker's metrics endpoint, the address it logged, until it answers."""
         for worker in self.workers:
+            if not worker.metrics_url:
+                worker.metrics_url = await worker.announced("metrics on ", within)
 
             async def answers(worker: Proc = worker) -> bool | None:
                 if not worker.alive():
@@ -538,23 +548,23 @@ TOPOLOGIES = [
 
 
 @pytest.fixture(params=TOPOLOGIES)
-def topology(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
-    """(DATABASE_URL, REDIS_URL) of the topology; the real services for `distributed`."""
+def topology(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, RedisSpace | None]:
+    """The DATABASE_URL and the Redis queue of the topology; the real services for `distributed`."""
     if request.param == "embedded":
         return f"sqlite+aiosqlite:///{tmp_path / 'stockaj-rules.db'}", None
-    return request.getfixturevalue("fresh_postgres_url"), request.getfixturevalue("fresh_redis_url")
+    # Migrated already, as `stockaj-rules db upgrade` leaves it (tests/cli/test_cli_ops.py runs that).
+    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue("redis_space")
 
 
 @pytest.fixture
 async def deployment(
-    request: pytest.FixtureRequest, tmp_path: Path, sink: Sink, topology: tuple[str, str | None]
+    request: pytest.FixtureRequest, tmp_path: Path, sink: Sink, topology: tuple[str, RedisSpace | None]
 ) -> AsyncIterator[Deployment]:
     """A running installation: `serve` alone (embedded), or `serve` and two workers (distributed)."""
-    database_url, redis_url = topology
-    deployed = Deployment(tmp_path, sink, database_url, redis_url)
+    database_url, redis = topology
+    deployed = Deployment(tmp_path, sink, database_url, redis)
     try:
-        if redis_url:
-            deployed.cli("db", "upgrade")  # as an operator does before starting PostgreSQL deployments
+        if redis:
             deployed.start_worker()
             deployed.start_worker()
         await deployed.start_serve()

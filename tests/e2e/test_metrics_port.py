@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Deployment, Sink, free_port, low_stock
+from tests.redis_space import RedisSpace
+
+from .conftest import Deployment, Sink, low_stock
 
 pytestmark = pytest.mark.e2e
 
@@ -15,15 +17,15 @@ async def test_serve_with_metrics_port_serves_metrics_there_and_not_on_the_webho
     tmp_path: Path, sink: Sink
 ) -> None:
     deployment = Deployment(tmp_path, sink, f"sqlite+aiosqlite:///{tmp_path / 'stockaj-rules.db'}", None)
-    metrics_port = free_port()
-    deployment.env["METRICS_PORT"] = str(metrics_port)
+    deployment.env["METRICS_PORT"] = "0"  # a free port: serve says which
     try:
-        await deployment.start_serve()
+        serve = await deployment.start_serve()
+        metrics_url = await serve.announced("metrics on ")
         await deployment.accept("counted-1", low_stock(1))
-        on_metrics_port = await deployment.http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        on_metrics_port = await deployment.http.get(metrics_url)
         on_webhook_port = await deployment.http.get(f"{deployment.url}/metrics")
         webhook_on_metrics_port = await deployment.http.post(
-            f"http://127.0.0.1:{metrics_port}/webhooks/stockaj"
+            metrics_url.replace("/metrics", "/webhooks/stockaj")
         )
     finally:
         await deployment.close()
@@ -54,18 +56,15 @@ async def test_serve_without_metrics_port_serves_metrics_on_the_webhook_port(
 
 @pytest.mark.redis
 async def test_worker_reads_metrics_port_when_no_option_is_given(
-    tmp_path: Path, sink: Sink, fresh_redis_url: str
+    tmp_path: Path, sink: Sink, redis_space: RedisSpace
 ) -> None:
     deployment = Deployment(
-        tmp_path, sink, f"sqlite+aiosqlite:///{tmp_path / 'stockaj-rules.db'}", fresh_redis_url
+        tmp_path, sink, f"sqlite+aiosqlite:///{tmp_path / 'stockaj-rules.db'}", redis_space
     )
-    metrics_port = free_port()
-    deployment.env["METRICS_PORT"] = str(metrics_port)
+    deployment.env["METRICS_PORT"] = "0"
     try:
         deployment.cli("db", "upgrade")
-        worker = deployment._start("worker", "worker")
-        worker.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        deployment.workers.append(worker)
+        worker = deployment.start_worker(metrics_port_option=False)  # METRICS_PORT it is
         await deployment.wait_workers()
         answer = await deployment.http.get(worker.metrics_url)
     finally:

@@ -23,10 +23,12 @@ from hypothesis import strategies as st
 from engine.language.conditions import Condition, DeliveryData, Verdict, new_session
 from engine.language.expressions import CompiledExpression, compile_expression
 from engine.language.expressions.render import to_expression
+from tests.examples import examples
 from tests.language.expression_reference import verdict as reference_verdict
 
-# The suite runs a few hundred examples; set EXPRESSION_EXAMPLES for a longer search.
-EXAMPLES = int(os.environ.get("EXPRESSION_EXAMPLES", "400"))
+# The suite runs a few hundred examples (HYPOTHESIS_PROFILE=thorough: 2,000); EXPRESSION_EXAMPLES
+# sets any other number.
+EXAMPLES = int(os.environ.get("EXPRESSION_EXAMPLES", examples(400, 2000)))
 PAYLOADS_PER_EXPRESSION = 6
 
 NUMBERS = st.sampled_from(["0", "1", "2", "3", "5", "10", "-2", "2.5", "0.5"])

@@ -28,16 +28,17 @@ from engine.errors import SourceErrors, SourceProblem
 from engine.language.loader import load_rules
 from engine.language.rules import RuleSet
 from engine.language.sources import SourceDocument, _Loader, parse_text, read_document
+from tests.examples import examples
 
 SECONDS_PER_EXAMPLE = 5.0  # generous for a shared machine; an unbounded expansion never ends
 PEAK_BYTES = 64 * 1024 * 1024
 RULES = settings(
-    max_examples=300,
+    max_examples=examples(300, 1000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 FEWER = settings(
-    max_examples=150,
+    max_examples=examples(150, 500),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

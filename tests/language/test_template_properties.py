@@ -24,10 +24,11 @@ from engine.errors import TemplateRenderError
 from engine.language.templates import compile_value, render
 from engine.language.templates.budget import MAX_ITEMS, MAX_RENDER_SECONDS, MAX_TEXT_CHARS, measure
 from engine.secrets import Secrets
+from tests.examples import examples
 
 MAX_PEAK_BYTES = 64 * 2**20
 SETTINGS = settings(
-    max_examples=300,
+    max_examples=examples(200, 1000),  # the amplifying operations: ~0.2 s an example
     deadline=None,
     derandomize=True,
     database=None,
@@ -71,7 +72,7 @@ ECHOES = [
 _echo_templates = [(compile_value(source)[0], expected) for source, expected in ECHOES]
 
 
-@settings(SETTINGS, max_examples=1_000)
+@settings(SETTINGS, max_examples=examples(1_000, 5_000))
 @given(text=PAYLOAD_TEXT, echo=st.sampled_from(range(len(ECHOES))))
 def test_payload_text_is_never_evaluated(text: str, echo: int) -> None:
     template, expected = _echo_templates[echo]

@@ -24,7 +24,7 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import job_key_prefix
 from quart import Quart
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -38,6 +38,7 @@ from engine.queue.receiver_activity import QUIET_AFTER_SECONDS
 from engine.signing import sign
 from engine.store import NewDelivery, Store, database
 from engine.store.tables import deliveries
+from tests.redis_space import RedisSpace
 
 SECRET = "whsec-intake-91b2"
 BODY = orjson.dumps({"event": "item.updated", "data": {"id": 7, "name": "Tent", "quantity": 4}})
@@ -453,11 +454,11 @@ async def test_a_queue_outage_still_answers_200_and_the_sweeper_finds_the_delive
 
 @pytest.mark.redis
 async def test_after_a_queue_outage_the_sweeper_enqueues_the_stored_delivery_on_redis(
-    database_url: str, fresh_redis_url: str
+    database_url: str, redis_space: RedisSpace
 ) -> None:
     down = await ArqQueue.connect(f"redis://127.0.0.1:{_closed_port()}/0")
-    up = await ArqQueue.connect(fresh_redis_url)
-    redis = aioredis.from_url(fresh_redis_url)
+    up = await ArqQueue.connect(redis_space.url, redis_space.queue_name)
+    redis = aioredis.from_url(redis_space.url)
     try:
         async with receiver(database_url, down) as r:
             assert (await r.post("dlv-later"))[0] == 200
@@ -465,15 +466,16 @@ async def test_after_a_queue_outage_the_sweeper_enqueues_the_stored_delivery_on_
             assert stored is not None
             assert stored.due_at is not None
             await wait_for(lambda: r.metrics.registry.get_sample_value("stockaj_enqueue_failures_total") == 1)
-            assert await redis.zrange(default_queue_name, 0, -1) == []
+            assert await redis.zrange(redis_space.queue_name, 0, -1) == []
 
             later = stored.due_at + timedelta(seconds=1)
             sweeper = Sweeper(
                 r.store, up, r.metrics, timedelta(days=7), timedelta(days=30), clock=lambda: later
             )
             assert await sweeper.sweep() == 1
-            assert await redis.zrange(default_queue_name, 0, -1) == [b"dlv-later"]
-            assert await redis.exists(job_key_prefix + "dlv-later") == 1
+            job_id = redis_space.job_id("dlv-later")
+            assert await redis.zrange(redis_space.queue_name, 0, -1) == [job_id.encode()]
+            assert await redis.exists(job_key_prefix + job_id) == 1
     finally:
         await redis.aclose()
         await up.close()
@@ -482,23 +484,23 @@ async def test_after_a_queue_outage_the_sweeper_enqueues_the_stored_delivery_on_
 
 @pytest.mark.redis
 async def test_accepted_deliveries_are_enqueued_to_arq_once_each(
-    database_url: str, fresh_redis_url: str
+    database_url: str, redis_space: RedisSpace
 ) -> None:
-    queue = await ArqQueue.connect(fresh_redis_url)
-    redis = aioredis.from_url(fresh_redis_url)
+    queue = await ArqQueue.connect(redis_space.url, redis_space.queue_name)
+    redis = aioredis.from_url(redis_space.url)
     try:
         async with receiver(database_url, queue) as r:
             answers = await asyncio.gather(*(r.post(f"dlv-{n % 20}") for n in range(60)))
             assert [a["duplicate"] for _, a in answers].count(False) == 20
 
             async def queued() -> list[bytes]:
-                return sorted(await redis.zrange(default_queue_name, 0, -1))
+                return sorted(await redis.zrange(redis_space.queue_name, 0, -1))
 
             for _ in range(250):
                 if len(await queued()) == 20:
                     break
                 await asyncio.sleep(0.02)
-            assert await queued() == sorted(f"dlv-{n}".encode() for n in range(20))
+            assert await queued() == sorted(redis_space.job_id(f"dlv-{n}").encode() for n in range(20))
             assert r.metrics.registry.get_sample_value("stockaj_enqueue_failures_total") == 0
     finally:
         await redis.aclose()

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from engine.printable import has_unseen_characters
 from engine.signing import sign
 from engine.store.tables import ID_LENGTH
+from tests.examples import examples as example_count
 from tests.pipeline.test_receiver import (
     PREVIOUS,
     SECRET,
@@ -291,7 +292,7 @@ def test_any_request_through_the_app_gets_a_spec_answer_and_is_stored_exactly_wh
         assert response.content_type == "application/json"
         await harness.model.check(r, request, response.status_code, orjson.loads(raw), certain=True)
 
-    @settings(PROPERTY, max_examples=400)
+    @settings(PROPERTY, max_examples=example_count(200, 1000))
     @given(request=st.one_of(requests(), requests(), deliveries()))
     def examples(request: Request) -> None:
         harness.run(one(request))
@@ -338,7 +339,7 @@ def test_any_request_over_a_real_socket_gets_a_spec_or_http_layer_answer(harness
             assert json_answer, head
         await harness.model.check(r, request, status, orjson.loads(body) if json_answer else None, as_drawn)
 
-    @settings(PROPERTY, max_examples=150)
+    @settings(PROPERTY, max_examples=example_count(150, 600))
     @given(sent=raw_requests())
     def examples(sent: tuple[bytes, Request, bool]) -> None:
         harness.run(one(*sent))

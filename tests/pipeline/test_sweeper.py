@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job
 
 from engine.pipeline.metrics import Metrics
@@ -20,6 +20,7 @@ from engine.queue import PROCESS_FUNCTION, ArqQueue, InProcessQueue
 from engine.store import NewDelivery, Store
 from engine.store.tables import DeliveryStatus
 from engine.testing import T0, FakeClock
+from tests.redis_space import RedisSpace
 from tests.store.helpers import claim_one, finish_run
 
 REQUEUE_AFTER = timedelta(seconds=60)
@@ -137,15 +138,21 @@ async def test_sweep_skips_finished_deliveries(
 
 @pytest.mark.redis
 async def test_sweep_enqueues_due_deliveries_as_arq_jobs(
-    store: Store, arq_queue: ArqQueue, redis: aioredis.Redis, metrics: Metrics, clock: FakeClock
+    store: Store,
+    arq_queue: ArqQueue,
+    redis: aioredis.Redis,
+    redis_space: RedisSpace,
+    metrics: Metrics,
+    clock: FakeClock,
 ) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], T0)
     await store.add_deliveries([delivery("not-yet")], T0 + timedelta(seconds=1))
 
     assert await sweeper(store, arq_queue, metrics, clock).sweep() == 2
 
-    assert sorted(await redis.zrange(default_queue_name, 0, -1)) == [b"a", b"b"]
-    raw = await redis.get(job_key_prefix + "a")
+    jobs = [redis_space.job_id(name).encode() for name in ("a", "b")]
+    assert sorted(await redis.zrange(redis_space.queue_name, 0, -1)) == jobs
+    raw = await redis.get(job_key_prefix + redis_space.job_id("a"))
     assert raw is not None
     job = deserialize_job(raw)
     assert (job.function, job.args, job.kwargs) == (PROCESS_FUNCTION, ("a",), {})
@@ -153,7 +160,12 @@ async def test_sweep_enqueues_due_deliveries_as_arq_jobs(
 
 @pytest.mark.redis
 async def test_second_sweep_while_the_job_is_in_redis_does_not_duplicate_it(
-    store: Store, arq_queue: ArqQueue, redis: aioredis.Redis, metrics: Metrics, clock: FakeClock
+    store: Store,
+    arq_queue: ArqQueue,
+    redis: aioredis.Redis,
+    redis_space: RedisSpace,
+    metrics: Metrics,
+    clock: FakeClock,
 ) -> None:
     await store.add_deliveries([delivery("a"), delivery("b")], T0)
     sweep = sweeper(store, arq_queue, metrics, clock)
@@ -165,8 +177,9 @@ async def test_second_sweep_while_the_job_is_in_redis_does_not_duplicate_it(
     clock.now = T0 + timedelta(minutes=5)
     await sweep.sweep()
 
-    assert await redis.zcard(default_queue_name) == 3
-    assert sorted(await redis.zrange(default_queue_name, 0, -1)) == [b"a", b"b", b"c"]
+    assert await redis.zcard(redis_space.queue_name) == 3
+    jobs = [redis_space.job_id(name).encode() for name in ("a", "b", "c")]
+    assert sorted(await redis.zrange(redis_space.queue_name, 0, -1)) == jobs
 
 
 @pytest.mark.redis

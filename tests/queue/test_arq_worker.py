@@ -15,18 +15,19 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from arq import Retry, func
-from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, in_progress_key_prefix
+from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix
 
-from engine.queue import PROCESS_FUNCTION, ArqQueue, arq_worker, jobs_channel
-from engine.queue.arq_worker import DeliveryWorker
+from engine.queue import DEFAULT_QUEUE_NAME, PROCESS_FUNCTION, ArqQueue, arq_worker, jobs_channel
+from engine.queue.arq_worker import DeliveryWorker, worker_pool
+from tests.redis_space import RedisSpace
 
 pytestmark = [
     pytest.mark.redis,
@@ -53,30 +54,16 @@ class Ran:
         return [job for jobs in self.by_worker.values() for job in jobs]
 
 
-def delivery_worker(url: str, ran: Ran, name: str, max_jobs: int = 4) -> DeliveryWorker:
+def delivery_worker(space: RedisSpace, ran: Ran, name: str, max_jobs: int = 4) -> DeliveryWorker:
     return DeliveryWorker(
         functions=[ran.function(name)],
-        redis_settings=RedisSettings.from_dsn(url),
+        queue_name=space.queue_name,
+        redis_pool=worker_pool(space.url, space.queue_name),
         max_jobs=max_jobs,
         keep_result=0,
         poll_delay=0,
         handle_signals=False,
     )
-
-
-@pytest.fixture
-async def running(fresh_redis_url: str) -> AsyncIterator[Callable[[DeliveryWorker], None]]:
-    """Runs workers until the test ends."""
-    workers: list[tuple[DeliveryWorker, asyncio.Task[None]]] = []
-
-    def run(worker: DeliveryWorker) -> None:
-        workers.append((worker, asyncio.create_task(worker.async_run())))
-
-    yield run
-    for worker, task in workers:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
@@ -87,9 +74,9 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 
         await asyncio.sleep(0.01)
 
 
-def subscribed(redis: aioredis.Redis, expected: int) -> Callable[[], Awaitable[bool]]:
+def subscribed(redis: aioredis.Redis, space: RedisSpace, expected: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        [(_, count)] = await redis.pubsub_numsub(jobs_channel(redis))
+        [(_, count)] = await redis.pubsub_numsub(jobs_channel(redis, space.queue_name))
         return int(count) == expected
 
     return check
@@ -103,32 +90,32 @@ def ran_exactly(ran: Ran, expected: list[str]) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_two_workers_run_each_job_once_and_share_them(
-    fresh_redis_url: str,
+    redis_space: RedisSpace,
     redis: aioredis.Redis,
     arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
 ) -> None:
     ran = Ran(seconds=0.01)
-    running(delivery_worker(fresh_redis_url, ran, "a"))
-    running(delivery_worker(fresh_redis_url, ran, "b"))
-    await wait_until(subscribed(redis, 2))
+    running(delivery_worker(redis_space, ran, "a"))
+    running(delivery_worker(redis_space, ran, "b"))
+    await wait_until(subscribed(redis, redis_space, 2))
     ids = [f"d-{n:02d}" for n in range(40)]
     for n in range(0, 40, 5):
         await arq_queue.enqueue(ids[n : n + 5])
 
     async def all_done() -> bool:
-        return len(ran.all()) >= 40 and await redis.zcard(default_queue_name) == 0
+        return len(ran.all()) >= 40 and await redis.zcard(redis_space.queue_name) == 0
 
     await wait_until(all_done)
     await asyncio.sleep(0.1)  # a job run twice would show by now
     assert Counter(ran.all()) == Counter(ids)
     # Four slots each and 10 ms per job: one worker alone cannot have taken them all at once.
     assert set(ran.by_worker) == {"a", "b"}
-    assert await redis.zcard(default_queue_name) == 0
+    assert await redis.zcard(redis_space.queue_name) == 0
 
 
 async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
-    fresh_redis_url: str,
+    redis_space: RedisSpace,
     redis: aioredis.Redis,
     arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
@@ -136,8 +123,8 @@ async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
 ) -> None:
     monkeypatch.setattr(arq_worker, "IDLE_POLL_SECONDS", 30.0)  # only the message can wake it in time
     ran = Ran()
-    running(delivery_worker(fresh_redis_url, ran, "a"))
-    await wait_until(subscribed(redis, 1))
+    running(delivery_worker(redis_space, ran, "a"))
+    await wait_until(subscribed(redis, redis_space, 1))
     await asyncio.sleep(0.2)  # the worker's first polls are over: it waits
 
     started = time.monotonic()
@@ -146,14 +133,14 @@ async def test_an_idle_worker_starts_a_job_as_soon_as_it_is_enqueued(
     assert time.monotonic() - started < 2.0
 
 
-async def test_enqueues_are_announced_on_a_channel_of_their_own_database(
-    fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
+async def test_enqueues_are_announced_on_a_channel_of_their_own_database_and_queue(
+    redis_space: RedisSpace, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
     # Redis shares pub/sub channels across databases: installations (and test runs) on
-    # other database numbers of the same Redis must not wake these workers.
-    database = int(fresh_redis_url.rsplit("/", 1)[1])
+    # other database numbers, or other queues, of the same Redis must not wake these workers.
+    database = RedisSettings.from_dsn(redis_space.url).database
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(f"stockaj-rules:jobs-enqueued:db{database}")
+        await pubsub.subscribe(f"stockaj-rules:jobs-enqueued:db{database}:{redis_space.queue_name}")
         await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
         await arq_queue.enqueue(["d-1", "d-2"])
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
@@ -162,7 +149,7 @@ async def test_enqueues_are_announced_on_a_channel_of_their_own_database(
 
 
 async def test_the_worker_subscribes_again_after_losing_its_connection(
-    fresh_redis_url: str,
+    redis_space: RedisSpace,
     redis: aioredis.Redis,
     arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
@@ -172,12 +159,13 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
     monkeypatch.setattr(arq_worker, "IDLE_POLL_SECONDS", 30.0)
     monkeypatch.setattr(arq_worker, "RESUBSCRIBE_SECONDS", 0.05)
     ran = Ran()
-    running(delivery_worker(fresh_redis_url, ran, "a"))
-    await wait_until(subscribed(redis, 1))
+    running(delivery_worker(redis_space, ran, "a"))
+    await wait_until(subscribed(redis, redis_space, 1))
 
     caplog.set_level(logging.INFO, logger="engine.queue.arq_worker")
-    assert await redis.client_kill_filter(_type="pubsub") == 1
-    await wait_until(subscribed(redis, 1))
+    # Only this test's worker: other tests, and an engine on the same Redis, keep theirs.
+    assert await redis_space.kill_connections(redis, "worker", "pubsub") == 1
+    await wait_until(subscribed(redis, redis_space, 1))
     await asyncio.sleep(0.2)
     await arq_queue.enqueue(["d-1"])
     await wait_until(ran_exactly(ran, ["d-1"]), seconds=2.0)
@@ -188,7 +176,7 @@ async def test_the_worker_subscribes_again_after_losing_its_connection(
 
 
 async def test_enqueueing_a_job_deferred_by_a_retry_makes_it_due_now(
-    fresh_redis_url: str,
+    redis_space: RedisSpace,
     redis: aioredis.Redis,
     arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
@@ -203,18 +191,19 @@ async def test_enqueueing_a_job_deferred_by_a_retry_makes_it_due_now(
 
     worker = DeliveryWorker(
         functions=[func(process, name=PROCESS_FUNCTION)],
-        redis_settings=RedisSettings.from_dsn(fresh_redis_url),
+        queue_name=redis_space.queue_name,
+        redis_pool=worker_pool(redis_space.url, redis_space.queue_name),
         keep_result=0,
         poll_delay=0,
         max_tries=100,
         handle_signals=False,
     )
     running(worker)
-    await wait_until(subscribed(redis, 1))
+    await wait_until(subscribed(redis, redis_space, 1))
     await arq_queue.enqueue(["d-1"])
 
     async def deferred() -> bool:
-        score = await redis.zscore(default_queue_name, "d-1")
+        score = await redis.zscore(redis_space.queue_name, redis_space.job_id("d-1"))
         return len(runs) == 1 and score is not None and score > time.time() * 1000 + 500_000
 
     await wait_until(deferred)
@@ -226,19 +215,19 @@ async def test_enqueueing_a_job_deferred_by_a_retry_makes_it_due_now(
     await wait_until(ran_again, seconds=3)
     await asyncio.sleep(0.3)
     assert len(runs) == 2
-    assert await redis.zcard(default_queue_name) == 0
+    assert await redis.zcard(redis_space.queue_name) == 0
 
 
 async def test_enqueueing_a_job_in_progress_neither_duplicates_nor_reschedules_it(
-    fresh_redis_url: str,
+    redis_space: RedisSpace,
     redis: aioredis.Redis,
     arq_queue: ArqQueue,
     running: Callable[[DeliveryWorker], None],
 ) -> None:
     ran = Ran(seconds=0.5)
-    running(delivery_worker(fresh_redis_url, ran, "a"))
-    running(delivery_worker(fresh_redis_url, ran, "b"))
-    await wait_until(subscribed(redis, 2))
+    running(delivery_worker(redis_space, ran, "a"))
+    running(delivery_worker(redis_space, ran, "b"))
+    await wait_until(subscribed(redis, redis_space, 2))
     await arq_queue.enqueue(["d-1"])
     await wait_until(ran_exactly(ran, ["d-1"]))
 
@@ -246,40 +235,39 @@ async def test_enqueueing_a_job_in_progress_neither_duplicates_nor_reschedules_i
     await asyncio.sleep(0.8)
 
     assert ran.all() == ["d-1"]
-    assert await redis.zcard(default_queue_name) == 0
+    assert await redis.zcard(redis_space.queue_name) == 0
 
 
-async def test_a_poll_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
-    fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
+async def test_a_claim_skips_jobs_in_progress_elsewhere_and_jobs_not_yet_due(
+    redis_space: RedisSpace, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
+    job = redis_space.job_id
     await arq_queue.enqueue(["running", "later", "ready"])
-    await redis.set(in_progress_key_prefix + "running", b"1", px=60_000)
-    await redis.zadd(default_queue_name, {"later": (time.time() + 60) * 1000})
+    await redis.set(in_progress_key_prefix + job("running"), b"1", px=60_000)
+    await redis.zadd(redis_space.queue_name, {job("later"): (time.time() + 60) * 1000})
     ran = Ran()
-    pool = ArqRedis.from_url(fresh_redis_url)
-    worker = delivery_worker(fresh_redis_url, ran, "a")
-    worker._pool = pool
+    worker = delivery_worker(redis_space, ran, "a")
     try:
-        await worker.start_jobs([b"running", b"later", b"ready"])
-        assert set(worker.tasks) == {"ready"}
+        await worker.start_jobs([job(name).encode() for name in ("running", "later", "ready")])
+        assert set(worker.tasks) == {job("ready")}
         await asyncio.gather(*worker.tasks.values())
         assert ran.all() == ["ready"]
-        assert await redis.pttl(in_progress_key_prefix + "running") > 50_000  # untouched
+        assert await redis.pttl(in_progress_key_prefix + job("running")) > 50_000  # untouched
     finally:
         await worker.close()
 
 
-async def test_a_poll_takes_no_more_jobs_than_free_slots(
-    fresh_redis_url: str, redis: aioredis.Redis, arq_queue: ArqQueue
+async def test_a_claim_takes_no_more_jobs_than_free_slots(
+    redis_space: RedisSpace, redis: aioredis.Redis, arq_queue: ArqQueue
 ) -> None:
     await arq_queue.enqueue(["d-1", "d-2", "d-3"])
     ran = Ran(seconds=0.05)
-    worker = delivery_worker(fresh_redis_url, ran, "a", max_jobs=2)
-    worker._pool = ArqRedis.from_url(fresh_redis_url)
+    job = redis_space.job_id
+    worker = delivery_worker(redis_space, ran, "a", max_jobs=2)
     try:
-        await worker.start_jobs([b"d-1", b"d-2", b"d-3"])
-        assert set(worker.tasks) == {"d-1", "d-2"}
-        assert not await redis.exists(in_progress_key_prefix + "d-3")
+        await worker.start_jobs([job(name).encode() for name in ("d-1", "d-2", "d-3")])
+        assert set(worker.tasks) == {job("d-1"), job("d-2")}
+        assert not await redis.exists(in_progress_key_prefix + job("d-3"))
         await asyncio.gather(*worker.tasks.values())
     finally:
         await worker.close()
@@ -338,7 +326,7 @@ async def test_the_worker_rides_out_a_redis_outage(
     monkeypatch.setattr(arq_worker, "RESUBSCRIBE_SECONDS", 0.1)
     caplog.set_level(logging.INFO, logger="engine.queue.arq_worker")
     ran = Ran()
-    worker = delivery_worker(private_redis.url, ran, "a")
+    worker = delivery_worker(RedisSpace(private_redis.url, DEFAULT_QUEUE_NAME), ran, "a")
     running = asyncio.create_task(worker.async_run())
     queue = await ArqQueue.connect(private_redis.url)
     try:
@@ -387,7 +375,7 @@ async def test_where_redis_forbids_pub_sub_jobs_are_still_taken_and_found_by_pol
     await admin.aclose()
     limited_url = private_redis.url.replace("redis://", "redis://limited:limited-pw@")
     ran = Ran()
-    worker = delivery_worker(limited_url, ran, "a")
+    worker = delivery_worker(RedisSpace(limited_url, DEFAULT_QUEUE_NAME), ran, "a")
     running = asyncio.create_task(worker.async_run())
     queue = await ArqQueue.connect(limited_url)
     try:
