@@ -88,7 +88,14 @@ async def main(rounds: int, per_round: int) -> None:
         queue = InProcessQueue(_process)
         intake = DeliveryIntake(store, queue, metrics, timedelta(seconds=60))
         intake.start()
-        parts = ReceiverParts((SECRET, PREVIOUS), 1 << 20, intake, metrics, _nothing, _refresh)
+        parts = ReceiverParts(
+            secrets=(SECRET, PREVIOUS),
+            max_body_bytes=1 << 20,
+            intake=intake,
+            metrics=metrics,
+            readiness=_nothing,
+            refresh_metrics=_refresh,
+        )
         budgets: dict[str, Callable[[], DiagnosisBudget]] = {
             "bad, diagnosed (production budget)": DiagnosisBudget,
             "bad, every one diagnosed (no budget)": lambda: DiagnosisBudget(bytes_per_second=1 << 62),
