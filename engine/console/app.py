@@ -20,6 +20,7 @@ from quart import Blueprint, Quart, Response, current_app, g, redirect, render_t
 from werkzeug.exceptions import HTTPException
 
 from actions.registry import ActionRegistry
+from engine.config import Settings
 from engine.console.access import (
     CONTENT_SECURITY_POLICY,
     COOKIE,
@@ -72,6 +73,7 @@ class ConsoleParts:
     password: str | None = None
     read_only: bool = False
     rules_writable: bool = False
+    settings: Settings | None = None  # for the health page (`stockaj-rules doctor`'s findings)
     impact_last: int = 2_000  # the playground's impact replays at most this many deliveries
     sessions: Sessions = field(default_factory=Sessions)
     fields: CachedCatalog = field(default_factory=CachedCatalog)
@@ -87,7 +89,7 @@ def session() -> Session:
 
 
 def create_console(console_parts: ConsoleParts) -> Quart:
-    from engine.console import deliveries, playground, rules_page
+    from engine.console import deliveries, health_page, playground, rules_page
 
     app = Quart(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.config["CONSOLE_PARTS"] = console_parts
@@ -100,7 +102,7 @@ def create_console(console_parts: ConsoleParts) -> Quart:
     app.before_request(_guard)
     app.after_request(_secure)
     app.register_error_handler(HTTPException, _http_error)
-    for blueprint in (guard, deliveries.pages, rules_page.pages, playground.pages):
+    for blueprint in (guard, deliveries.pages, rules_page.pages, playground.pages, health_page.pages):
         app.register_blueprint(blueprint)
     return app
 

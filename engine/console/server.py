@@ -74,6 +74,7 @@ def _parts(settings: Settings, store: Store, rules: LiveRules, redeliver: Redeli
         password=settings.console_password,
         read_only=settings.console_read_only,
         rules_writable=settings.console_rules_writable,
+        settings=settings,
     )
 
 

@@ -143,6 +143,7 @@ async def console(
         password=kwargs.get("password", PASSWORD),
         read_only=kwargs.get("read_only", False),
         rules_writable=kwargs.get("rules_writable", False),
+        settings=settings,
     )
     app = create_console(parts)
     found = Console(tmp_path, service, parts, app, app.test_client())

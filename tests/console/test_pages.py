@@ -174,3 +174,18 @@ async def test_the_rules_page_shows_traffic_never_fired_and_the_folder_s_problem
     assert "The newest rule files were refused" in page
     assert "broken.yaml:4:" in page
     assert "unknown action type 'slak'" in page
+
+
+async def test_the_health_page_shows_doctors_findings_with_their_fixes(console: Console) -> None:
+    await console.add("h1", low_stock(1), minutes=1)
+    refused = await console.client.get("/health")
+    assert refused.status_code in (302, 303, 401)  # behind the password like every page
+    await console.login()
+    page = await text(await console.client.get("/health"))
+    assert "STOCKAJ_WEBHOOK_SECRET is not set" in page  # the fixture's settings have none
+    assert (
+        "set it to the secret in Stockaj&#39;s webhook settings" in page
+        or "set it to the secret in Stockaj's webhook settings" in unescape(page)
+    )
+    assert "reachable and migrated" in page
+    assert "1 problem(s) to fix." in page
