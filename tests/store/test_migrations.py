@@ -26,8 +26,8 @@ from engine.store.tables import ActionStatus, DeliveryStatus, metadata
 from tests.store.helpers import finish_run, save_action_run
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-TABLES = {"deliveries", "rule_outcomes", "action_runs", "throttle_slots"}
-HEAD = "0002"  # the newest migration
+TABLES = {"deliveries", "rule_outcomes", "action_runs", "throttle_slots", "signature_failures", "process_heartbeats"}
+HEAD = "0003"  # the newest migration
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(config)
 
     assert script.get_heads() == [HEAD]
-    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0001"]
+    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0002", "0001"]
 
 
 def upgrade_to(revision: str) -> Callable[[Connection], None]:
