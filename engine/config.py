@@ -74,7 +74,7 @@ class Settings(BaseModel):
     stockaj_webhook_secret_previous: str | None = None
     # After this moment the previous secret is refused; a delivery still signed with it is
     # diagnosed `previous_secret_expired` (engine/signature_diagnosis.py). Unset: no end.
-    stockaj_webhook_secret_previous_until: AwareDatetime | None = None
+    stockaj_webhook_rotation_ends_at: AwareDatetime | None = None
     database_url: str = "sqlite+aiosqlite:///stockaj-rules.db"
     redis_url: str | None = None
     # The Redis queue's name (arq's by default): installations sharing a Redis database keep

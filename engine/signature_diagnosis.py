@@ -10,7 +10,7 @@ reproduces the header. The reason codes, and the fix for each, are in docs/opera
     sha256_prefix            `sha256=<hex>`: the digest is right, the prefix is not expected
     base64_digest            the right digest, written in base64 instead of hex
     previous_secret_expired  signed with STOCKAJ_WEBHOOK_SECRET_PREVIOUS after
-                             STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL
+                             STOCKAJ_WEBHOOK_ROTATION_ENDS_AT
     secret_whitespace        signed with a configured secret plus or minus surrounding
                              spaces or a trailing newline
     hmac_sha1                HMAC-SHA1 instead of HMAC-SHA256
@@ -58,7 +58,7 @@ FIXES: Final = {
     "sha256_prefix": "the sender writes sha256=<hex>: send the bare hex digest",
     "base64_digest": "the sender writes the digest in base64: send 64 hex digits",
     "previous_secret_expired": "Stockaj still signs with the previous secret: put the new one in its "
-    "webhook settings, or move STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL later",
+    "webhook settings, or move STOCKAJ_WEBHOOK_ROTATION_ENDS_AT later",
     "secret_whitespace": "a space or line break was copied with the secret: paste it again without it, "
     "in Stockaj or in STOCKAJ_WEBHOOK_SECRET",
     "hmac_sha1": "the sender uses HMAC-SHA1: it must use HMAC-SHA256",

@@ -44,7 +44,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 )
 @click.option("--strict", is_flag=True, help="Warnings are errors: exit 1 when there is any.")
 def check(rules_dir: Path | None, fixture_paths: tuple[Path, ...], strict: bool) -> None:
-    """Validate every rule file; report every problem with file:line:col."""
+    """Check every rule file; each problem at its file:line:col."""
     settings = load_settings()
     masker = _masker(settings)
     folder = rules_dir or settings.rules_dir

@@ -44,7 +44,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 )
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 def conditions(rules_dir: Path | None, rewrite: bool, files: tuple[Path, ...]) -> None:
-    """Show each rule's condition as an expression and as JsonLogic (FILES: only those files)."""
+    """Show each rule's condition both ways.
+
+    As an expression and as the JsonLogic it compiles to (FILES: only those files).
+    """
     folder = rules_dir or load_settings().rules_dir
     if rewrite:
         _rewrite(files or _rule_files(folder))

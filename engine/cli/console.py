@@ -18,7 +18,7 @@ from engine.config import listen_address, load_settings
     "--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CONSOLE_PORT, or 8001)."
 )
 def console_command(host: str | None, port: int | None) -> None:
-    """The web console: the delivery log, the rules and the playground."""
+    """The web console: deliveries, rules and the playground."""
     if host is not None:
         try:
             listen_address(host)

@@ -198,5 +198,5 @@ class Destinations:
             except ArgumentError:
                 return MASK
         shown = str(self._masker.mask(url))
-        # A secret URL (a Slack webhook's path is its token): its origin, never the rest.
+        # A secret URL (a chat webhook's path is its token): its origin, never the rest.
         return printable(redact_url(url) if MASK in shown and http else shown)

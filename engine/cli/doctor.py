@@ -17,7 +17,10 @@ MARKS = {"ok": ("ok", "green"), "note": ("note", "yellow"), "problem": ("PROBLEM
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON, for scripts.")
 def doctor(as_json: bool) -> None:
-    """Check settings, rules, database, queue, workers, deliveries and signatures; say what to fix."""
+    """Check the whole engine and say what to fix.
+
+    Settings, rules, database, queue, workers, deliveries and signatures, each with its fix.
+    """
     from engine.pipeline.doctor import Finding, Severity, examine, healthy
     from engine.pipeline.service import masker_for
 

@@ -46,7 +46,10 @@ DEFAULT_STORE_LIMIT = 1000
 def fields(
     events: tuple[str, ...], fixture_paths: tuple[Path, ...], from_store: bool, limit: int, as_json: bool
 ) -> None:
-    """List the payload fields of each event (EVENT may end in *), as seen in the fixtures."""
+    """List the payload fields of each event.
+
+    As seen in the fixtures (or the store); EVENT may end in *.
+    """
     settings = load_settings()
     masker = Masker([*settings.sensitive_values(), *secret_variables().values()])
     paths = fixture_paths or (

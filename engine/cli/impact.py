@@ -55,7 +55,7 @@ Progress = Callable[[int], AbstractContextManager[Callable[[int], None]]]
 @click.option("--since", default=None, help="Only deliveries received this long ago or later: 30m, 12h, 7d.")
 @click.option("--last", type=click.IntRange(min=1), default=None, help="Only the last N deliveries received.")
 @click.option("--event", default=None, help="Only deliveries of this event.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (SPEC section 15) instead of text.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts, instead of text.")
 def impact_command(
     draft_dir: Path,
     current_dir: Path | None,
@@ -64,7 +64,10 @@ def impact_command(
     event: str | None,
     as_json: bool,
 ) -> None:
-    """What the draft rules would change on the stored deliveries, replayed dry (nothing is sent)."""
+    """What draft rules would change on stored deliveries.
+
+    Replayed dry: nothing is sent.
+    """
     if since is not None and last is not None:
         _usage("--since and --last choose the deliveries two ways: give one of them")
     chosen = HistoryFilter(since=_since(since), event=event, last=last)

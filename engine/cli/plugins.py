@@ -16,7 +16,10 @@ from engine.plugins import InstalledPlugin
 
 @click.command()
 def plugins() -> None:
-    """List the installed action types and the settings each reads (whether set, never the values)."""
+    """List the installed action types and their settings.
+
+    Whether each setting is set, never its value.
+    """
     settings = load_settings().plugins
     for plugin in settings.plugins:
         for line in plugin_lines(plugin, settings):

@@ -17,7 +17,6 @@ from functools import cached_property
 from typing import Any
 
 import datalogic_py as dl
-import orjson
 
 from engine.excerpt import cut, value_text
 from engine.language.expressions import CompiledExpression
@@ -180,7 +179,7 @@ class Condition:
         data = json.dumps(context if self._reads is None else _only(context, self._reads))
         if self._guarded_json is None:
             self._guarded_json = guarded_json(self.logic)
-        trace = orjson.loads(guarded_trace(self._guarded_json, data))
+        trace = json.loads(guarded_trace(self._guarded_json, data))
         wanted = {node: pointer for node, pointer in trace.get("pointers", {}).items() if pointer in pointers}
         outcomes: dict[str, list[str]] = {}
         for step in trace.get("steps", []):

@@ -126,14 +126,15 @@ def settings_findings(settings: Settings, now: datetime) -> list[Finding]:
                 fix="set STOCKAJ_WEBHOOK_SECRET to the secret configured in Stockaj",
             )
         )
-    until = settings.stockaj_webhook_secret_previous_until
+    until = settings.stockaj_webhook_rotation_ends_at
     if previous and until is not None and until <= now:
         findings.append(
             Finding(
                 check="settings",
                 severity=Severity.NOTE,
                 summary=f"STOCKAJ_WEBHOOK_SECRET_PREVIOUS is refused since {until.isoformat()}",
-                fix="the rotation is over: remove STOCKAJ_WEBHOOK_SECRET_PREVIOUS and …_UNTIL",
+                fix="the rotation is over: remove STOCKAJ_WEBHOOK_SECRET_PREVIOUS "
+                "and STOCKAJ_WEBHOOK_ROTATION_ENDS_AT",
             )
         )
     if not findings:

@@ -85,7 +85,7 @@ class ReceiverParts:
     refresh_metrics: Callable[[], Awaitable[None]]
     body_timeout: float = BODY_TIMEOUT_SECONDS
     serve_metrics: bool = True  # False: /metrics is on a port of its own (`metrics_app`)
-    previous_secret_until: datetime | None = None  # STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL
+    previous_secret_until: datetime | None = None  # STOCKAJ_WEBHOOK_ROTATION_ENDS_AT
     # What a flood of bad signatures may spend on saying why (engine/signature_diagnosis.py).
     diagnosis_budget: DiagnosisBudget = field(default_factory=DiagnosisBudget)
     # Refused signatures by minute and reason, for `stockaj-rules doctor` (health_records.py).

@@ -89,7 +89,7 @@ class Service:
         assert self.intake is not None
         return ReceiverParts(
             secrets=self.settings.require_webhook_secret(),
-            previous_secret_until=self.settings.stockaj_webhook_secret_previous_until,
+            previous_secret_until=self.settings.stockaj_webhook_rotation_ends_at,
             max_body_bytes=self.settings.max_body_bytes,
             intake=self.intake,
             metrics=self.metrics,

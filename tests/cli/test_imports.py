@@ -152,7 +152,7 @@ def test_the_top_level_help_lists_every_command_with_its_description() -> None:
     assert result.exit_code == 0
     lines = result.output.split("Commands:\n", 1)[1].splitlines()
     listed = {line.split()[0]: line for line in lines if line.startswith("  ") and not line.startswith("   ")}
-    assert set(listed) == {"check", "test", "replay", "schema", *OPERATOR_COMMANDS}
+    assert set(listed) == {"check", "test", "replay", "schema", "fields", "conditions", *OPERATOR_COMMANDS}
     with click.Context(cli) as context:
         for name in listed:
             command = cli.get_command(context, name)

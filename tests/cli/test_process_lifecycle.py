@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.cli.test_cli_ops import WEBHOOK_SECRET, _console_script, _free_port, _process_env, one_line, shell
+from tests.redis_space import RedisSpace
 
 STARTUP_SECONDS = 30
 
@@ -160,10 +161,10 @@ def test_worker_with_redis_down_is_one_line_at_once_without_retry_warnings(tmp_p
 
 @pytest.mark.redis
 def test_worker_whose_metrics_port_is_taken_says_which_port_and_what_to_do(
-    tmp_path: Path, fresh_redis_url: str
+    tmp_path: Path, redis_space: RedisSpace
 ) -> None:
     env = {
-        "REDIS_URL": fresh_redis_url,
+        **redis_space.environment(),
         "RULES_DIR": str(tmp_path),
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
     }

@@ -21,6 +21,7 @@ from tests.cli.test_cli_ops import (
     store_delivery,
 )
 from tests.cli.test_process_lifecycle import started
+from tests.redis_space import RedisSpace
 
 # A worker's start and a redelivery's wait (60 s at most) on a machine busy with other tests.
 WORKER_TEST_SECONDS = 150
@@ -55,10 +56,10 @@ def test_an_embedded_redeliver_that_fails_says_why(
 def workers_env(
     sqlite_url: str,
     rules_dir: Path,  # noqa: F811
-    fresh_redis_url: str,
+    redis_space: RedisSpace,
 ) -> dict[str, str]:
     return env_for(
-        sqlite_url, rules_dir, REDIS_URL=fresh_redis_url, MAX_ATTEMPTS="2", RETRY_BASE_SECONDS="30"
+        sqlite_url, rules_dir, **redis_space.environment(), MAX_ATTEMPTS="2", RETRY_BASE_SECONDS="30"
     )
 
 

@@ -20,6 +20,7 @@ from engine.secrets import Masker
 from engine.store import NewDelivery, Store, database
 from engine.store.tables import DeliveryStatus
 from tests.cli.test_cli_ops import shell
+from tests.redis_space import RedisSpace
 
 SECRET = "doctor-test-secret-0123456789"
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -114,7 +115,7 @@ async def test_a_previous_secret_past_its_end_is_a_note(tmp_path: Path) -> None:
     settings = _settings(
         tmp_path,
         STOCKAJ_WEBHOOK_SECRET_PREVIOUS="doctor-previous-secret-000",
-        STOCKAJ_WEBHOOK_SECRET_PREVIOUS_UNTIL="2026-12-01T00:00:00Z",
+        STOCKAJ_WEBHOOK_ROTATION_ENDS_AT="2026-12-01T00:00:00Z",
     )
     findings = _by_check(await examine(settings, Masker(), now=NOW), "settings")
     assert [(f.severity, "refused since 2026-12-01" in f.summary) for f in findings] == [
@@ -180,9 +181,9 @@ async def test_redis_unreachable_is_a_problem(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 async def test_with_redis_and_no_worker_alive_is_a_problem_and_a_beating_worker_is_fine(
-    tmp_path: Path, fresh_redis_url: str
+    tmp_path: Path, redis_space: RedisSpace
 ) -> None:
-    settings = _settings(tmp_path, REDIS_URL=fresh_redis_url)
+    settings = _settings(tmp_path, **redis_space.environment())
     store = await _healthy_store(settings)
     findings = await examine(settings, Masker(), now=NOW)
     assert _by_check(findings, "queue")[0].severity is Severity.OK

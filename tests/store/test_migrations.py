@@ -26,7 +26,14 @@ from engine.store.tables import ActionStatus, DeliveryStatus, metadata
 from tests.store.helpers import finish_run, save_action_run
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-TABLES = {"deliveries", "rule_outcomes", "action_runs", "throttle_slots", "signature_failures", "process_heartbeats"}
+TABLES = {
+    "deliveries",
+    "rule_outcomes",
+    "action_runs",
+    "throttle_slots",
+    "signature_failures",
+    "process_heartbeats",
+}
 HEAD = "0003"  # the newest migration
 
 
