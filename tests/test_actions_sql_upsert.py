@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from actions import sql_upsert
+from actions import sql_writes
 from actions.base import ActionContext, ActionFailed
 from actions.sql_upsert import SqlUpsertAction, SqlUpsertParams
 from engine.testing import action_context
@@ -270,7 +270,7 @@ async def test_postgres_upsert_waiting_on_a_held_lock_times_out_transiently(
     ctx: ActionContext, postgres_url: str, make_table: MakeTable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = await make_table(postgres_url, "sku TEXT PRIMARY KEY, qty INTEGER")
-    monkeypatch.setattr(sql_upsert, "UPSERT_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(sql_writes, "UPSERT_TIMEOUT_SECONDS", 0.5)
 
     async with ctx.databases.get(postgres_url).connect() as holder:
         await holder.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
