@@ -74,7 +74,7 @@ class _Server(uvicorn.Server):
         if sockets and not self.should_exit:
             log.info(listening_line(sockets[0]))
             for metrics_socket in sockets[1:]:
-                log.info(listening_line(metrics_socket, "/metrics") + " (METRICS_PORT)")
+                log.info("metrics on %s/metrics", http_address(metrics_socket.getsockname()))
 
 
 def bound_socket(host: str, port: int, names: tuple[str, str] = ("HOST", "PORT")) -> socket.socket:
