@@ -207,6 +207,18 @@ async def embedded(args: argparse.Namespace, work: Path, sink_port: int, duratio
         run.stop()
 
 
+def _first_traceback(log_text: str, lines: int = 40) -> str:
+    """The log's first traceback (a JSON line's event and exception, or plain lines), cut to 4,000
+    characters."""
+    all_lines = log_text.splitlines()
+    start = next(i for i, line in enumerate(all_lines) if "Traceback" in line)
+    try:
+        event = json.loads(all_lines[start])
+        return f"{event.get('event')}\n{event.get('exception', '')}"[-4000:]
+    except ValueError:
+        return "\n".join(all_lines[max(0, start - 1) : start + lines])[-4000:]
+
+
 def _sqlite(path: Path, query: str) -> list[Any]:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
@@ -235,8 +247,10 @@ def _report(
         n: p.unexpected_exits for n, p in run.processes.items() if p.unexpected_exits
     }
     report["final_exit_codes"] = exits
-    report["tracebacks"] = {
-        n: p.log_path.read_text(errors="replace").count("Traceback") for n, p in run.processes.items()
+    logs = {name: process.log_path.read_text(errors="replace") for name, process in run.processes.items()}
+    report["tracebacks"] = {name: text.count("Traceback") for name, text in logs.items()}
+    report["first_tracebacks"] = {
+        name: _first_traceback(text) for name, text in logs.items() if "Traceback" in text
     }
     return report
 

@@ -241,11 +241,12 @@ async def _work(settings: Settings, metrics_port: int | None) -> None:
         if wait is not None:
             raise Retry(defer=wait)
 
+    every = max(1, int(sweep_interval(settings)))
+
     async def sweep(ctx: dict[str, object]) -> None:
-        await service.sweeper.sweep()
+        await service.sweeper.sweep_or_warn(every)  # not a traceback from arq: a warning line
         await service.refresh_metrics()  # the queue lag gauge of the worker's --metrics-port
 
-    every = max(1, int(sweep_interval(settings)))
     arq_worker = DeliveryWorker(
         functions=[func(process_delivery, name=PROCESS_FUNCTION)],
         # Its job ids carry the queue's name: each installation on a Redis database sweeps.

@@ -68,13 +68,17 @@ class Sweeper:
         log.info("sweeper enqueued %d pending deliveries again", len(due))
         return len(due)
 
+    async def sweep_or_warn(self, every: float) -> None:
+        """One sweep; a failure (the database or the queue away) is one warning line, and the
+        sweep `every` seconds later tries again. The in-process loop and the workers' cron job
+        both sweep this way."""
+        try:
+            await self.sweep()
+        except Exception as exc:
+            log.warning("sweep failed, trying again in %.0fs: %s: %s", every, type(exc).__name__, exc)
+
     async def run(self, every: float) -> None:
-        """Sweep every `every` seconds until cancelled; a failed sweep is logged and retried."""
+        """Sweep every `every` seconds until cancelled."""
         while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("sweep failed, trying again in %.0fs: %s: %s", every, type(exc).__name__, exc)
+            await self.sweep_or_warn(every)
             await asyncio.sleep(every)

@@ -90,4 +90,4 @@ def check_shape(shape: dict[str, Any], summary: str) -> None:
     assert shape["duplicates"]["unexplained"] == 0, summary
     assert shape["actions_once"] + shape["actions_twice"] + shape["actions_more"] > 0, summary
     assert not shape["unexpected_exits"], summary
-    assert not any(shape["tracebacks"].values()), summary
+    assert not any(shape["tracebacks"].values()), json.dumps(shape.get("first_tracebacks"), indent=1)

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.store.tables import ActionStatus, DeliveryStatus
+from tests.pipeline.test_worker import terminate_connections
 
 from .conftest import (
     PO_PATH,
@@ -172,3 +173,25 @@ async def test_an_action_outliving_its_job_in_redis_is_not_run_again_by_another_
     assert rows["long-1"].status is DeliveryStatus.DONE
     assert sink.counts([order, slack]) == {order: 1, slack: 1}
     assert rows["long-1"].runs == 1
+
+
+@distributed
+async def test_postgresql_dropping_the_workers_connections_is_a_warning_not_a_traceback(
+    deployment: Deployment, sink: Sink
+) -> None:
+    # Idle workers: the first statement each sends after the drop is its sweep (every 0.5 s).
+    # The sweep fails once, says so in one line, and the next one runs on fresh connections.
+    await terminate_connections(deployment.database_url)
+
+    def warned() -> bool:
+        return all(
+            any(line["event"].startswith("sweep failed") for line in worker.log_events())
+            for worker in deployment.workers
+        )
+
+    await until(warned, 10, "a worker did not report its failed sweep")
+    await deployment.accept("after-drop", low_stock("after-drop"))
+    rows = await deployment.finished(["after-drop"], within=20)
+    assert rows["after-drop"].status is DeliveryStatus.DONE
+    for worker in deployment.workers:
+        assert "Traceback" not in worker.log(), worker.log()
