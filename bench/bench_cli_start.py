@@ -10,7 +10,9 @@ Each round runs, in an order that rotates every round so that noise hits them al
   what `check` cannot do without.
 
 Every command is a fresh process, as a rule author's shell starts it, with an environment
-holding no engine setting (a rule author's). The older commit is checked out in a
+holding no engine setting (a rule author's). Each is timed on the wall clock and in CPU time
+(user + system, from the children's rusage): on a machine shared with other work the wall
+time follows the load, the CPU time much less. The older commit is checked out in a
 temporary `git worktree` with its own .venv (`scripts/setup-venv`, ~30 s), removed at the
 end; `--old-checkout PATH` uses an existing checkout instead (its .venv must exist).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -93,13 +96,16 @@ def commands(old: Path) -> dict[str, tuple[list[str], Path]]:
     }
 
 
-def timed(command: list[str], cwd: Path) -> float:
+def timed(command: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run: CPU time barely moves with the load."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=author_environment(), capture_output=True, check=False)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr.decode()}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def modules_loaded(checkout: Path) -> int:
@@ -129,7 +135,7 @@ def main() -> None:
 
     with old_checkout(args.old, args.old_checkout) as old:
         runs = commands(old)
-        times: dict[str, list[float]] = {name: [] for name in runs}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
         names = list(runs)
         for name in names:  # warm the file cache: the first start of each reads every .pyc from disk
             timed(*runs[name])
@@ -148,16 +154,23 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load average "
         f"{load:.1f}, old {args.old} vs new {commit.stdout.strip()}, {args.rounds} rounds\n"
     )
-    print("| command | median | min | max | modules loaded |")
-    print("|---|---|---|---|---|")
+    print("| command | wall median | wall min | wall max | CPU median | modules loaded |")
+    print("|---|---|---|---|---|---|")
     for name, values in times.items():
+        walls, cpus = [wall for wall, _ in values], [cpu for _, cpu in values]
         count = counts.get(name)
         print(
-            f"| {name} | {statistics.median(values) * 1000:.0f} ms | {min(values) * 1000:.0f} ms | "
-            f"{max(values) * 1000:.0f} ms | {count if count is not None else ''} |"
+            f"| {name} | {ms(statistics.median(walls))} | {ms(min(walls))} | {ms(max(walls))} | "
+            f"{ms(statistics.median(cpus))} | {count if count is not None else ''} |"
         )
-    ratio = statistics.median(times["old check"]) / statistics.median(times["new check"])
-    print(f"\n`check`: old median / new median = {ratio:.2f}x")
+    for column, at in (("wall", 0), ("CPU", 1)):
+        old, new = (statistics.median(run[at] for run in times[name]) for name in ("old check", "new check"))
+        print(f"\n`check` {column} time: old median / new median = {old / new:.2f}x", end="")
+    print()
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
 
 
 if __name__ == "__main__":
