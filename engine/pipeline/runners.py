@@ -69,12 +69,14 @@ def listening_line(sock: socket.socket, path: str = "") -> str:
 class _Server(uvicorn.Server):
     """uvicorn's server, saying where it listens once it does: handed sockets, uvicorn says nothing."""
 
+    metrics_socket: socket.socket | None = None  # METRICS_PORT's, when set (the console's is said apart)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if sockets and not self.should_exit:
             log.info(listening_line(sockets[0]))
-            for metrics_socket in sockets[1:]:
-                log.info("metrics on %s/metrics", http_address(metrics_socket.getsockname()))
+            if self.metrics_socket is not None:
+                log.info("metrics on %s/metrics", http_address(self.metrics_socket.getsockname()))
 
 
 def bound_socket(host: str, port: int, names: tuple[str, str] = ("HOST", "PORT")) -> socket.socket:
@@ -146,8 +148,10 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         loop="none",  # the uvloop loop we are already running on
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
+    server = _Server(config)
+    server.metrics_socket = sockets[1] if len(sockets) >= 2 and sockets[1] is not console_socket else None
     try:
-        await _Server(config).serve(sockets=sockets)
+        await server.serve(sockets=sockets)
     finally:
         await service.close()
 

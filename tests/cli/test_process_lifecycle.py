@@ -180,3 +180,18 @@ def test_worker_whose_metrics_port_is_taken_says_which_port_and_what_to_do(
         f"configuration error: cannot serve the worker's metrics on 127.0.0.1:{port}: Address already "
         "in use; choose another --metrics-port (or METRICS_PORT), or stop the process that uses it"
     )
+
+
+def test_serve_with_its_console_names_the_console_and_no_metrics_port_it_does_not_have(
+    tmp_path: Path,
+) -> None:
+    port, console_port = _free_port(), _free_port()
+    env = {**serve_env(tmp_path), "CONSOLE_PORT": str(console_port)}
+
+    with started("serve", "--port", str(port), env=env, cwd=tmp_path) as (_, output):
+        output.wait_for("listening on")
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    said = "\n".join(output.lines) + "\n" + output.rest()  # every line, up to its exit
+
+    assert f"console at http://127.0.0.1:{console_port}/" in said, said
+    assert "metrics on" not in said, said  # METRICS_PORT is not set
