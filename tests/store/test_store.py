@@ -835,20 +835,32 @@ async def test_finish_run_with_no_outcomes_clears_them(store: Store) -> None:
 
 
 async def test_concurrent_finishes_of_one_delivery_leave_one_complete_set_of_outcomes(store: Store) -> None:
-    # At-least-once: two workers may finish the same delivery at the same moment.
+    # At-least-once: runs whose claims expired (a worker thought dead) may finish the same
+    # delivery at the same moment as the run holding the current claim. Each run has its own
+    # claim token, as workers do; only the current claim's finish is recorded, whole.
     await store.add_deliveries([delivery("a")], DUE)
+    tokens = []
+    for run in range(8):
+        at = DUE + timedelta(minutes=2 * run)
+        claimed = await claim_one(store, "a", at, at + timedelta(minutes=1))
+        assert claimed is not None
+        tokens.append(claimed.delivery.runs)
     rules = [f"rule-{n:02}" for n in range(30)]
     sets = [
         [(rule, "fired", f"run {run}") for rule in (rules if run % 2 else rules[::-1])] for run in range(8)
     ]
 
-    await asyncio.gather(
-        *(finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=outcomes) for outcomes in sets)
+    finished = await asyncio.gather(
+        *(
+            finish_run(store, "a", DeliveryStatus.DONE, T0, None, None, outcomes=outcomes, token=token)
+            for outcomes, token in zip(sets, tokens, strict=True)
+        )
     )
 
+    assert finished == [False] * 7 + [True]
     outcomes = await store.outcomes("a")
     assert [o.rule_id for o in outcomes] == rules
-    assert len({o.reason for o in outcomes}) == 1  # all from one run, not a mix
+    assert {o.reason for o in outcomes} == {"run 7"}  # all from the current claim's run, not a mix
 
 
 async def test_save_action_run_inserts_then_updates_by_delivery_rule_and_index(store: Store) -> None:
