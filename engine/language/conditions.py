@@ -73,7 +73,7 @@ def check(logic: Any) -> list[ConditionProblem]:
     except dl.DataLogicError as exc:
         return [ConditionProblem((), f"not a valid JsonLogic condition: {exc}")]
     return [
-        ConditionProblem(_pointer_to_loc(d["pointer"]), _describe(d))
+        ConditionProblem(_pointer_to_loc(d["pointer"], logic), _describe(d))
         for d in diagnostics
         if d["severity"] == "error"
     ]
@@ -317,11 +317,21 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def _pointer_to_loc(pointer: str) -> JsonPath:
+def _pointer_to_loc(pointer: str, logic: Any) -> JsonPath:
+    """The path a JSON pointer names in `logic`: a part is a list index only where `logic` has a list.
+
+    A key made of digits ("12", "³") is an object's key: only `logic` tells the two apart.
+    """
     if not pointer:
         return ()
     parts: list[str | int] = []
+    node = logic
     for raw in pointer.lstrip("/").split("/"):
         part = raw.replace("~1", "/").replace("~0", "~")
-        parts.append(int(part) if part.isdigit() else part)
+        if isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
+            parts.append(int(part))
+            node = node[int(part)]
+        else:
+            parts.append(part)
+            node = node.get(part) if isinstance(node, dict) else None
     return tuple(parts)

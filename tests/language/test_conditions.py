@@ -127,6 +127,17 @@ def test_check_reports_unknown_operators_with_their_location() -> None:
     ]
 
 
+@pytest.mark.parametrize("key", ["³", "12", "٣"])
+def test_check_locates_a_digit_like_object_key_as_that_key_never_as_a_list_index(key: str) -> None:
+    # Found by tests/language/test_sources_properties.py: '³' passed str.isdigit() and int()
+    # raised (a traceback from `check`); '12' and '٣' became list indexes of an object.
+    problems = check([False, 0, {key: {"a": None}}])
+    assert [(p.loc, p.message) for p in problems] == [
+        ((2,), f"expected a JsonLogic operator, found '{key}'"),
+        ((2, key), "expected a JsonLogic operator, found 'a'"),
+    ]
+
+
 def test_check_finds_operators_outside_the_jsonlogic_core() -> None:
     # datalogic has extension families; rules stay portable JsonLogic.
     assert check({"upper": "abc"})
