@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,8 +56,13 @@ class SigningSecrets:
     expired: tuple[str, ...] = ()
 
 
-def secrets_at(configured: tuple[str, ...], previous_until: datetime | None, now: datetime) -> SigningSecrets:
-    """`configured` is (current, previous?): the previous one is accepted until `previous_until`."""
-    if previous_until is None or now < previous_until:
+def secrets_at(
+    configured: tuple[str, ...], previous_until: datetime | None, now: Callable[[], datetime]
+) -> SigningSecrets:
+    """`configured` is (current, previous?): the previous one is accepted until `previous_until`.
+
+    `now` is read only when an end is set: the receiver's request path reads no clock otherwise.
+    """
+    if previous_until is None or now() < previous_until:
         return SigningSecrets(accepted=configured)
     return SigningSecrets(accepted=configured[:1], expired=configured[1:])

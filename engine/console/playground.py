@@ -31,7 +31,7 @@ from engine.console.drafts import (
     source_file,
     write_draft,
 )
-from engine.language.impact import ImpactRun, past_delivery
+from engine.language.impact import ImpactRun, readable_deliveries
 from engine.language.matching import Matcher, RuleOutcome
 from engine.language.rules import RuleSet
 from engine.language.throttle import InMemoryThrottleState
@@ -143,18 +143,9 @@ async def impact() -> Any:
         return await render_template("_impact.html", problems=draft.problems, report=None)
     current = console.rules.current
     run = ImpactRun(current, rules_with_draft(current, console.rules_dir, draft), console.secrets)
-    unreadable = []
+    unreadable: list[str] = []
     async for batch in kept_deliveries(console.store, HistoryFilter(last=console.impact_last)):
-        pasts = []
-        for stored in batch:
-            past = past_delivery(
-                stored.delivery_id, stored.event, stored.headers, stored.body, stored.received_at
-            )
-            if past is None:
-                unreadable.append(stored.delivery_id)
-            else:
-                pasts.append(past)
-        await run.feed(pasts)
+        await run.feed(readable_deliveries(batch, unreadable))
     return await render_template(
         "_impact.html",
         problems=[],

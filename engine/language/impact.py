@@ -126,16 +126,7 @@ async def impact(
         return await replay_side_by_side(run, batches, folders, secrets, progress)
     unreadable: list[str] = []
     async for batch in batches:
-        readable = []
-        for stored in batch:
-            past = past_delivery(
-                stored.delivery_id, stored.event, stored.headers, stored.body, stored.received_at
-            )
-            if past is None:
-                unreadable.append(stored.delivery_id)
-            else:
-                readable.append(past)
-        await run.feed(readable)
+        await run.feed(readable_deliveries(batch, unreadable))
         if progress is not None:
             progress(len(batch))
     return run.report(unreadable)
@@ -152,6 +143,20 @@ def past_delivery(
     if not isinstance(payload, dict):
         return None
     return PastDelivery(Delivery(event, delivery_id, payload, dict(headers)), received_at)
+
+
+def readable_deliveries(batch: Sequence[StoredBody], unreadable: list[str]) -> list[PastDelivery]:
+    """The batch's deliveries to replay; the ids of those whose body is no JSON object go to `unreadable`."""
+    readable = []
+    for stored in batch:
+        past = past_delivery(
+            stored.delivery_id, stored.event, stored.headers, stored.body, stored.received_at
+        )
+        if past is None:
+            unreadable.append(stored.delivery_id)
+        else:
+            readable.append(past)
+    return readable
 
 
 # The rules that fired for one delivery, by id, each with its rendered actions (type, params, error).

@@ -92,6 +92,10 @@ class ReceiverParts:
     signature_tally: SignatureFailureTally = field(default_factory=SignatureFailureTally)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _json(body: dict[str, Any], status: int) -> Response:
     return Response(orjson.dumps(body), status=status, content_type="application/json")
 
@@ -131,7 +135,7 @@ def create_app(parts: ReceiverParts) -> Quart:
         assert isinstance(body, bytes)
         headers, kept = _read_headers(request.headers.items())
         signature = headers.get(SIGNATURE_KEY)
-        secrets = secrets_at(parts.secrets, parts.previous_secret_until, datetime.now(UTC))
+        secrets = secrets_at(parts.secrets, parts.previous_secret_until, _utc_now)
         if not verify(body, signature, secrets.accepted):
             reason = diagnose(body, signature, secrets, parts.diagnosis_budget)
             parts.metrics.signature_failures.labels(reason).inc()
